@@ -1,0 +1,282 @@
+//! Private keys: generation for leaf certificates, and loading of CA keys in every format the
+//! field writes (PKCS#8, PKCS#1 `RSA PRIVATE KEY` as kubeadm writes it, SEC1 `EC PRIVATE KEY`).
+//!
+//! rcgen on ring loads only PKCS#8, so PKCS#1 and SEC1 keys are converted with the RustCrypto
+//! crates first. ring cannot generate RSA keys; the `rsa` crate does, and hands over PKCS#8.
+
+use std::{fmt, str::FromStr};
+
+use pkcs8::{AssociatedOid, EncodePrivateKey};
+use rcgen::{KeyPair, SignatureAlgorithm};
+
+use crate::{Error, Result, pem_util};
+
+/// The algorithms a leaf key can be generated with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KeyAlgorithm {
+    /// ECDSA on NIST P-256: fast, small, accepted everywhere. The default.
+    #[default]
+    EcdsaP256,
+    EcdsaP384,
+    Ed25519,
+    Rsa2048,
+    Rsa3072,
+    Rsa4096,
+}
+
+impl KeyAlgorithm {
+    pub const ALL: [KeyAlgorithm; 6] = [
+        Self::EcdsaP256,
+        Self::EcdsaP384,
+        Self::Ed25519,
+        Self::Rsa2048,
+        Self::Rsa3072,
+        Self::Rsa4096,
+    ];
+
+    /// The command-line name: `ecdsa-p256`, `rsa-2048`, `ed25519`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::EcdsaP256 => "ecdsa-p256",
+            Self::EcdsaP384 => "ecdsa-p384",
+            Self::Ed25519 => "ed25519",
+            Self::Rsa2048 => "rsa-2048",
+            Self::Rsa3072 => "rsa-3072",
+            Self::Rsa4096 => "rsa-4096",
+        }
+    }
+
+    /// From the cert-manager style pair (`algorithm: ECDSA|RSA|Ed25519`, `size`), with the
+    /// usual defaults (ECDSA 256, RSA 2048).
+    pub fn from_parts(algorithm: &str, size: Option<u32>) -> Result<Self> {
+        let unsupported = || {
+            Error::UnsupportedAlgorithm(format!(
+                "{algorithm} with size {}; use ECDSA 256 or 384, RSA 2048, 3072 or 4096, or Ed25519",
+                size.map_or("(default)".into(), |s| s.to_string())
+            ))
+        };
+        match (algorithm.to_ascii_lowercase().as_str(), size) {
+            ("ecdsa", None | Some(256)) => Ok(Self::EcdsaP256),
+            ("ecdsa", Some(384)) => Ok(Self::EcdsaP384),
+            ("rsa", None | Some(2048)) => Ok(Self::Rsa2048),
+            ("rsa", Some(3072)) => Ok(Self::Rsa3072),
+            ("rsa", Some(4096)) => Ok(Self::Rsa4096),
+            ("ed25519", None) => Ok(Self::Ed25519),
+            _ => Err(unsupported()),
+        }
+    }
+
+    pub fn is_rsa(self) -> bool {
+        matches!(self, Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096)
+    }
+
+    /// Generates a fresh key pair.
+    pub fn generate(self) -> Result<PrivateKey> {
+        let signing = |e: rcgen::Error| Error::Signing(format!("generating a {self} key: {e}"));
+        let pair = match self {
+            Self::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(signing)?,
+            Self::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).map_err(signing)?,
+            Self::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(signing)?,
+            Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => {
+                let bits = match self {
+                    Self::Rsa2048 => 2048,
+                    Self::Rsa3072 => 3072,
+                    _ => 4096,
+                };
+                let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, bits)
+                    .map_err(|e| Error::Signing(format!("generating a {self} key: {e}")))?;
+                rsa_to_key_pair(&key)?
+            }
+        };
+        Ok(PrivateKey { pair })
+    }
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for KeyAlgorithm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|a| a.name()).collect();
+                Error::UnsupportedAlgorithm(format!("{s:?}; use one of {}", names.join(", ")))
+            })
+    }
+}
+
+/// A private key with its public half, ready to sign. Its `Debug` output shows the algorithm
+/// only.
+pub struct PrivateKey {
+    pub(crate) pair: KeyPair,
+}
+
+impl fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivateKey")
+            .field("algorithm", &signature_name(self.pair.algorithm()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl PrivateKey {
+    /// Loads a private key from PEM: `PRIVATE KEY` (PKCS#8: RSA, ECDSA P-256/P-384, Ed25519),
+    /// `RSA PRIVATE KEY` (PKCS#1) or `EC PRIVATE KEY` (SEC1, P-256 or P-384). Other blocks in the
+    /// text (for example a certificate) are skipped.
+    pub fn from_pem(text: &str) -> Result<Self> {
+        const EXPECTED: &str = "`PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`";
+        let blocks = pem_util::parse_blocks(text, EXPECTED)?;
+        let Some(block) = blocks.iter().find(|b| b.tag().ends_with("PRIVATE KEY")) else {
+            return Err(Error::WrongPemType {
+                found: blocks[0].tag().to_string(),
+                expected: EXPECTED,
+            });
+        };
+        let der = block.contents();
+        let pair = match block.tag() {
+            "PRIVATE KEY" => KeyPair::try_from(der).map_err(|e| Error::Key {
+                format: "PKCS#8",
+                reason: format!("{e} (supported: RSA, ECDSA P-256/P-384, Ed25519)"),
+            })?,
+            "RSA PRIVATE KEY" => {
+                use rsa::pkcs1::DecodeRsaPrivateKey;
+                let key = rsa::RsaPrivateKey::from_pkcs1_der(der).map_err(|e| Error::Key {
+                    format: "PKCS#1 RSA",
+                    reason: e.to_string(),
+                })?;
+                rsa_to_key_pair(&key)?
+            }
+            "EC PRIVATE KEY" => sec1_to_key_pair(der)?,
+            "ENCRYPTED PRIVATE KEY" => return Err(Error::EncryptedKey),
+            other => {
+                return Err(Error::WrongPemType {
+                    found: other.to_string(),
+                    expected: EXPECTED,
+                });
+            }
+        };
+        Ok(Self { pair })
+    }
+
+    /// The key as PKCS#8 PEM, the format written into kubeconfigs and `tls.key`.
+    pub fn to_pem(&self) -> String {
+        pem_util::encode("PRIVATE KEY", self.pair.serialized_der())
+    }
+
+    /// The raw public key, as it appears in a certificate's subjectPublicKey bit string.
+    pub fn public_key_raw(&self) -> &[u8] {
+        self.pair.public_key_raw()
+    }
+
+    pub(crate) fn is_rsa(&self) -> bool {
+        self.pair.algorithm() == &rcgen::PKCS_RSA_SHA256
+    }
+}
+
+fn rsa_to_key_pair(key: &rsa::RsaPrivateKey) -> Result<KeyPair> {
+    let pkcs8 = key.to_pkcs8_der().map_err(|e| Error::Key {
+        format: "RSA",
+        reason: e.to_string(),
+    })?;
+    KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.as_bytes().into(), &rcgen::PKCS_RSA_SHA256).map_err(
+        |e| Error::Key {
+            format: "RSA",
+            reason: format!("{e} (ring accepts RSA keys of 2048 to 8192 bits)"),
+        },
+    )
+}
+
+fn sec1_to_key_pair(der: &[u8]) -> Result<KeyPair> {
+    let sec1_err = |reason: String| Error::Key {
+        format: "SEC1 EC",
+        reason,
+    };
+    let parsed = sec1::EcPrivateKey::try_from(der).map_err(|e| sec1_err(e.to_string()))?;
+    let curve = parsed
+        .parameters
+        .and_then(|p| p.named_curve())
+        .ok_or_else(|| sec1_err("the key names no curve".into()))?;
+    let pkcs8 = if curve == p256::NistP256::OID {
+        let key = p256::SecretKey::from_sec1_der(der).map_err(|e| sec1_err(e.to_string()))?;
+        key.to_pkcs8_der()
+    } else if curve == p384::NistP384::OID {
+        let key = p384::SecretKey::from_sec1_der(der).map_err(|e| sec1_err(e.to_string()))?;
+        key.to_pkcs8_der()
+    } else {
+        return Err(Error::UnsupportedAlgorithm(format!(
+            "EC curve {curve}; use P-256 or P-384"
+        )));
+    }
+    .map_err(|e| sec1_err(e.to_string()))?;
+    let pair = KeyPair::try_from(pkcs8.as_bytes()).map_err(|e| sec1_err(e.to_string()))?;
+    Ok(pair)
+}
+
+fn signature_name(alg: &SignatureAlgorithm) -> &'static str {
+    if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
+        "ECDSA P-256"
+    } else if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
+        "ECDSA P-384"
+    } else if alg == &rcgen::PKCS_ED25519 {
+        "Ed25519"
+    } else {
+        "RSA"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for alg in KeyAlgorithm::ALL {
+            assert_eq!(alg.name().parse::<KeyAlgorithm>().unwrap(), alg);
+        }
+        let err = "dsa".parse::<KeyAlgorithm>().unwrap_err().to_string();
+        assert!(err.contains("ecdsa-p256"), "{err}");
+    }
+
+    #[test]
+    fn from_parts_uses_the_usual_defaults() {
+        assert_eq!(KeyAlgorithm::from_parts("ECDSA", None).unwrap(), KeyAlgorithm::EcdsaP256);
+        assert_eq!(KeyAlgorithm::from_parts("RSA", None).unwrap(), KeyAlgorithm::Rsa2048);
+        assert_eq!(KeyAlgorithm::from_parts("RSA", Some(4096)).unwrap(), KeyAlgorithm::Rsa4096);
+        assert_eq!(KeyAlgorithm::from_parts("Ed25519", None).unwrap(), KeyAlgorithm::Ed25519);
+        assert!(KeyAlgorithm::from_parts("RSA", Some(1024)).is_err());
+        assert!(KeyAlgorithm::from_parts("ECDSA", Some(521)).is_err());
+    }
+
+    #[test]
+    fn generated_keys_reload_from_their_pem() {
+        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Ed25519, KeyAlgorithm::Rsa2048] {
+            let key = alg.generate().unwrap();
+            let again = PrivateKey::from_pem(&key.to_pem()).unwrap();
+            assert_eq!(key.public_key_raw(), again.public_key_raw(), "{alg}");
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_key_material() {
+        let key = KeyAlgorithm::EcdsaP256.generate().unwrap();
+        let debug = format!("{key:?}");
+        assert_eq!(debug, "PrivateKey { algorithm: \"ECDSA P-256\", .. }");
+    }
+
+    #[test]
+    fn bad_pem_is_named() {
+        let err = PrivateKey::from_pem("hello").unwrap_err().to_string();
+        assert!(err.contains("no PEM block"), "{err}");
+        let cert_only = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+        let err = PrivateKey::from_pem(cert_only).unwrap_err().to_string();
+        assert!(err.contains("`CERTIFICATE`") && err.contains("RSA PRIVATE KEY"), "{err}");
+        let enc = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert!(PrivateKey::from_pem(enc).unwrap_err().to_string().contains("encrypted"));
+    }
+}
