@@ -89,8 +89,9 @@ impl CertificateRequest {
                 expected: EXPECTED,
             })?;
         let der = block.contents();
-        let (_, parsed) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
-            .map_err(|e| Error::Csr(e.to_string()))?;
+        let (_, parsed) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(der)
+                .map_err(|e| Error::Csr(e.to_string()))?;
         parsed
             .verify_signature()
             .map_err(|e| Error::Csr(format!("its signature does not verify: {e}")))?;
@@ -102,7 +103,10 @@ impl CertificateRequest {
             .ok_or_else(|| Error::Csr("the subject has no common name (the username)".into()))?;
         let groups: Vec<&str> = subject
             .iter_organization()
-            .map(|o| o.as_str().map_err(|e| Error::Csr(format!("an organization is not a string: {e}"))))
+            .map(|o| {
+                o.as_str()
+                    .map_err(|e| Error::Csr(format!("an organization is not a string: {e}")))
+            })
             .collect::<Result<_>>()?;
         let identity = Identity::new(username, groups)?;
         let params = rcgen::CertificateSigningRequestParams::from_der(&der.into())
@@ -124,14 +128,18 @@ impl CertificateAuthority {
         let count = certificates.len();
         let mut found = None;
         for der in &certificates {
-            let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
+            let (_, cert) =
+                X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
             if cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw() {
                 found = Some(der);
                 break;
             }
         }
-        let der = found.ok_or(Error::KeyMismatch { certificates: count })?;
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
+        let der = found.ok_or(Error::KeyMismatch {
+            certificates: count,
+        })?;
+        let (_, cert) =
+            X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
         let subject = cert.subject().to_string();
         let is_ca = cert
             .basic_constraints()
@@ -149,7 +157,10 @@ impl CertificateAuthority {
         let not_before = cert.validity().not_before.to_datetime();
         let not_after = cert.validity().not_after.to_datetime();
         if now < not_before {
-            return Err(Error::CaNotYetValid { subject, not_before });
+            return Err(Error::CaNotYetValid {
+                subject,
+                not_before,
+            });
         }
         if now >= not_after {
             return Err(Error::CaExpired { subject, not_after });
@@ -209,7 +220,13 @@ impl CertificateAuthority {
         now: OffsetDateTime,
     ) -> Result<IssuedCertificate> {
         let is_rsa = request.public_key.algorithm() == &rcgen::PKCS_RSA_SHA256;
-        self.sign(&request.identity, &request.public_key, is_rsa, validity, now)
+        self.sign(
+            &request.identity,
+            &request.public_key,
+            is_rsa,
+            validity,
+            now,
+        )
     }
 
     fn sign(
@@ -245,7 +262,10 @@ impl CertificateAuthority {
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = if is_rsa {
-            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment]
+            vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ]
         } else {
             vec![KeyUsagePurpose::DigitalSignature]
         };
@@ -297,15 +317,21 @@ impl SigningKey for Deferred {
 /// Replaces the subject of a draft certificate with `O=<group>... , CN=<username>` (the order
 /// Go's crypto/x509 writes) and signs the result with the CA key.
 fn with_subject(draft: &[u8], identity: &Identity, ca_key: &rcgen::KeyPair) -> Result<Vec<u8>> {
-    use x509_cert::der::{Decode, Encode, asn1::{Any, BitString, SetOfVec, Utf8StringRef}};
-    use x509_cert::name::{RdnSequence, RelativeDistinguishedName};
-    use x509_cert::attr::AttributeTypeAndValue;
     use const_oid::db::rfc4519::{CN, O};
+    use x509_cert::attr::AttributeTypeAndValue;
+    use x509_cert::der::{
+        Decode, Encode,
+        asn1::{Any, BitString, SetOfVec, Utf8StringRef},
+    };
+    use x509_cert::name::{RdnSequence, RelativeDistinguishedName};
 
-    let der_err = |e: x509_cert::der::Error| Error::Signing(format!("encoding the certificate: {e}"));
+    let der_err =
+        |e: x509_cert::der::Error| Error::Signing(format!("encoding the certificate: {e}"));
     let rdn = |oid, value: &str| -> Result<RelativeDistinguishedName> {
-        let value = Any::encode_from(&Utf8StringRef::new(value).map_err(der_err)?).map_err(der_err)?;
-        let set = SetOfVec::try_from(vec![AttributeTypeAndValue { oid, value }]).map_err(der_err)?;
+        let value =
+            Any::encode_from(&Utf8StringRef::new(value).map_err(der_err)?).map_err(der_err)?;
+        let set =
+            SetOfVec::try_from(vec![AttributeTypeAndValue { oid, value }]).map_err(der_err)?;
         Ok(RelativeDistinguishedName(set))
     };
     let mut names = Vec::with_capacity(identity.groups.len() + 1);
@@ -317,7 +343,9 @@ fn with_subject(draft: &[u8], identity: &Identity, ca_key: &rcgen::KeyPair) -> R
     let mut cert = x509_cert::Certificate::from_der(draft).map_err(der_err)?;
     cert.tbs_certificate.subject = RdnSequence(names);
     let tbs = cert.tbs_certificate.to_der().map_err(der_err)?;
-    let signature = ca_key.sign(&tbs).map_err(|e| Error::Signing(e.to_string()))?;
+    let signature = ca_key
+        .sign(&tbs)
+        .map_err(|e| Error::Signing(e.to_string()))?;
     cert.signature = BitString::from_bytes(&signature).map_err(der_err)?;
     cert.to_der().map_err(der_err)
 }

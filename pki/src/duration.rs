@@ -59,7 +59,12 @@ pub fn parse_duration(input: &str) -> Result<Duration> {
             return Err(err(format!("{hint}; valid units are h, m, s, ms, us, ns")));
         };
         let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-        let too_large = || err(format!("it is longer than the maximum of {}", format_duration(MAX_DURATION)));
+        let too_large = || {
+            err(format!(
+                "it is longer than the maximum of {}",
+                format_duration(MAX_DURATION)
+            ))
+        };
         let whole: u128 = if whole.is_empty() {
             0
         } else {

@@ -7,13 +7,19 @@ pub enum Error {
     #[error("no PEM block found; expected {expected}")]
     NoPem { expected: &'static str },
     #[error("found a PEM block of type `{found}`; expected {expected}")]
-    WrongPemType { found: String, expected: &'static str },
+    WrongPemType {
+        found: String,
+        expected: &'static str,
+    },
     #[error("malformed PEM: {0}")]
     Pem(String),
     #[error("the certificate could not be parsed: {0}")]
     Certificate(String),
     #[error("the private key could not be parsed as {format}: {reason}")]
-    Key { format: &'static str, reason: String },
+    Key {
+        format: &'static str,
+        reason: String,
+    },
     #[error(
         "the private key is encrypted; decrypt it first (for example `openssl pkey -in KEY -out PLAIN.key`)"
     )]

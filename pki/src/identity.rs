@@ -14,7 +14,10 @@ pub struct Identity {
 impl Identity {
     /// An identity with the given username and groups. Empty or control-character names are
     /// refused, since Kubernetes would read them as something else or not at all.
-    pub fn new(username: impl Into<String>, groups: impl IntoIterator<Item = impl Into<String>>) -> Result<Self> {
+    pub fn new(
+        username: impl Into<String>,
+        groups: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Self> {
         let username = username.into();
         check_name("username", &username)?;
         let mut identity = Self {
@@ -77,8 +80,23 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused() {
-        assert!(Identity::new("", Vec::<String>::new()).unwrap_err().to_string().contains("username is empty"));
-        assert!(Identity::new("a\nb", Vec::<String>::new()).unwrap_err().to_string().contains("control"));
-        assert!(Identity::new("a", [" x"]).unwrap_err().to_string().contains("white space"));
+        assert!(
+            Identity::new("", Vec::<String>::new())
+                .unwrap_err()
+                .to_string()
+                .contains("username is empty")
+        );
+        assert!(
+            Identity::new("a\nb", Vec::<String>::new())
+                .unwrap_err()
+                .to_string()
+                .contains("control")
+        );
+        assert!(
+            Identity::new("a", [" x"])
+                .unwrap_err()
+                .to_string()
+                .contains("white space")
+        );
     }
 }

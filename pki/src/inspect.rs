@@ -9,6 +9,7 @@ use crate::{Error, Identity, Result};
 
 /// The facts of one certificate that matter to a kubeconfig's holder.
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CertificateInfo {
     /// Subject CN as username, subject O as groups.
     pub identity: Identity,
@@ -36,16 +37,28 @@ impl CertificateInfo {
 
 /// Reads a DER certificate.
 pub fn inspect_certificate(der: &[u8]) -> Result<CertificateInfo> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
     let subject = cert.subject();
     let text = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| {
-        a.as_str().map(str::to_string).unwrap_or_else(|_| "<not a string>".into())
+        a.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|_| "<not a string>".into())
     };
-    let username = subject.iter_common_name().next().map(text).unwrap_or_default();
+    let username = subject
+        .iter_common_name()
+        .next()
+        .map(text)
+        .unwrap_or_default();
     let groups = subject.iter_organization().map(text).collect();
     Ok(CertificateInfo {
         identity: Identity { username, groups },
-        serial: cert.raw_serial().iter().skip_while(|b| **b == 0).map(|b| format!("{b:02x}")).collect(),
+        serial: cert
+            .raw_serial()
+            .iter()
+            .skip_while(|b| **b == 0)
+            .map(|b| format!("{b:02x}"))
+            .collect(),
         issuer: cert.issuer().to_string(),
         subject: subject.to_string(),
         not_before: cert.validity().not_before.to_datetime(),
@@ -67,15 +80,20 @@ pub enum Verification {
 /// Checks `der` against every certificate of `bundle` (DER): the issuer name matches, the
 /// signature verifies with that CA's public key, and the CA is a valid CA at `now`.
 pub fn verify_against(der: &[u8], bundle: &[Vec<u8>], now: OffsetDateTime) -> Result<Verification> {
-    let (_, cert) = X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| Error::Certificate(e.to_string()))?;
     let mut reason = "no certificate in the CA bundle issued it".to_string();
     for ca_der in bundle {
-        let (_, ca) = X509Certificate::from_der(ca_der).map_err(|e| Error::Certificate(e.to_string()))?;
+        let (_, ca) =
+            X509Certificate::from_der(ca_der).map_err(|e| Error::Certificate(e.to_string()))?;
         if ca.subject() != cert.issuer() {
             continue;
         }
         if cert.verify_signature(Some(ca.public_key())).is_err() {
-            reason = format!("the signature does not verify with the key of {}", ca.subject());
+            reason = format!(
+                "the signature does not verify with the key of {}",
+                ca.subject()
+            );
             continue;
         }
         let from = ca.validity().not_before.to_datetime();
@@ -83,9 +101,14 @@ pub fn verify_against(der: &[u8], bundle: &[Vec<u8>], now: OffsetDateTime) -> Re
         if !ca.is_ca() {
             reason = format!("its issuer {} is not a CA", ca.subject());
         } else if now < from || now >= until {
-            reason = format!("its issuer {} is not valid now (valid {from} to {until})", ca.subject());
+            reason = format!(
+                "its issuer {} is not valid now (valid {from} to {until})",
+                ca.subject()
+            );
         } else {
-            return Ok(Verification::Verified { by: ca.subject().to_string() });
+            return Ok(Verification::Verified {
+                by: ca.subject().to_string(),
+            });
         }
     }
     Ok(Verification::NotVerified { reason })

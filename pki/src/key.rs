@@ -74,8 +74,12 @@ impl KeyAlgorithm {
     pub fn generate(self) -> Result<PrivateKey> {
         let signing = |e: rcgen::Error| Error::Signing(format!("generating a {self} key: {e}"));
         let pair = match self {
-            Self::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(signing)?,
-            Self::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).map_err(signing)?,
+            Self::EcdsaP256 => {
+                KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(signing)?
+            }
+            Self::EcdsaP384 => {
+                KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).map_err(signing)?
+            }
             Self::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(signing)?,
             Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => {
                 let bits = match self {
@@ -184,12 +188,11 @@ fn rsa_to_key_pair(key: &rsa::RsaPrivateKey) -> Result<KeyPair> {
         format: "RSA",
         reason: e.to_string(),
     })?;
-    KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.as_bytes().into(), &rcgen::PKCS_RSA_SHA256).map_err(
-        |e| Error::Key {
+    KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.as_bytes().into(), &rcgen::PKCS_RSA_SHA256)
+        .map_err(|e| Error::Key {
             format: "RSA",
             reason: format!("{e} (ring accepts RSA keys of 2048 to 8192 bits)"),
-        },
-    )
+        })
 }
 
 fn sec1_to_key_pair(der: &[u8]) -> Result<KeyPair> {
@@ -245,17 +248,34 @@ mod tests {
 
     #[test]
     fn from_parts_uses_the_usual_defaults() {
-        assert_eq!(KeyAlgorithm::from_parts("ECDSA", None).unwrap(), KeyAlgorithm::EcdsaP256);
-        assert_eq!(KeyAlgorithm::from_parts("RSA", None).unwrap(), KeyAlgorithm::Rsa2048);
-        assert_eq!(KeyAlgorithm::from_parts("RSA", Some(4096)).unwrap(), KeyAlgorithm::Rsa4096);
-        assert_eq!(KeyAlgorithm::from_parts("Ed25519", None).unwrap(), KeyAlgorithm::Ed25519);
+        assert_eq!(
+            KeyAlgorithm::from_parts("ECDSA", None).unwrap(),
+            KeyAlgorithm::EcdsaP256
+        );
+        assert_eq!(
+            KeyAlgorithm::from_parts("RSA", None).unwrap(),
+            KeyAlgorithm::Rsa2048
+        );
+        assert_eq!(
+            KeyAlgorithm::from_parts("RSA", Some(4096)).unwrap(),
+            KeyAlgorithm::Rsa4096
+        );
+        assert_eq!(
+            KeyAlgorithm::from_parts("Ed25519", None).unwrap(),
+            KeyAlgorithm::Ed25519
+        );
         assert!(KeyAlgorithm::from_parts("RSA", Some(1024)).is_err());
         assert!(KeyAlgorithm::from_parts("ECDSA", Some(521)).is_err());
     }
 
     #[test]
     fn generated_keys_reload_from_their_pem() {
-        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Ed25519, KeyAlgorithm::Rsa2048] {
+        for alg in [
+            KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::EcdsaP384,
+            KeyAlgorithm::Ed25519,
+            KeyAlgorithm::Rsa2048,
+        ] {
             let key = alg.generate().unwrap();
             let again = PrivateKey::from_pem(&key.to_pem()).unwrap();
             assert_eq!(key.public_key_raw(), again.public_key_raw(), "{alg}");
@@ -275,8 +295,17 @@ mod tests {
         assert!(err.contains("no PEM block"), "{err}");
         let cert_only = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
         let err = PrivateKey::from_pem(cert_only).unwrap_err().to_string();
-        assert!(err.contains("`CERTIFICATE`") && err.contains("RSA PRIVATE KEY"), "{err}");
-        let enc = "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
-        assert!(PrivateKey::from_pem(enc).unwrap_err().to_string().contains("encrypted"));
+        assert!(
+            err.contains("`CERTIFICATE`") && err.contains("RSA PRIVATE KEY"),
+            "{err}"
+        );
+        let enc =
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nAAAA\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert!(
+            PrivateKey::from_pem(enc)
+                .unwrap_err()
+                .to_string()
+                .contains("encrypted")
+        );
     }
 }

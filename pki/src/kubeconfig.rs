@@ -10,7 +10,10 @@ use crate::{Error, Result};
 
 /// The credential a kubeconfig's user presents.
 pub enum Credential<'a> {
-    ClientCertificate { certificate_pem: &'a str, private_key_pem: &'a str },
+    ClientCertificate {
+        certificate_pem: &'a str,
+        private_key_pem: &'a str,
+    },
     Token(&'a str),
 }
 
@@ -38,7 +41,10 @@ pub fn render(spec: &KubeconfigSpec<'_>) -> Result<String> {
     }
     let b64 = |s: &str| STANDARD.encode(s.as_bytes());
     let user = match spec.credential {
-        Credential::ClientCertificate { certificate_pem, private_key_pem } => User {
+        Credential::ClientCertificate {
+            certificate_pem,
+            private_key_pem,
+        } => User {
             client_certificate_data: Some(b64(certificate_pem)),
             client_key_data: Some(Secret(b64(private_key_pem))),
             ..User::default()
@@ -59,7 +65,10 @@ pub fn render(spec: &KubeconfigSpec<'_>) -> Result<String> {
                 ..Cluster::default()
             },
         }],
-        users: vec![NamedUser { name: spec.user_name.into(), user }],
+        users: vec![NamedUser {
+            name: spec.user_name.into(),
+            user,
+        }],
         contexts: vec![NamedContext {
             name: spec.context_name.into(),
             context: Context {
@@ -91,7 +100,10 @@ impl fmt::Debug for Parsed {
         f.debug_struct("Parsed")
             .field("context_name", &self.context_name)
             .field("server", &self.server)
-            .field("has_client_certificate", &self.client_certificate_pem.is_some())
+            .field(
+                "has_client_certificate",
+                &self.client_certificate_pem.is_some(),
+            )
             .field("has_client_key", &self.client_key_pem.is_some())
             .field("has_token", &self.token.is_some())
             .finish_non_exhaustive()
@@ -102,7 +114,8 @@ impl fmt::Debug for Parsed {
 /// only context). Credentials and CAs must be inline: a file path is reported as an error,
 /// since this crate reads no files and a kubeconfig handed between machines cannot carry them.
 pub fn parse(yaml: &str) -> Result<Parsed> {
-    let config: Config = serde_yaml::from_str(yaml).map_err(|e| Error::Kubeconfig(e.to_string()))?;
+    let config: Config =
+        serde_yaml::from_str(yaml).map_err(|e| Error::Kubeconfig(e.to_string()))?;
     let context_name = match &config.current_context {
         Some(name) if !name.is_empty() => name.clone(),
         _ if config.contexts.len() == 1 => config.contexts[0].name.clone(),
@@ -115,12 +128,29 @@ pub fn parse(yaml: &str) -> Result<Parsed> {
     };
     let find = |kind: &str, names: Vec<&str>, wanted: &str| -> Result<usize> {
         names.iter().position(|n| *n == wanted).ok_or_else(|| {
-            Error::Kubeconfig(format!("the {kind} {wanted:?} named by context {context_name:?} is not defined"))
+            Error::Kubeconfig(format!(
+                "the {kind} {wanted:?} named by context {context_name:?} is not defined"
+            ))
         })
     };
-    let context = &config.contexts[find("context", config.contexts.iter().map(|c| c.name.as_str()).collect(), &context_name)?].context;
-    let cluster = &config.clusters[find("cluster", config.clusters.iter().map(|c| c.name.as_str()).collect(), &context.cluster)?].cluster;
-    let user = &config.users[find("user", config.users.iter().map(|c| c.name.as_str()).collect(), &context.user)?].user;
+    let context = &config.contexts[find(
+        "context",
+        config.contexts.iter().map(|c| c.name.as_str()).collect(),
+        &context_name,
+    )?]
+    .context;
+    let cluster = &config.clusters[find(
+        "cluster",
+        config.clusters.iter().map(|c| c.name.as_str()).collect(),
+        &context.cluster,
+    )?]
+    .cluster;
+    let user = &config.users[find(
+        "user",
+        config.users.iter().map(|c| c.name.as_str()).collect(),
+        &context.user,
+    )?]
+    .user;
 
     let no_files = |field: &str, path: &Option<String>| match path {
         Some(p) => Err(Error::Kubeconfig(format!(
@@ -143,17 +173,24 @@ pub fn parse(yaml: &str) -> Result<Parsed> {
                 let bytes = STANDARD
                     .decode(d.trim())
                     .map_err(|e| Error::Kubeconfig(format!("{field} is not base64: {e}")))?;
-                String::from_utf8(bytes).map_err(|_| Error::Kubeconfig(format!("{field} is not PEM text")))
+                String::from_utf8(bytes)
+                    .map_err(|_| Error::Kubeconfig(format!("{field} is not PEM text")))
             })
             .transpose()
     };
     Ok(Parsed {
         context_name: Some(context_name.clone()),
         server: cluster.server.clone(),
-        certificate_authority_pem: decode("certificate-authority-data", &cluster.certificate_authority_data)?,
+        certificate_authority_pem: decode(
+            "certificate-authority-data",
+            &cluster.certificate_authority_data,
+        )?,
         insecure_skip_tls_verify: cluster.insecure_skip_tls_verify.unwrap_or(false),
         client_certificate_pem: decode("client-certificate-data", &user.client_certificate_data)?,
-        client_key_pem: decode("client-key-data", &user.client_key_data.as_ref().map(|s| s.0.clone()))?,
+        client_key_pem: decode(
+            "client-key-data",
+            &user.client_key_data.as_ref().map(|s| s.0.clone()),
+        )?,
         token: user.token.as_ref().map(|t| t.0.clone()),
         namespace: context.namespace.clone(),
     })
@@ -265,7 +302,11 @@ mod tests {
 
     #[test]
     fn renders_everything_inline_and_parses_back() {
-        let yaml = render(&spec(Credential::ClientCertificate { certificate_pem: CERT, private_key_pem: KEY })).unwrap();
+        let yaml = render(&spec(Credential::ClientCertificate {
+            certificate_pem: CERT,
+            private_key_pem: KEY,
+        }))
+        .unwrap();
         assert!(yaml.contains("current-context: susan@prod"), "{yaml}");
         assert!(yaml.contains("client-certificate-data:") && yaml.contains("client-key-data:"));
         assert!(!yaml.contains("BEGIN"), "PEM is base64-encoded inline");
@@ -276,7 +317,10 @@ mod tests {
         assert_eq!(parsed.client_key_pem.as_deref(), Some(KEY));
         assert_eq!(parsed.namespace.as_deref(), Some("team-a"));
         assert!(parsed.token.is_none());
-        assert!(!format!("{parsed:?}").contains("MIIC"), "Debug hides the key");
+        assert!(
+            !format!("{parsed:?}").contains("MIIC"),
+            "Debug hides the key"
+        );
     }
 
     #[test]
@@ -289,13 +333,32 @@ mod tests {
 
     #[test]
     fn refuses_what_cannot_travel() {
-        assert!(render(&KubeconfigSpec { server: "api:6443", ..spec(Credential::Token("t")) }).is_err());
+        assert!(
+            render(&KubeconfigSpec {
+                server: "api:6443",
+                ..spec(Credential::Token("t"))
+            })
+            .is_err()
+        );
         let with_files = "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://x', certificate-authority: /etc/ca.crt}}]\nusers: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n";
-        assert!(parse(with_files).unwrap_err().to_string().contains("only inline data"));
+        assert!(
+            parse(with_files)
+                .unwrap_err()
+                .to_string()
+                .contains("only inline data")
+        );
         let exec = "clusters: [{name: c, cluster: {server: 'https://x'}}]\nusers: [{name: u, user: {exec: {command: aws}}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\n";
-        assert!(parse(exec).unwrap_err().to_string().contains("exec"), "one context is current without current-context");
+        assert!(
+            parse(exec).unwrap_err().to_string().contains("exec"),
+            "one context is current without current-context"
+        );
         let dangling = "clusters: []\nusers: []\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n";
-        assert!(parse(dangling).unwrap_err().to_string().contains("cluster \"c\""));
+        assert!(
+            parse(dangling)
+                .unwrap_err()
+                .to_string()
+                .contains("cluster \"c\"")
+        );
         assert!(parse("{{{").is_err());
     }
 

@@ -59,7 +59,10 @@ mod tests {
         let end = T0 + Duration::from_secs(24 * 3600);
         let at = renewal_time(T0, end, None, "uid-1");
         let latest = end - Duration::from_secs(8 * 3600);
-        assert!(at <= latest && at >= latest - Duration::from_secs(600), "{at}");
+        assert!(
+            at <= latest && at >= latest - Duration::from_secs(600),
+            "{at}"
+        );
     }
 
     #[test]
@@ -73,8 +76,9 @@ mod tests {
     #[test]
     fn keys_spread_renewals_over_the_window() {
         let end = T0 + Duration::from_secs(24 * 3600);
-        let times: std::collections::BTreeSet<_> =
-            (0..1000).map(|i| renewal_time(T0, end, None, &format!("uid-{i}"))).collect();
+        let times: std::collections::BTreeSet<_> = (0..1000)
+            .map(|i| renewal_time(T0, end, None, &format!("uid-{i}")))
+            .collect();
         // A thousand objects issued together fall on nearly a thousand distinct instants,
         // spread over most of the ten-minute window.
         assert!(times.len() > 990, "{}", times.len());

@@ -4,8 +4,8 @@
 use std::{path::Path, process::Command, time::Duration};
 
 use kubeconfig_authority_pki::{
-    CertificateAuthority, CertificateRequest, Identity, KeyAlgorithm, Verification, inspect_certificate,
-    parse_certificates, verify_against,
+    CertificateAuthority, CertificateRequest, Identity, KeyAlgorithm, Verification,
+    inspect_certificate, parse_certificates, verify_against,
 };
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use time::OffsetDateTime;
@@ -17,16 +17,26 @@ fn now() -> OffsetDateTime {
 }
 
 /// A self-signed CA made with rcgen from a PKCS#8 key of `alg`; returns (cert PEM, key PEM).
-fn rust_ca(alg: KeyAlgorithm, from: OffsetDateTime, until: OffsetDateTime, is_ca: bool) -> (String, String) {
+fn rust_ca(
+    alg: KeyAlgorithm,
+    from: OffsetDateTime,
+    until: OffsetDateTime,
+    is_ca: bool,
+) -> (String, String) {
     let key_pem = alg.generate().unwrap().to_pem();
     let key = KeyPair::from_pem(&key_pem).unwrap();
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, format!("test-ca-{alg}"));
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("test-ca-{alg}"));
     params.not_before = from;
     params.not_after = until;
     if is_ca {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
     }
     (params.self_signed(&key).unwrap().pem(), key_pem)
 }
@@ -43,12 +53,21 @@ fn identity() -> Identity {
 }
 
 fn openssl() -> Option<&'static str> {
-    Command::new("openssl").arg("version").output().ok().filter(|o| o.status.success()).map(|_| "openssl")
+    Command::new("openssl")
+        .arg("version")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| "openssl")
 }
 
 fn run(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run command");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -58,27 +77,43 @@ fn check_issued(ca_pem: &str, cert_pem: &str, want: &Identity, dir: &Path) {
     let info = inspect_certificate(der).unwrap();
     assert_eq!(&info.identity, want);
     assert!(!info.is_ca);
-    assert!(info.serial.len() >= 16, "serial {} has at least 64 bits", info.serial);
+    assert!(
+        info.serial.len() >= 16,
+        "serial {} has at least 64 bits",
+        info.serial
+    );
     let bundle = parse_certificates(ca_pem).unwrap();
-    assert!(matches!(verify_against(der, &bundle, now()).unwrap(), Verification::Verified { .. }));
+    assert!(matches!(
+        verify_against(der, &bundle, now()).unwrap(),
+        Verification::Verified { .. }
+    ));
 
     let (_, parsed) = x509_parser::parse_x509_certificate(der).unwrap();
     let eku = parsed.extended_key_usage().unwrap().unwrap().value;
     assert!(eku.client_auth && !eku.server_auth && eku.other.is_empty());
     let ku = parsed.key_usage().unwrap().unwrap().value;
     assert!(ku.digital_signature() && !ku.key_cert_sign());
-    let aki = parsed.extensions().iter().find_map(|e| match e.parsed_extension() {
-        x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => Some(aki),
-        _ => None,
-    });
-    assert!(aki.is_some_and(|a| a.key_identifier.is_some()), "an authority key identifier");
+    let aki = parsed
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => Some(aki),
+            _ => None,
+        });
+    assert!(
+        aki.is_some_and(|a| a.key_identifier.is_some()),
+        "an authority key identifier"
+    );
 
     if let Some(openssl) = openssl() {
         let ca_file = dir.join("ca.pem");
         let cert_file = dir.join("cert.pem");
         std::fs::write(&ca_file, ca_pem).unwrap();
         std::fs::write(&cert_file, cert_pem).unwrap();
-        let verified = run(Command::new(openssl).args(["verify", "-CAfile"]).arg(&ca_file).arg(&cert_file));
+        let verified = run(Command::new(openssl)
+            .args(["verify", "-CAfile"])
+            .arg(&ca_file)
+            .arg(&cert_file));
         assert!(verified.contains(": OK"), "{verified}");
         let subject = run(Command::new(openssl)
             .args(["x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in"])
@@ -93,7 +128,12 @@ fn check_issued(ca_pem: &str, cert_pem: &str, want: &Identity, dir: &Path) {
 #[test]
 fn every_ca_algorithm_issues_every_leaf_algorithm() {
     let dir = tempfile::tempdir().unwrap();
-    for ca_alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384, KeyAlgorithm::Ed25519, KeyAlgorithm::Rsa2048] {
+    for ca_alg in [
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::EcdsaP384,
+        KeyAlgorithm::Ed25519,
+        KeyAlgorithm::Rsa2048,
+    ] {
         let (ca_pem, ca_key) = valid_ca(ca_alg);
         let ca = CertificateAuthority::from_pem(&ca_pem, &ca_key, now()).unwrap();
         for leaf_alg in KeyAlgorithm::ALL {
@@ -103,12 +143,23 @@ fn every_ca_algorithm_issues_every_leaf_algorithm() {
             let issued = ca.issue(&identity(), leaf_alg, DAY, now()).unwrap();
             check_issued(&ca_pem, &issued.certificate_pem, &identity(), dir.path());
             // The key belongs to the certificate.
-            let key = kubeconfig_authority_pki::PrivateKey::from_pem(&issued.private_key_pem).unwrap();
-            let der = parse_certificates(&issued.certificate_pem).unwrap().remove(0);
+            let key =
+                kubeconfig_authority_pki::PrivateKey::from_pem(&issued.private_key_pem).unwrap();
+            let der = parse_certificates(&issued.certificate_pem)
+                .unwrap()
+                .remove(0);
             let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-            assert_eq!(cert.public_key().subject_public_key.data.as_ref(), key.public_key_raw(), "{ca_alg}/{leaf_alg}");
+            assert_eq!(
+                cert.public_key().subject_public_key.data.as_ref(),
+                key.public_key_raw(),
+                "{ca_alg}/{leaf_alg}"
+            );
             let ku = cert.key_usage().unwrap().unwrap().value;
-            assert_eq!(ku.key_encipherment(), leaf_alg.is_rsa(), "{ca_alg}/{leaf_alg}");
+            assert_eq!(
+                ku.key_encipherment(),
+                leaf_alg.is_rsa(),
+                "{ca_alg}/{leaf_alg}"
+            );
         }
     }
 }
@@ -118,14 +169,21 @@ fn validity_is_clamped_to_the_ca_and_backdated_for_skew() {
     let (ca_pem, ca_key) = rust_ca(KeyAlgorithm::EcdsaP256, now() - DAY, now() + 2 * DAY, true);
     let ca = CertificateAuthority::from_pem(&ca_pem, &ca_key, now()).unwrap();
     let t = now();
-    let short = ca.issue(&identity(), KeyAlgorithm::EcdsaP256, DAY, t).unwrap();
+    let short = ca
+        .issue(&identity(), KeyAlgorithm::EcdsaP256, DAY, t)
+        .unwrap();
     assert!(!short.clamped_to_ca);
     assert_eq!(short.not_after.unix_timestamp(), (t + DAY).unix_timestamp());
     assert!(short.not_before < t && short.not_before >= t - Duration::from_secs(600));
-    let long = ca.issue(&identity(), KeyAlgorithm::EcdsaP256, 30 * DAY, t).unwrap();
+    let long = ca
+        .issue(&identity(), KeyAlgorithm::EcdsaP256, 30 * DAY, t)
+        .unwrap();
     assert!(long.clamped_to_ca);
     let info = inspect_certificate(&parse_certificates(&long.certificate_pem).unwrap()[0]).unwrap();
-    assert_eq!(info.not_after.unix_timestamp(), ca.not_after().unix_timestamp());
+    assert_eq!(
+        info.not_after.unix_timestamp(),
+        ca.not_after().unix_timestamp()
+    );
     assert_ne!(short.serial, long.serial);
 }
 
@@ -133,15 +191,25 @@ fn validity_is_clamped_to_the_ca_and_backdated_for_skew() {
 fn bad_cas_are_refused_with_the_reason() {
     let (ca_pem, ca_key) = valid_ca(KeyAlgorithm::EcdsaP256);
     let (other_pem, _) = valid_ca(KeyAlgorithm::EcdsaP256);
-    let err = |c: &str, k: &str| CertificateAuthority::from_pem(c, k, now()).unwrap_err().to_string();
+    let err = |c: &str, k: &str| {
+        CertificateAuthority::from_pem(c, k, now())
+            .unwrap_err()
+            .to_string()
+    };
 
     assert!(err(&other_pem, &ca_key).contains("does not match"));
     let (leaf_pem, leaf_key) = rust_ca(KeyAlgorithm::EcdsaP256, now() - DAY, now() + DAY, false);
     assert!(err(&leaf_pem, &leaf_key).contains("not a CA"));
     let (old_pem, old_key) = rust_ca(KeyAlgorithm::EcdsaP256, now() - 3 * DAY, now() - DAY, true);
     assert!(err(&old_pem, &old_key).contains("expired"));
-    assert!(err(&ca_key, &ca_key).contains("`PRIVATE KEY`"), "a key where the certificate should be");
-    assert!(err(&ca_pem, &ca_pem).contains("`CERTIFICATE`"), "a certificate where the key should be");
+    assert!(
+        err(&ca_key, &ca_key).contains("`PRIVATE KEY`"),
+        "a key where the certificate should be"
+    );
+    assert!(
+        err(&ca_pem, &ca_pem).contains("`CERTIFICATE`"),
+        "a certificate where the key should be"
+    );
     assert!(err("not pem", &ca_key).contains("no PEM block"));
     // A bundle with the right certificate second is fine.
     let bundle = format!("{other_pem}{ca_pem}");
@@ -149,7 +217,11 @@ fn bad_cas_are_refused_with_the_reason() {
     assert_eq!(ca.certificate_pem().trim(), ca_pem.trim());
     // And the errors never contain key material.
     let key_body: String = ca_key.lines().nth(1).unwrap().to_string();
-    for e in [err(&other_pem, &ca_key), err(&leaf_pem, &leaf_key), err(&ca_pem, &ca_pem)] {
+    for e in [
+        err(&other_pem, &ca_key),
+        err(&leaf_pem, &leaf_key),
+        err(&ca_pem, &ca_pem),
+    ] {
         assert!(!e.contains(&key_body));
     }
 }
@@ -164,28 +236,72 @@ fn openssl_keys_in_every_format_load() {
     // (key generation arguments, the PEM header we expect it to write)
     let cases: [(&[&str], &str); 6] = [
         (&["genrsa", "-traditional", "2048"], "RSA PRIVATE KEY"),
-        (&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"], "PRIVATE KEY"),
-        (&["ecparam", "-name", "prime256v1", "-genkey", "-noout"], "EC PRIVATE KEY"),
-        (&["ecparam", "-name", "secp384r1", "-genkey", "-noout"], "EC PRIVATE KEY"),
-        (&["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"], "PRIVATE KEY"),
+        (
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+            "PRIVATE KEY",
+        ),
+        (
+            &["ecparam", "-name", "prime256v1", "-genkey", "-noout"],
+            "EC PRIVATE KEY",
+        ),
+        (
+            &["ecparam", "-name", "secp384r1", "-genkey", "-noout"],
+            "EC PRIVATE KEY",
+        ),
+        (
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ],
+            "PRIVATE KEY",
+        ),
         (&["genpkey", "-algorithm", "ed25519"], "PRIVATE KEY"),
     ];
     for (i, (args, header)) in cases.iter().enumerate() {
         let key_file = dir.path().join(format!("ca{i}.key"));
         let cert_file = dir.path().join(format!("ca{i}.crt"));
         let key_pem = run(Command::new(openssl).args(*args));
-        assert!(key_pem.contains(&format!("BEGIN {header}")), "{args:?} wrote {key_pem:.40}");
+        assert!(
+            key_pem.contains(&format!("BEGIN {header}")),
+            "{args:?} wrote {key_pem:.40}"
+        );
         std::fs::write(&key_file, &key_pem).unwrap();
         // As kubeadm makes its CA: self-signed, CA:TRUE, keyCertSign.
         run(Command::new(openssl)
-            .args(["req", "-x509", "-new", "-days", "30", "-subj", "/CN=kubernetes", "-key"])
+            .args([
+                "req",
+                "-x509",
+                "-new",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=kubernetes",
+                "-key",
+            ])
             .arg(&key_file)
-            .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,digitalSignature", "-out"])
+            .args([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,digitalSignature",
+                "-out",
+            ])
             .arg(&cert_file));
         let ca_pem = std::fs::read_to_string(&cert_file).unwrap();
         let ca = CertificateAuthority::from_pem(&ca_pem, &key_pem, now())
             .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        let issued = ca.issue(&identity(), KeyAlgorithm::EcdsaP256, DAY, now()).unwrap();
+        let issued = ca
+            .issue(&identity(), KeyAlgorithm::EcdsaP256, DAY, now())
+            .unwrap();
         check_issued(&ca_pem, &issued.certificate_pem, &identity(), dir.path());
     }
 }
@@ -201,23 +317,46 @@ fn certificate_requests_are_signed_with_the_same_rules() {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.distinguished_name.push(DnType::CommonName, "bob");
-    params.distinguished_name.push(DnType::OrganizationName, "qa");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "qa");
     let csr = params.serialize_request(&key).unwrap().pem().unwrap();
     let request = CertificateRequest::from_pem(&csr).unwrap();
     assert_eq!(request.identity, Identity::new("bob", ["qa"]).unwrap());
     let signed = ca.sign_request(&request, DAY, now()).unwrap();
     assert!(signed.private_key_pem.is_empty());
-    check_issued(&ca_pem, &signed.certificate_pem, &request.identity, dir.path());
+    check_issued(
+        &ca_pem,
+        &signed.certificate_pem,
+        &request.identity,
+        dir.path(),
+    );
 
     // A request made by openssl with several O's keeps them all.
     if let Some(openssl) = openssl() {
         let csr = run(Command::new(openssl).args([
-            "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "/dev/null", "-subj", "/O=dev/O=ops/CN=carol",
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "/dev/null",
+            "-subj",
+            "/O=dev/O=ops/CN=carol",
         ]));
         let request = CertificateRequest::from_pem(&csr).unwrap();
-        assert_eq!(request.identity, Identity::new("carol", ["dev", "ops"]).unwrap());
+        assert_eq!(
+            request.identity,
+            Identity::new("carol", ["dev", "ops"]).unwrap()
+        );
         let signed = ca.sign_request(&request, DAY, now()).unwrap();
-        check_issued(&ca_pem, &signed.certificate_pem, &request.identity, dir.path());
+        check_issued(
+            &ca_pem,
+            &signed.certificate_pem,
+            &request.identity,
+            dir.path(),
+        );
     }
 
     // A tampered request is refused.
@@ -225,7 +364,9 @@ fn certificate_requests_are_signed_with_the_same_rules() {
     let n = der.len();
     der[n - 5] ^= 0xff;
     let tampered = pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", der));
-    let err = CertificateRequest::from_pem(&tampered).unwrap_err().to_string();
+    let err = CertificateRequest::from_pem(&tampered)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("certificate signing request"), "{err}");
 }
 
@@ -234,7 +375,9 @@ fn verification_names_why_it_failed() {
     let (ca_pem, ca_key) = valid_ca(KeyAlgorithm::EcdsaP256);
     let (other_pem, _) = valid_ca(KeyAlgorithm::EcdsaP256);
     let ca = CertificateAuthority::from_pem(&ca_pem, &ca_key, now()).unwrap();
-    let issued = ca.issue(&identity(), KeyAlgorithm::EcdsaP256, DAY, now()).unwrap();
+    let issued = ca
+        .issue(&identity(), KeyAlgorithm::EcdsaP256, DAY, now())
+        .unwrap();
     let der = &parse_certificates(&issued.certificate_pem).unwrap()[0];
     // Same subject name (test-ca-ecdsa-p256), other key: the signature check fails.
     match verify_against(der, &parse_certificates(&other_pem).unwrap(), now()).unwrap() {

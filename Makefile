@@ -1,0 +1,34 @@
+# kubeconfig-authority: `make demo` runs the main job end to end, `make test` runs every test.
+# The control plane binaries (etcd, kube-apiserver, kube-controller-manager) are built once from
+# the upstream Go modules into ~/.cache/kubeconfig-authority (or taken from KUBEBUILDER_ASSETS).
+
+CARGO ?= cargo
+KEEP ?= 0
+
+.PHONY: all test lint unit integration controlplane demo bench crds clean-controlplane
+
+all: test
+
+## test: formatting, lints, unit tests and the integration tests against a real control plane
+test: lint controlplane
+	$(CARGO) test --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## controlplane: build (or find) etcd, kube-apiserver and kube-controller-manager
+controlplane:
+	@tests/controlplane/build.sh >/dev/null
+
+## demo: start a control plane, issue a kubeconfig, prove it with SelfSubjectReview (KEEP=1 leaves it running)
+demo: controlplane
+	$(CARGO) build --quiet --bin kubeconfig-authority
+	KEEP=$(KEEP) $(CARGO) run --quiet --example demo
+
+## bench: issuance benchmarks (criterion); figures in target/criterion
+bench:
+	$(CARGO) bench -p kubeconfig-authority-pki --bench issue
+
+clean-controlplane:
+	rm -rf "$${KUBECONFIG_AUTHORITY_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/kubeconfig-authority}/controlplane"

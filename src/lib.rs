@@ -1,0 +1,4 @@
+//! kubeconfig-authority: issues kubeconfigs. The controller and the command line share this
+//! library; the certificate work itself lives in the `kubeconfig-authority-pki` crate.
+
+pub mod cli;

@@ -1,0 +1,554 @@
+//! A real Kubernetes control plane for the integration tests: etcd and kube-apiserver (and, on
+//! request, kube-controller-manager) on free loopback ports in a temporary folder, with
+//! client-certificate authentication from a CA made at run time, RBAC, a ServiceAccount issuer,
+//! and the admission plugins of a normal cluster.
+//!
+//! The binaries come from `KUBEBUILDER_ASSETS` if set, otherwise from the cache that
+//! `tests/controlplane/build.sh` fills (it is run here if the cache is empty).
+//!
+//! No process outlives the test binary: every child is started from one long-lived thread with
+//! `PR_SET_PDEATHSIG` (so the kernel kills it when the test process dies, however it dies) in a
+//! process group of its own (killed on drop).
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock, mpsc},
+    time::{Duration, Instant},
+};
+
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use kubeconfig_authority_pki::{
+    CertificateAuthority, Identity, KeyAlgorithm,
+    kubeconfig::{self, Credential, KubeconfigSpec},
+};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use time::OffsetDateTime;
+
+const VERSIONS: &str = include_str!("../controlplane/versions.env");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The running control plane.
+pub struct ControlPlane {
+    pub dir: tempfile::TempDir,
+    /// `https://127.0.0.1:<port>`
+    pub server: String,
+    pub ca_cert_pem: String,
+    pub ca: TestCa,
+    bin: PathBuf,
+    etcd_url: String,
+    processes: Mutex<Vec<Process>>,
+    controller_manager: OnceLock<()>,
+}
+
+/// One control plane per test binary, started on first use.
+pub fn shared() -> &'static ControlPlane {
+    static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        // Started on a thread of its own: the caller is usually inside a test's async runtime,
+        // and start-up runs one of its own.
+        std::thread::spawn(ControlPlane::start)
+            .join()
+            .expect("control plane start-up thread")
+            .unwrap_or_else(|e| panic!("starting the control plane: {e}"))
+    })
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver and waits until the API server is ready.
+    pub fn start() -> Result<Self, String> {
+        let started = Instant::now();
+        let bin = binaries()?;
+        let dir = tempfile::Builder::new()
+            .prefix("kubeconfig-authority-cp-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let path = |name: &str| dir.path().join(name);
+
+        // The cluster CA signs client certificates (users, the admin), the serving certificate,
+        // and, through kube-controller-manager, CSRs.
+        let ca = TestCa::new("kubeconfig-authority-test-ca");
+        let (serving_cert, serving_key) = ca.serving_certificate(&[
+            "localhost",
+            "127.0.0.1",
+            "kubernetes.default.svc",
+            "10.0.0.1",
+        ]);
+        let sa_key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let write = |name: &str, text: &str| {
+            std::fs::write(path(name), text).map_err(|e| format!("{name}: {e}"))
+        };
+        write("ca.crt", &ca.cert_pem)?;
+        write("ca.key", &ca.key_pem)?;
+        write("serving.crt", &serving_cert)?;
+        write("serving.key", &serving_key)?;
+        write("sa.key", &sa_key.serialize_pem())?;
+        write("sa.pub", &sa_key.public_key_pem())?;
+
+        let (client_port, peer_port, secure_port) = (free_port()?, free_port()?, free_port()?);
+        let etcd_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let p = |name: &str| path(name).display().to_string();
+        let etcd = Process::spawn(
+            &bin.join("etcd"),
+            &[
+                format!("--data-dir={}", p("etcd")),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                "--name=default".into(),
+                "--unsafe-no-fsync".into(),
+                "--log-level=warn".into(),
+            ],
+            &path("etcd.log"),
+        )?;
+        let server = format!("https://127.0.0.1:{secure_port}");
+        let apiserver = Process::spawn(
+            &bin.join("kube-apiserver"),
+            &[
+                format!("--etcd-servers={etcd_url}"),
+                format!("--secure-port={secure_port}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--cert-dir={}", p("certs")),
+                format!("--tls-cert-file={}", p("serving.crt")),
+                format!("--tls-private-key-file={}", p("serving.key")),
+                format!("--client-ca-file={}", p("ca.crt")),
+                "--authorization-mode=RBAC".into(),
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+                format!("--service-account-key-file={}", p("sa.pub")),
+                format!("--service-account-signing-key-file={}", p("sa.key")),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--allow-privileged=true".into(),
+            ],
+            &path("kube-apiserver.log"),
+        )?;
+        let plane = ControlPlane {
+            server,
+            ca_cert_pem: ca.cert_pem.clone(),
+            ca,
+            bin,
+            etcd_url,
+            processes: Mutex::new(vec![etcd, apiserver]),
+            controller_manager: OnceLock::new(),
+            dir,
+        };
+        std::fs::write(
+            plane.dir.path().join("admin.kubeconfig"),
+            plane.admin_kubeconfig(),
+        )
+        .map_err(|e| e.to_string())?;
+        plane.wait_ready(Duration::from_secs(60))?;
+        eprintln!(
+            "control plane ready at {} in {:.1?} ({})",
+            plane.server,
+            started.elapsed(),
+            plane.dir.path().display()
+        );
+        Ok(plane)
+    }
+
+    /// A kubeconfig (YAML) with a client certificate for `username` in `groups`, valid for an hour.
+    pub fn kubeconfig_for(&self, username: &str, groups: &[&str]) -> String {
+        self.ca
+            .kubeconfig_for(&self.server, &self.ca_cert_pem, username, groups)
+    }
+
+    /// A kubeconfig for `system:masters`.
+    pub fn admin_kubeconfig(&self) -> String {
+        self.kubeconfig_for("test-admin", &["system:masters"])
+    }
+
+    /// The path of a file holding the admin kubeconfig (for processes such as the controller).
+    pub fn admin_kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.dir.path().join("ca.key")
+    }
+
+    /// A client acting as `system:masters`.
+    pub async fn admin(&self) -> Client {
+        client_from_kubeconfig(&self.admin_kubeconfig()).await
+    }
+
+    /// A client acting as `username` in `groups` (plus `system:authenticated`).
+    pub async fn client_for(&self, username: &str, groups: &[&str]) -> Client {
+        client_from_kubeconfig(&self.kubeconfig_for(username, groups)).await
+    }
+
+    /// Creates a namespace of its own for a test: `<prefix>-<random>`.
+    pub async fn namespace(&self, prefix: &str) -> String {
+        use k8s_openapi::api::core::v1::Namespace;
+        let name = format!("{prefix}-{:08x}", rand_u32());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}}))
+            .expect("namespace");
+        kube::Api::<Namespace>::all(self.admin().await)
+            .create(&Default::default(), &ns)
+            .await
+            .expect("create namespace");
+        name
+    }
+
+    /// Starts kube-controller-manager (once): CSR signing with the cluster CA, garbage
+    /// collection, namespace deletion, ServiceAccount controllers.
+    pub fn start_controller_manager(&self) {
+        self.controller_manager.get_or_init(|| {
+            let p = |name: &str| self.dir.path().join(name).display().to_string();
+            let process = Process::spawn(
+                &self.bin.join("kube-controller-manager"),
+                &[
+                    format!("--kubeconfig={}", p("admin.kubeconfig")),
+                    format!("--cluster-signing-cert-file={}", p("ca.crt")),
+                    format!("--cluster-signing-key-file={}", p("ca.key")),
+                    format!("--root-ca-file={}", p("ca.crt")),
+                    format!("--service-account-private-key-file={}", p("sa.key")),
+                    "--leader-elect=false".into(),
+                    "--secure-port=0".into(),
+                    "--controllers=*".into(),
+                    "--use-service-account-credentials=false".into(),
+                ],
+                &self.dir.path().join("kube-controller-manager.log"),
+            )
+            .expect("start kube-controller-manager");
+            self.processes.lock().expect("processes").push(process);
+        });
+    }
+
+    /// Leaves every process running and the folder in place, and returns the folder, which
+    /// holds `pids` (for `kill $(cat pids)`) beside the kubeconfigs and logs. Only processes
+    /// started with `KUBECONFIG_AUTHORITY_KEEP=1` survive the exit of this one.
+    pub fn detach(mut self) -> PathBuf {
+        let processes = std::mem::take(self.processes.get_mut().expect("processes"));
+        let pids: Vec<String> = processes.iter().map(|p| p.child.id().to_string()).collect();
+        processes.into_iter().for_each(std::mem::forget);
+        let dir = std::mem::replace(
+            &mut self.dir,
+            tempfile::tempdir().expect("a placeholder folder"),
+        )
+        .keep();
+        std::fs::write(dir.join("pids"), pids.join(" ") + "\n").expect("write pids");
+        dir
+    }
+
+    /// Adds a process (for example the controller) to those stopped with the control plane.
+    pub fn adopt(&self, process: Process) {
+        self.processes.lock().expect("processes").push(process);
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + timeout;
+        let kubeconfig = self.admin_kubeconfig();
+        runtime.block_on(async {
+            let client = client_from_kubeconfig(&kubeconfig).await;
+            let mut last = String::new();
+            while Instant::now() < deadline {
+                self.check_alive()?;
+                let request = http::Request::get("/readyz")
+                    .body(Vec::new())
+                    .map_err(|e| e.to_string())?;
+                match client.request_text(request).await {
+                    Ok(body) if body.trim() == "ok" => return Ok(()),
+                    Ok(body) => last = body,
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(format!(
+                "the API server was not ready within {timeout:?}: {last}; see {}",
+                self.dir.path().display()
+            ))
+        })
+    }
+
+    fn check_alive(&self) -> Result<(), String> {
+        for p in self.processes.lock().map_err(|e| e.to_string())?.iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                return Err(format!(
+                    "{} exited with {status}:\n{}",
+                    p.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Ok(processes) = self.processes.get_mut() {
+            // The API server first, etcd last.
+            while let Some(p) = processes.pop() {
+                drop(p);
+            }
+        }
+    }
+}
+
+/// A CA made at run time, with the helpers tests need from it.
+pub struct TestCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+    issuer: rcgen::Issuer<'static, KeyPair>,
+    ca: CertificateAuthority,
+}
+
+impl TestCa {
+    pub fn new(common_name: &str) -> Self {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::CrlSign,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(3600);
+        params.not_after = now + Duration::from_secs(30 * 24 * 3600);
+        let cert_pem = params.self_signed(&key).expect("self-sign the CA").pem();
+        let key_pem = key.serialize_pem();
+        let ca = CertificateAuthority::from_pem(&cert_pem, &key_pem, now).expect("load the CA");
+        Self {
+            cert_pem,
+            key_pem,
+            issuer: rcgen::Issuer::new(params, key),
+            ca,
+        }
+    }
+
+    /// A serving certificate for these names and addresses: (certificate PEM, key PEM).
+    pub fn serving_certificate(&self, names: &[&str]) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("SANs");
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let key = KeyPair::generate().expect("serving key");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign the serving certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A kubeconfig for `server` (verified with `server_ca_pem`) with a client certificate from
+    /// this CA for `username` in `groups`, valid for an hour.
+    pub fn kubeconfig_for(
+        &self,
+        server: &str,
+        server_ca_pem: &str,
+        username: &str,
+        groups: &[&str],
+    ) -> String {
+        let identity = Identity::new(username, groups.iter().copied()).expect("identity");
+        let issued = self
+            .ca
+            .issue(
+                &identity,
+                KeyAlgorithm::EcdsaP256,
+                Duration::from_secs(3600),
+                OffsetDateTime::now_utc(),
+            )
+            .expect("issue a client certificate");
+        kubeconfig::render(&KubeconfigSpec {
+            cluster_name: "test",
+            user_name: username,
+            context_name: "test",
+            server,
+            certificate_authority_pem: Some(server_ca_pem),
+            namespace: None,
+            credential: Credential::ClientCertificate {
+                certificate_pem: &issued.certificate_pem,
+                private_key_pem: &issued.private_key_pem,
+            },
+        })
+        .expect("render a kubeconfig")
+    }
+}
+
+pub async fn client_from_kubeconfig(yaml: &str) -> Client {
+    let kubeconfig = Kubeconfig::from_yaml(yaml).expect("parse kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("client config");
+    Client::try_from(config).expect("client")
+}
+
+/// A child process in its own process group, killed (group and all) on drop, and by the kernel
+/// if the test process dies first.
+pub struct Process {
+    pub name: String,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Process, String> {
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let child =
+            spawn_from_reaper_thread(command).map_err(|e| format!("starting {name}: {e}"))?;
+        Ok(Process {
+            name,
+            child,
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Sends SIGTERM to the process group, then SIGKILL if it has not exited within `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        let pgid = self.child.id() as i32;
+        // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+/// Children are spawned from one thread that lives as long as the process, because
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child ends, and test threads end
+/// early.
+fn spawn_from_reaper_thread(mut command: Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    type Job = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("process-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("spawner thread");
+        Mutex::new(tx)
+    });
+    command.process_group(0);
+    if detached_mode() {
+        return command.spawn();
+    }
+    // SAFETY: prctl is async-signal-safe, as pre_exec requires.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (reply_tx, reply_rx) = mpsc::channel();
+    spawner
+        .lock()
+        .expect("spawner")
+        .send((command, reply_tx))
+        .map_err(std::io::Error::other)?;
+    reply_rx.recv().map_err(std::io::Error::other)?
+}
+
+/// With `KUBECONFIG_AUTHORITY_KEEP=1` (as `make demo KEEP=1` sets), processes are started so
+/// that they may outlive this one: see [`ControlPlane::detach`].
+fn detached_mode() -> bool {
+    std::env::var("KUBECONFIG_AUTHORITY_KEEP").is_ok_and(|v| v == "1")
+}
+
+/// The folder holding etcd, kube-apiserver and kube-controller-manager.
+fn binaries() -> Result<PathBuf, String> {
+    if let Ok(assets) = std::env::var("KUBEBUILDER_ASSETS") {
+        return Ok(PathBuf::from(assets));
+    }
+    let version = |key: &str| {
+        VERSIONS
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .map(str::trim)
+            .ok_or_else(|| format!("{key} missing from tests/controlplane/versions.env"))
+    };
+    let cache = std::env::var_os("KUBECONFIG_AUTHORITY_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME")
+                .map(|d| PathBuf::from(d).join("kubeconfig-authority"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|d| PathBuf::from(d).join(".cache/kubeconfig-authority"))
+        })
+        .ok_or("neither KUBECONFIG_AUTHORITY_CACHE, XDG_CACHE_HOME nor HOME is set")?;
+    let dir = cache.join(format!(
+        "controlplane/kubernetes-{}-etcd-{}",
+        version("KUBERNETES_VERSION")?,
+        version("ETCD_VERSION")?
+    ));
+    if ["etcd", "kube-apiserver", "kube-controller-manager"]
+        .iter()
+        .all(|b| dir.join(b).exists())
+    {
+        return Ok(dir);
+    }
+    eprintln!("building the control plane binaries (once; several minutes)...");
+    let status = Command::new(Path::new(REPO).join("tests/controlplane/build.sh"))
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("running tests/controlplane/build.sh: {e}"))?;
+    if !status.success() {
+        return Err(format!("tests/controlplane/build.sh failed ({status})"));
+    }
+    Ok(dir)
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+pub fn rand_u32() -> u32 {
+    let mut bytes = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("random");
+    u32::from_ne_bytes(bytes)
+}
