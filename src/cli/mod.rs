@@ -1,5 +1,7 @@
-//! The command line: `issue` and `inspect` work offline from CA files.
+//! The command line: `issue` and `inspect` work offline from CA files; `run` is the
+//! controller; `get` downloads an issued kubeconfig; `crd` prints the CRDs.
 
+mod controller;
 mod inspect;
 mod issue;
 
@@ -31,6 +33,12 @@ enum Command {
     /// Exits 0 when the certificate is valid now (and, with --ca-bundle, verifies), 1 when it is
     /// expired, not yet valid or does not verify, 2 on an error.
     Inspect(inspect::InspectArgs),
+    /// Run the controller against the current kubeconfig or the in-cluster configuration.
+    Run(controller::RunArgs),
+    /// Download the kubeconfig a Kubeconfig object issued, from its Secret.
+    Get(controller::GetArgs),
+    /// Print the CustomResourceDefinitions (YAML).
+    Crd,
 }
 
 /// An error for the person at the terminal: what went wrong, with the file it concerns.
@@ -70,6 +78,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Issue(args) => issue::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Inspect(args) => inspect::run(args),
+        Command::Run(args) => controller::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Get(args) => controller::get(args).map(|()| ExitCode::SUCCESS),
+        Command::Crd => controller::crd().map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

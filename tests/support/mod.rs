@@ -40,6 +40,8 @@ pub struct ControlPlane {
     pub server: String,
     pub ca_cert_pem: String,
     pub ca: TestCa,
+    /// Trusted by the API server for client certificates, but signs nothing until a test uses it.
+    pub spare_ca: TestCa,
     bin: PathBuf,
     etcd_url: String,
     processes: Mutex<Vec<Process>>,
@@ -59,6 +61,31 @@ pub fn shared() -> &'static ControlPlane {
     })
 }
 
+/// The shared control plane with the CRDs installed and the controller (`binary run`) running.
+pub fn shared_with_controller(binary: &'static str) -> &'static ControlPlane {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    let plane = shared();
+    STARTED.get_or_init(|| {
+        // kube-controller-manager aggregates the view/edit/admin ClusterRoles, collects garbage
+        // and deletes namespaces: what a cluster a controller runs in does.
+        plane.start_controller_manager();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                plane.install_crds().await;
+                plane.wait_for_aggregated_roles().await;
+            });
+        })
+        .join()
+        .expect("installing the CRDs");
+        plane.start_controller(Path::new(binary), &[]);
+    });
+    plane
+}
+
 impl ControlPlane {
     /// Starts etcd and kube-apiserver and waits until the API server is ready.
     pub fn start() -> Result<Self, String> {
@@ -73,6 +100,8 @@ impl ControlPlane {
         // The cluster CA signs client certificates (users, the admin), the serving certificate,
         // and, through kube-controller-manager, CSRs.
         let ca = TestCa::new("kubeconfig-authority-test-ca");
+        // A second CA the API server also trusts, for tests that rotate a signer's CA.
+        let spare_ca = TestCa::new("kubeconfig-authority-spare-ca");
         let (serving_cert, serving_key) = ca.serving_certificate(&[
             "localhost",
             "127.0.0.1",
@@ -84,6 +113,10 @@ impl ControlPlane {
             std::fs::write(path(name), text).map_err(|e| format!("{name}: {e}"))
         };
         write("ca.crt", &ca.cert_pem)?;
+        write(
+            "client-ca.crt",
+            &format!("{}{}", ca.cert_pem, spare_ca.cert_pem),
+        )?;
         write("ca.key", &ca.key_pem)?;
         write("serving.crt", &serving_cert)?;
         write("serving.key", &serving_key)?;
@@ -107,6 +140,7 @@ impl ControlPlane {
                 "--unsafe-no-fsync".into(),
                 "--log-level=warn".into(),
             ],
+            &[],
             &path("etcd.log"),
         )?;
         let server = format!("https://127.0.0.1:{secure_port}");
@@ -120,7 +154,7 @@ impl ControlPlane {
                 format!("--cert-dir={}", p("certs")),
                 format!("--tls-cert-file={}", p("serving.crt")),
                 format!("--tls-private-key-file={}", p("serving.key")),
-                format!("--client-ca-file={}", p("ca.crt")),
+                format!("--client-ca-file={}", p("client-ca.crt")),
                 "--authorization-mode=RBAC".into(),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
                 format!("--service-account-key-file={}", p("sa.pub")),
@@ -128,12 +162,14 @@ impl ControlPlane {
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
                 "--allow-privileged=true".into(),
             ],
+            &[],
             &path("kube-apiserver.log"),
         )?;
         let plane = ControlPlane {
             server,
             ca_cert_pem: ca.cert_pem.clone(),
             ca,
+            spare_ca,
             bin,
             etcd_url,
             processes: Mutex::new(vec![etcd, apiserver]),
@@ -220,6 +256,7 @@ impl ControlPlane {
                     "--controllers=*".into(),
                     "--use-service-account-credentials=false".into(),
                 ],
+                &[],
                 &self.dir.path().join("kube-controller-manager.log"),
             )
             .expect("start kube-controller-manager");
@@ -246,6 +283,81 @@ impl ControlPlane {
     /// Adds a process (for example the controller) to those stopped with the control plane.
     pub fn adopt(&self, process: Process) {
         self.processes.lock().expect("processes").push(process);
+    }
+
+    /// Applies the CRDs from `crds/` (as a user would) and waits until they are served.
+    pub async fn install_crds(&self) {
+        use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+        use serde::Deserialize;
+        let text = std::fs::read_to_string(Path::new(REPO).join("crds/kubeconfig-authority.yaml"))
+            .expect("read crds/");
+        let api = kube::Api::<CustomResourceDefinition>::all(self.admin().await);
+        let params = kube::api::PatchParams::apply("kubeconfig-authority-tests").force();
+        let mut names = Vec::new();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let crd = CustomResourceDefinition::deserialize(document).expect("a CRD");
+            let name = crd.metadata.name.clone().expect("CRD name");
+            api.patch(&name, &params, &kube::api::Patch::Apply(&crd))
+                .await
+                .expect("apply CRD");
+            names.push(name);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for name in names {
+            loop {
+                let crd = api.get(&name).await.expect("get CRD");
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "CRD {name} not established");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Waits until kube-controller-manager has filled in the aggregated `view` ClusterRole.
+    pub async fn wait_for_aggregated_roles(&self) {
+        use k8s_openapi::api::rbac::v1::ClusterRole;
+        let api = kube::Api::<ClusterRole>::all(self.admin().await);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = api.get("view").await.expect("the view ClusterRole");
+            if view.rules.is_some_and(|r| !r.is_empty()) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the view ClusterRole was not aggregated; see kube-controller-manager.log"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts the controller binary against this control plane as `system:masters`; it is
+    /// stopped with the control plane. Its log is `controller.log` in the folder.
+    pub fn start_controller(&self, binary: &Path, args: &[&str]) -> PathBuf {
+        let log = self.dir.path().join("controller.log");
+        let mut all = vec!["run".to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let envs = [
+            (
+                "KUBECONFIG",
+                self.admin_kubeconfig_path().display().to_string(),
+            ),
+            (
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+            ),
+        ];
+        let process = Process::spawn(binary, &all, &envs, &log).expect("start the controller");
+        self.adopt(process);
+        log
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
@@ -314,29 +426,42 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new(common_name: &str) -> Self {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::CrlSign,
-        ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - Duration::from_secs(3600);
-        params.not_after = now + Duration::from_secs(30 * 24 * 3600);
-        let cert_pem = params.self_signed(&key).expect("self-sign the CA").pem();
-        let key_pem = key.serialize_pem();
-        let ca = CertificateAuthority::from_pem(&cert_pem, &key_pem, now).expect("load the CA");
+        let (cert_pem, key_pem, params, key) = self_signed_ca(
+            common_name,
+            Duration::from_secs(3600),
+            Duration::from_secs(30 * 24 * 3600),
+            true,
+        );
+        let ca = CertificateAuthority::from_pem(&cert_pem, &key_pem, OffsetDateTime::now_utc())
+            .expect("load the CA");
         Self {
             cert_pem,
             key_pem,
             issuer: rcgen::Issuer::new(params, key),
             ca,
         }
+    }
+
+    /// A CA certificate and key that expired yesterday (PEM), for tests of bad CAs.
+    pub fn expired(common_name: &str) -> ExpiredCa {
+        let (cert_pem, key_pem, _, _) = self_signed_ca(
+            common_name,
+            Duration::from_secs(3 * 86400),
+            Duration::ZERO,
+            true,
+        );
+        ExpiredCa { cert_pem, key_pem }
+    }
+
+    /// A certificate that is not a CA, with its key (PEM), for tests of bad CAs.
+    pub fn leaf_pair() -> (String, String) {
+        let (cert_pem, key_pem, _, _) = self_signed_ca(
+            "leaf",
+            Duration::from_secs(3600),
+            Duration::from_secs(86400),
+            false,
+        );
+        (cert_pem, key_pem)
     }
 
     /// A serving certificate for these names and addresses: (certificate PEM, key PEM).
@@ -388,6 +513,43 @@ impl TestCa {
     }
 }
 
+pub struct ExpiredCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A self-signed certificate valid from `now - back` to `now + ahead - 1 day` when `ahead` is
+/// zero (expired), else to `now + ahead`.
+fn self_signed_ca(
+    common_name: &str,
+    back: Duration,
+    ahead: Duration,
+    is_ca: bool,
+) -> (String, String, CertificateParams, KeyPair) {
+    let key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    if is_ca {
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::CrlSign,
+        ];
+    }
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - back;
+    params.not_after = if ahead.is_zero() {
+        now - Duration::from_secs(86400)
+    } else {
+        now + ahead
+    };
+    let cert_pem = params.self_signed(&key).expect("self-sign").pem();
+    (cert_pem, key.serialize_pem(), params, key)
+}
+
 pub async fn client_from_kubeconfig(yaml: &str) -> Client {
     let kubeconfig = Kubeconfig::from_yaml(yaml).expect("parse kubeconfig");
     let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -405,7 +567,12 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn spawn(program: &Path, args: &[String], log: &Path) -> Result<Process, String> {
+    pub fn spawn(
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, String)],
+        log: &Path,
+    ) -> Result<Process, String> {
         let name = program
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -415,6 +582,7 @@ impl Process {
         let mut command = Command::new(program);
         command
             .args(args)
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

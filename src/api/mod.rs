@@ -1,0 +1,355 @@
+//! The custom resources, `kubeconfig-authority.dev/v1alpha1`: the only place their schema lives.
+//! `kubeconfig-authority crd` prints the CRDs generated from these types; `crds/` holds that
+//! output (a test fails when it is stale).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "kubeconfig-authority.dev";
+pub const VERSION: &str = "v1alpha1";
+
+/// The field manager of every server-side apply this controller makes.
+pub const FIELD_MANAGER: &str = "kubeconfig-authority";
+/// The finalizer that unbinds RBAC and deletes the Secret before a Kubeconfig goes.
+pub const FINALIZER: &str = "kubeconfig-authority.dev/cleanup";
+/// On everything the controller creates.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "kubeconfig-authority";
+/// The UID of the Kubeconfig an object belongs to (a label: selectable, and unique per object).
+pub const KUBECONFIG_UID_LABEL: &str = "kubeconfig-authority.dev/kubeconfig-uid";
+/// `<namespace>/<name>` of the Kubeconfig an object belongs to (an annotation: names can be
+/// longer than a label value may be).
+pub const KUBECONFIG_ANNOTATION: &str = "kubeconfig-authority.dev/kubeconfig";
+/// On the Secret: a digest of everything the issued kubeconfig was made from.
+pub const INPUTS_ANNOTATION: &str = "kubeconfig-authority.dev/inputs-digest";
+/// On the Secret: a digest of the data written, to notice edits.
+pub const DATA_ANNOTATION: &str = "kubeconfig-authority.dev/data-digest";
+/// The group prefix that makes a certificate's identity unique to one Kubeconfig object.
+pub const UID_GROUP_PREFIX: &str = "kubeconfig-uid:";
+
+/// A kubeconfig for one identity, kept valid by the controller in a Secret.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kubeconfig-authority.dev",
+    version = "v1alpha1",
+    kind = "Kubeconfig",
+    namespaced,
+    status = "KubeconfigStatus",
+    shortname = "kcfg",
+    category = "kubeconfig-authority",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Username", type_ = "string", json_path = ".spec.username"),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.notAfter"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeconfigSpec {
+    /// The Authority (in this namespace) or ClusterAuthority that issues this kubeconfig. When
+    /// omitted, the controller's default authority (its `--default-authority` flag) is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_ref: Option<AuthorityRef>,
+    /// The Kubernetes username: the client certificate's common name (CN).
+    #[schemars(length(min = 1, max = 253))]
+    pub username: String,
+    /// Groups of the user: the client certificate's organizations (O). The controller adds
+    /// `kubeconfig:<name>` and `kubeconfig-uid:<uid>`, the identity RBAC is bound to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new("self.all(g, size(g) > 0)").message("a group must not be empty"))]
+    pub groups: Vec<String>,
+    /// How long each certificate is valid, as a Kubernetes duration: `24h`, `90m`, `720h`
+    /// (no days: write `168h` for a week). Cut to the CA's own expiry.
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub validity: String,
+    /// How long before expiry the certificate is renewed (a duration). Default: a third of the
+    /// validity. A value not shorter than the validity falls back to that default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub renew_before: Option<String>,
+    /// The private key of each certificate. Default: ECDSA P-256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<PrivateKeySpec>,
+    /// The Secret (in this namespace) the kubeconfig is written to.
+    pub secret_ref: SecretRef,
+    /// RBAC bound to this kubeconfig's identity, and unbound when it goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+}
+
+const DURATION_RULE: &str = r"self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$')";
+const DURATION_MESSAGE: &str =
+    "must be a duration such as 24h, 90m or 1h30m (units h, m, s, ms; no days)";
+
+/// Which authority issues a kubeconfig.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorityRef {
+    /// `Authority` (in the Kubeconfig's namespace, the default) or `ClusterAuthority`.
+    #[serde(default)]
+    pub kind: AuthorityKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum AuthorityKind {
+    #[default]
+    Authority,
+    ClusterAuthority,
+}
+
+/// Key algorithm and size, as cert-manager spells them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.algorithm != 'Ed25519' || !has(self.size)").message("Ed25519 keys have no size"))]
+#[x_kube(validation = Rule::new("self.algorithm != 'ECDSA' || !has(self.size) || self.size in [256, 384]").message("ECDSA sizes are 256 or 384"))]
+#[x_kube(validation = Rule::new("self.algorithm != 'RSA' || !has(self.size) || self.size in [2048, 3072, 4096]").message("RSA sizes are 2048, 3072 or 4096"))]
+pub struct PrivateKeySpec {
+    /// `ECDSA` (default), `RSA` or `Ed25519`.
+    #[serde(default)]
+    pub algorithm: KeyAlgorithmName,
+    /// ECDSA: 256 (default) or 384. RSA: 2048 (default), 3072 or 4096. Ed25519: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum KeyAlgorithmName {
+    #[default]
+    #[serde(rename = "ECDSA")]
+    Ecdsa,
+    #[serde(rename = "RSA")]
+    Rsa,
+    Ed25519,
+}
+
+impl KeyAlgorithmName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ecdsa => "ECDSA",
+            Self::Rsa => "RSA",
+            Self::Ed25519 => "Ed25519",
+        }
+    }
+}
+
+/// The Secret a kubeconfig is written to, and which keys it gets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// The Secret's name, in the Kubeconfig's namespace. A Secret of this name that the
+    /// controller did not create is never overwritten.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The keys the kubeconfig is written under. Default: `kubeconfig` and `value` (the key Flux
+    /// reads when `spec.kubeConfig.secretRef.key` is not set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8), inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new("size(self) > 0 && self.all(k, k.matches('^[-._a-zA-Z0-9]+$') && !(k in ['tls.crt', 'tls.key', 'ca.crt']))").message("kubeconfig keys must be Secret keys ([-._a-zA-Z0-9]+) other than tls.crt, tls.key and ca.crt"))]
+    pub kubeconfig_keys: Option<Vec<String>>,
+    /// Whether to write `tls.crt`, `tls.key` and `ca.crt` beside the kubeconfig. Default: true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_keys: Option<bool>,
+}
+
+/// RBAC for the kubeconfig's identity (the group `kubeconfig-uid:<uid>`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Authorization {
+    /// ClusterRoles bound cluster-wide: one ClusterRoleBinding each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_role_bindings: Option<ClusterRoleBindings>,
+    /// Roles or ClusterRoles bound in one namespace each: one RoleBinding each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub role_bindings: Vec<NamespacedBinding>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRoleBindings {
+    /// Names of ClusterRoles.
+    #[serde(default)]
+    pub cluster_roles: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.clusterRole) != has(self.role)").message("set exactly one of clusterRole and role"))]
+pub struct NamespacedBinding {
+    /// The namespace the RoleBinding is made in.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// A ClusterRole to bind in that namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_role: Option<String>,
+    /// A Role of that namespace to bind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// What the controller last did and saw.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeconfigStatus {
+    /// `Ready`: the Secret holds a kubeconfig whose certificate is valid now. When False, the
+    /// reason says what is wrong and the message how to fix it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// The current certificate's serial number (hex).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
+    /// When the controller will renew the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<Time>,
+}
+
+/// Where kubeconfigs point and how identities are proven. Namespaced: usable by the
+/// Kubeconfigs of its own namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kubeconfig-authority.dev",
+    version = "v1alpha1",
+    kind = "Authority",
+    namespaced,
+    shortname = "kca",
+    category = "kubeconfig-authority",
+    printcolumn(name = "Server", type_ = "string", json_path = ".spec.server"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct AuthoritySpec {
+    #[serde(flatten)]
+    pub config: AuthorityConfig,
+}
+
+/// The cluster-scoped twin of `Authority`, usable from every namespace.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kubeconfig-authority.dev",
+    version = "v1alpha1",
+    kind = "ClusterAuthority",
+    shortname = "kcca",
+    category = "kubeconfig-authority",
+    printcolumn(name = "Server", type_ = "string", json_path = ".spec.server"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+pub struct ClusterAuthoritySpec {
+    #[serde(flatten)]
+    pub config: AuthorityConfig,
+}
+
+/// The settings an Authority and a ClusterAuthority share.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorityConfig {
+    /// The API server URL written into every kubeconfig, e.g. `https://api.example.com:6443`.
+    #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("server must be an http(s) URL such as https://api.example.com:6443"))]
+    pub server: String,
+    /// The CA bundle that verifies the API server, written into every kubeconfig. Default: the
+    /// signer's CA certificate (right when one CA signs both, as kubeadm's does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundle>,
+    /// How identities are proven.
+    pub signer: Signer,
+}
+
+/// A CA bundle, inline or from a key of a Secret or ConfigMap. Set exactly one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.inline), has(self.secretRef), has(self.configMapRef)].filter(x, x).size() == 1").message("set exactly one of inline, secretRef and configMapRef"))]
+pub struct CaBundle {
+    /// PEM certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<KeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<KeyRef>,
+}
+
+/// A key of a Secret or ConfigMap.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    pub name: String,
+    /// Default `ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// For a ClusterAuthority: the namespace of the object (required there). For an Authority:
+    /// its own namespace, which is also the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// How identities are proven. One kind of signer at a time (more kinds are to come).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.caSecretRef)").message("set caSecretRef"))]
+pub struct Signer {
+    /// A Secret holding the CA certificate and key: `tls.crt`/`tls.key` (cert-manager) or
+    /// `ca.crt`/`ca.key` (kubeadm, Kamaji).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<ObjectRef>,
+}
+
+/// A named object; for a ClusterAuthority the namespace is required, for an Authority it is
+/// its own namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// The CRDs, in the order they are installed.
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+{
+    vec![Authority::crd(), ClusterAuthority::crd(), Kubeconfig::crd()]
+}
+
+/// The CRDs as one multi-document YAML stream: what `kubeconfig-authority crd` prints and
+/// `crds/` holds.
+pub fn crds_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::new();
+    for crd in crds() {
+        out += "---\n";
+        out += &serde_yaml::to_string(&crd)?;
+    }
+    Ok(out)
+}

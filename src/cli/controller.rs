@@ -1,0 +1,162 @@
+//! The commands that talk to a cluster: `run` (the controller), `get` (download a kubeconfig),
+//! and `crd` (print the CRDs, no cluster needed).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client};
+
+use super::{CliError, write_private};
+use crate::{
+    api::{AuthorityKind, AuthorityRef, Kubeconfig},
+    runtime,
+};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The authority of Kubeconfigs that name none: `ClusterAuthority/NAME`, or `Authority/NAME`
+    /// (then looked up in each Kubeconfig's own namespace).
+    #[arg(long, value_name = "KIND/NAME", value_parser = parse_authority_ref)]
+    default_authority: Option<AuthorityRef>,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_authority_ref(s: &str) -> Result<AuthorityRef, String> {
+    let (kind, name) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: write KIND/NAME, e.g. ClusterAuthority/cluster-ca"))?;
+    let kind = match kind {
+        "Authority" => AuthorityKind::Authority,
+        "ClusterAuthority" => AuthorityKind::ClusterAuthority,
+        other => return Err(format!("{other:?} is not Authority or ClusterAuthority")),
+    };
+    if name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    Ok(AuthorityRef {
+        kind,
+        name: name.into(),
+    })
+}
+
+pub fn run(args: RunArgs) -> Result<(), CliError> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,kube=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| CliError::Usage(format!("starting the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let client = Client::try_default().await.map_err(|e| {
+            CliError::Usage(format!(
+                "connecting to the cluster (current kubeconfig or in-cluster config): {e}"
+            ))
+        })?;
+        runtime::run(
+            client,
+            runtime::Options {
+                default_authority: args.default_authority,
+            },
+        )
+        .await
+        .map_err(|e| CliError::Usage(e.to_string()))
+    })
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The Kubeconfig's name.
+    name: String,
+    /// Its namespace. Default: the current context's.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Where to write it (mode 0600). Standard output if not given.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+pub fn get(args: GetArgs) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Usage(format!("starting the async runtime: {e}")))?;
+    let yaml = runtime.block_on(async {
+        let client = Client::try_default()
+            .await
+            .map_err(|e| CliError::Usage(format!("connecting to the cluster: {e}")))?;
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let not_ready =
+            |why: String| CliError::Usage(format!("Kubeconfig {namespace}/{}: {why}", args.name));
+        let kc = Api::<Kubeconfig>::namespaced(client.clone(), &namespace)
+            .get_opt(&args.name)
+            .await
+            .map_err(|e| not_ready(e.to_string()))?
+            .ok_or_else(|| not_ready("not found".into()))?;
+        let ready = kc
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        match ready {
+            Some(c) if c.status == "True" => {}
+            Some(c) => {
+                return Err(not_ready(format!(
+                    "not ready ({}): {}",
+                    c.reason, c.message
+                )));
+            }
+            None => return Err(not_ready("not issued yet".into())),
+        }
+        let key = kc
+            .spec
+            .secret_ref
+            .kubeconfig_keys
+            .as_ref()
+            .and_then(|k| k.first().cloned())
+            .unwrap_or_else(|| "kubeconfig".into());
+        let secret = Api::<Secret>::namespaced(client, &namespace)
+            .get(&kc.spec.secret_ref.name)
+            .await
+            .map_err(|e| not_ready(format!("reading Secret {}: {e}", kc.spec.secret_ref.name)))?;
+        let data = secret
+            .data
+            .and_then(|d| d.get(&key).cloned())
+            .ok_or_else(|| {
+                not_ready(format!(
+                    "Secret {} has no key {key}",
+                    kc.spec.secret_ref.name
+                ))
+            })?;
+        String::from_utf8(data.0).map_err(|_| not_ready(format!("key {key} is not text")))
+    })?;
+    match &args.output {
+        Some(path) => write_private(path, &yaml),
+        None => {
+            print!("{yaml}");
+            Ok(())
+        }
+    }
+}
+
+pub fn crd() -> Result<(), CliError> {
+    let yaml =
+        crate::api::crds_yaml().map_err(|e| CliError::Usage(format!("rendering the CRDs: {e}")))?;
+    print!("{yaml}");
+    Ok(())
+}

@@ -1,0 +1,280 @@
+//! Resolving a Kubeconfig's authority: the server, the CA bundle that verifies it, and the CA
+//! that signs. Every way this can fail is a [`Problem`] a person can act on.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
+use kubeconfig_authority_pki::{CertificateAuthority, parse_certificates};
+use time::OffsetDateTime;
+
+use super::{Context, Error, Result};
+use crate::api::{
+    Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority, Kubeconfig,
+};
+
+/// A usable authority.
+pub struct Resolved {
+    pub server: String,
+    /// PEM of the bundle that verifies the server.
+    pub server_ca_pem: String,
+    pub ca: Arc<CertificateAuthority>,
+}
+
+/// Why a Kubeconfig cannot be issued now: a reason for the condition, and a message that says
+/// what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The authority a Kubeconfig uses: its own reference, or the controller's default.
+pub fn authority_ref<'a>(
+    kc: &'a Kubeconfig,
+    default: Option<&'a AuthorityRef>,
+) -> Option<&'a AuthorityRef> {
+    kc.spec.authority_ref.as_ref().or(default)
+}
+
+/// Whether a Kubeconfig in `namespace` with this reference uses the given authority.
+pub fn refers_to(
+    aref: &AuthorityRef,
+    namespace: &str,
+    kind: AuthorityKind,
+    authority_namespace: Option<&str>,
+    name: &str,
+) -> bool {
+    aref.kind == kind
+        && aref.name == name
+        && match kind {
+            AuthorityKind::Authority => authority_namespace == Some(namespace),
+            AuthorityKind::ClusterAuthority => true,
+        }
+}
+
+/// The Secrets (namespace, name) an authority reads: its CA Secret and its CA bundle Secret.
+pub fn secrets_of(config: &AuthorityConfig, own_namespace: Option<&str>) -> Vec<(String, String)> {
+    let ns =
+        |explicit: &Option<String>| explicit.clone().or_else(|| own_namespace.map(String::from));
+    let mut out = Vec::new();
+    if let Some(r) = &config.signer.ca_secret_ref {
+        if let Some(n) = ns(&r.namespace) {
+            out.push((n, r.name.clone()));
+        }
+    }
+    if let Some(r) = config
+        .ca_bundle
+        .as_ref()
+        .and_then(|b| b.secret_ref.as_ref())
+    {
+        if let Some(n) = ns(&r.namespace) {
+            out.push((n, r.name.clone()));
+        }
+    }
+    out
+}
+
+/// Resolves the authority of `kc`. `Ok(Err(problem))` when a person must fix something.
+pub async fn resolve(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Resolved, Problem>> {
+    let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let Some(aref) = authority_ref(kc, ctx.default_authority.as_ref()) else {
+        return Ok(Err(Problem::new(
+            "NoAuthority",
+            "spec.authorityRef is not set and the controller has no default authority; set spec.authorityRef",
+        )));
+    };
+    let (config, own_namespace, described) = match aref.kind {
+        AuthorityKind::Authority => {
+            let found = ctx
+                .authorities
+                .get(&ObjectRef::<Authority>::new(&aref.name).within(&namespace));
+            let described = format!("Authority {namespace}/{}", aref.name);
+            match found {
+                Some(a) => (a.spec.config.clone(), Some(namespace.clone()), described),
+                None => return Ok(Err(not_found(&described))),
+            }
+        }
+        AuthorityKind::ClusterAuthority => {
+            let found = ctx
+                .cluster_authorities
+                .get(&ObjectRef::<ClusterAuthority>::new(&aref.name));
+            let described = format!("ClusterAuthority {}", aref.name);
+            match found {
+                Some(a) => (a.spec.config.clone(), None, described),
+                None => return Ok(Err(not_found(&described))),
+            }
+        }
+    };
+    let target_namespace = |explicit: &Option<String>, field: &str| -> Result<String, Problem> {
+        match (own_namespace.as_deref(), explicit.as_deref()) {
+            (Some(own), None) => Ok(own.to_string()),
+            (Some(own), Some(other)) if other == own => Ok(own.to_string()),
+            (Some(_), Some(other)) => Err(Problem::new(
+                "InvalidAuthority",
+                format!(
+                    "{described}: {field} names namespace {other:?}; an Authority may only read objects of its own namespace (use a ClusterAuthority)"
+                ),
+            )),
+            (None, Some(ns)) => Ok(ns.to_string()),
+            (None, None) => Err(Problem::new(
+                "InvalidAuthority",
+                format!("{described}: {field}.namespace is required for a ClusterAuthority"),
+            )),
+        }
+    };
+
+    let Some(ca_ref) = &config.signer.ca_secret_ref else {
+        return Ok(Err(Problem::new(
+            "InvalidAuthority",
+            format!("{described} has no signer.caSecretRef"),
+        )));
+    };
+    let ca_namespace = match target_namespace(&ca_ref.namespace, "signer.caSecretRef") {
+        Ok(ns) => ns,
+        Err(p) => return Ok(Err(p)),
+    };
+    let ca = match load_ca(ctx, &ca_namespace, &ca_ref.name, &described).await? {
+        Ok(ca) => ca,
+        Err(p) => return Ok(Err(p)),
+    };
+
+    let server_ca_pem = match &config.ca_bundle {
+        None => ca.certificate_pem().to_string(),
+        Some(bundle) => {
+            let text = if let Some(inline) = &bundle.inline {
+                Some(inline.clone())
+            } else if let Some(r) = &bundle.secret_ref {
+                let ns = match target_namespace(&r.namespace, "caBundle.secretRef") {
+                    Ok(ns) => ns,
+                    Err(p) => return Ok(Err(p)),
+                };
+                let key = r.key.as_deref().unwrap_or("ca.crt");
+                let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(Error::kube(format!("reading Secret {ns}/{}", r.name)))?;
+                secret.and_then(|s| {
+                    s.data.and_then(|d| {
+                        d.get(key)
+                            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                    })
+                })
+            } else if let Some(r) = &bundle.config_map_ref {
+                let ns = match target_namespace(&r.namespace, "caBundle.configMapRef") {
+                    Ok(ns) => ns,
+                    Err(p) => return Ok(Err(p)),
+                };
+                let key = r.key.as_deref().unwrap_or("ca.crt");
+                let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
+                    .get_opt(&r.name)
+                    .await
+                    .map_err(Error::kube(format!("reading ConfigMap {ns}/{}", r.name)))?;
+                cm.and_then(|c| c.data.and_then(|d| d.get(key).cloned()))
+            } else {
+                None
+            };
+            let Some(text) = text else {
+                return Ok(Err(Problem::new(
+                    "CABundleNotFound",
+                    format!("{described}: the caBundle it names does not exist or lacks its key"),
+                )));
+            };
+            if let Err(e) = parse_certificates(&text) {
+                return Ok(Err(Problem::new(
+                    "CABundleInvalid",
+                    format!("{described}: caBundle: {e}"),
+                )));
+            }
+            text
+        }
+    };
+    Ok(Ok(Resolved {
+        server: config.server.clone(),
+        server_ca_pem,
+        ca,
+    }))
+}
+
+fn not_found(described: &str) -> Problem {
+    Problem::new(
+        "AuthorityNotFound",
+        format!("{described} does not exist; create it or fix spec.authorityRef"),
+    )
+}
+
+/// Reads and parses a CA Secret, reusing the parsed CA while the Secret's resourceVersion is
+/// unchanged.
+async fn load_ca(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    described: &str,
+) -> Result<Result<Arc<CertificateAuthority>, Problem>> {
+    let what = format!("the CA Secret {namespace}/{name} of {described}");
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading CA Secret {namespace}/{name}")))?;
+    let Some(secret) = secret else {
+        return Ok(Err(Problem::new(
+            "CASecretNotFound",
+            format!("{what} does not exist; create it with tls.crt/tls.key or ca.crt/ca.key"),
+        )));
+    };
+    let now = OffsetDateTime::now_utc();
+    let key = (namespace.to_string(), name.to_string());
+    let version = secret.resource_version().unwrap_or_default();
+    if let Ok(cache) = ctx.ca_cache.lock() {
+        if let Some((cached_version, ca)) = cache.get(&key) {
+            if *cached_version == version && ca.not_after() > now {
+                return Ok(Ok(ca.clone()));
+            }
+        }
+    }
+    let data = secret.data.unwrap_or_default();
+    let text = |k: &str| {
+        data.get(k)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    let (cert, key_pem) = match (
+        text("tls.crt"),
+        text("tls.key"),
+        text("ca.crt"),
+        text("ca.key"),
+    ) {
+        (Some(c), Some(k), _, _) => (c, k),
+        (_, _, Some(c), Some(k)) => (c, k),
+        _ => {
+            return Ok(Err(Problem::new(
+                "CASecretInvalid",
+                format!("{what} has neither tls.crt and tls.key nor ca.crt and ca.key"),
+            )));
+        }
+    };
+    let ca = match CertificateAuthority::from_pem(&cert, &key_pem, now) {
+        Ok(ca) => Arc::new(ca),
+        Err(e) => {
+            let reason = match e {
+                kubeconfig_authority_pki::Error::CaExpired { .. } => "CAExpired",
+                kubeconfig_authority_pki::Error::NotCa { .. }
+                | kubeconfig_authority_pki::Error::CannotSign { .. } => "CANotACA",
+                _ => "CASecretInvalid",
+            };
+            return Ok(Err(Problem::new(reason, format!("{what}: {e}"))));
+        }
+    };
+    if let Ok(mut cache) = ctx.ca_cache.lock() {
+        cache.insert(key, (version, ca.clone()));
+    }
+    Ok(Ok(ca))
+}

@@ -1,0 +1,959 @@
+//! The Kubeconfig reconciler.
+//!
+//! observe (the authority, the Secret, the bindings, from the watches' caches where possible)
+//! -> decide ([`plan_secret`], [`plan_bindings`], [`status`]: pure functions of what was
+//! observed) -> apply (server-side apply with one field manager, deletes) -> report (status,
+//! events) and requeue at the renewal time.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use base64::Engine;
+use k8s_openapi::{
+    ByteString,
+    api::{
+        core::v1::Secret,
+        rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject},
+    },
+    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector::ObjectRef,
+    },
+};
+use kubeconfig_authority_pki::{
+    CertificateAuthority, CertificateInfo, Identity, IssuedCertificate, KeyAlgorithm,
+    inspect_certificate,
+    kubeconfig::{self as kc_file, Credential, KubeconfigSpec as FileSpec},
+    parse_certificates, parse_duration, renewal_time,
+};
+use serde_json::json;
+use time::OffsetDateTime;
+use tracing::{Instrument, info, warn};
+
+use super::{
+    Context, Error, Result,
+    authority::{self, Problem, Resolved},
+};
+use crate::api::{
+    Authorization, DATA_ANNOTATION, FIELD_MANAGER, FINALIZER, INPUTS_ANNOTATION,
+    KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig, KubeconfigStatus, MANAGED_BY,
+    MANAGED_BY_LABEL, UID_GROUP_PREFIX,
+};
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+/// How long a Kubeconfig that waits for a person's fix is left alone before it is looked at
+/// again anyway (its watches usually bring it back sooner).
+const RETRY_PROBLEM: Duration = Duration::from_secs(300);
+
+/// Entry point: the finalizer helper adds the finalizer first, and runs [`cleanup`] on
+/// deletion.
+pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
+    let span =
+        tracing::info_span!("reconcile", kubeconfig = %format!("{namespace}/{}", kc.name_any()));
+    finalizer(&api, FINALIZER, kc, |event| async {
+        match event {
+            FinalizerEvent::Apply(kc) => apply(kc, &ctx).await,
+            FinalizerEvent::Cleanup(kc) => cleanup(kc, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// What the spec and the authority ask the Secret to hold.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub identity: Identity,
+    pub algorithm: KeyAlgorithm,
+    pub validity: Duration,
+    pub renew_before: Option<Duration>,
+    pub kubeconfig_keys: Vec<String>,
+    pub certificate_keys: bool,
+    pub secret_name: String,
+    pub server: String,
+    pub server_ca_pem: String,
+    /// A digest of everything above plus the CA certificate: when it changes, reissue.
+    pub inputs_digest: String,
+}
+
+impl Desired {
+    /// Reads the spec; a bad value is a [`Problem`] naming the field.
+    pub fn from_spec(kc: &Kubeconfig, uid: &str, authority: &Resolved) -> Result<Self, Problem> {
+        let spec = &kc.spec;
+        let invalid = |field: &str, e: &dyn std::fmt::Display| {
+            Problem::new("InvalidSpec", format!("spec.{field}: {e}"))
+        };
+        let validity = parse_duration(&spec.validity).map_err(|e| invalid("validity", &e))?;
+        let renew_before = spec
+            .renew_before
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| invalid("renewBefore", &e))?;
+        let algorithm = match &spec.private_key {
+            None => KeyAlgorithm::default(),
+            Some(pk) => KeyAlgorithm::from_parts(pk.algorithm.as_str(), pk.size)
+                .map_err(|e| invalid("privateKey", &e))?,
+        };
+        let mut identity = Identity::new(
+            spec.username.as_str(),
+            spec.groups.iter().map(String::as_str),
+        )
+        .and_then(|i| i.with_kubeconfig_name(&kc.name_any()))
+        .map_err(|e| invalid("username/groups", &e))?;
+        identity
+            .add_group(format!("{UID_GROUP_PREFIX}{uid}"))
+            .map_err(|e| invalid("metadata.uid", &e))?;
+        let kubeconfig_keys = spec
+            .secret_ref
+            .kubeconfig_keys
+            .clone()
+            .unwrap_or_else(|| vec!["kubeconfig".into(), "value".into()]);
+        let certificate_keys = spec.secret_ref.certificate_keys.unwrap_or(true);
+        let inputs = json!({
+            "identity": identity,
+            "algorithm": algorithm.name(),
+            "validity": validity.as_secs(),
+            "renewBefore": renew_before.map(|d| d.as_secs()),
+            "kubeconfigKeys": kubeconfig_keys,
+            "certificateKeys": certificate_keys,
+            "server": authority.server,
+            "serverCA": authority.server_ca_pem,
+            "signer": authority.ca.certificate_pem(),
+        });
+        Ok(Self {
+            identity,
+            algorithm,
+            validity,
+            renew_before,
+            kubeconfig_keys,
+            certificate_keys,
+            secret_name: spec.secret_ref.name.clone(),
+            server: authority.server.clone(),
+            server_ca_pem: authority.server_ca_pem.clone(),
+            inputs_digest: digest(inputs.to_string().as_bytes()),
+        })
+    }
+}
+
+/// Why a new certificate is issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteReason {
+    /// There is no Secret yet.
+    Issue,
+    /// The certificate is due for renewal (or expired).
+    Renew,
+    /// The Secret was edited or damaged.
+    Repair,
+    /// The spec, the authority or its CA changed.
+    Reissue,
+}
+
+impl WriteReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Issue => "Issued",
+            Self::Renew => "Renewed",
+            Self::Repair => "Repaired",
+            Self::Reissue => "Reissued",
+        }
+    }
+}
+
+/// What to do with the Secret.
+#[derive(Debug)]
+pub enum SecretPlan {
+    /// It holds a good certificate, due for renewal at the given time.
+    Keep {
+        certificate: CertificateInfo,
+        renew_at: OffsetDateTime,
+    },
+    Write(WriteReason, String),
+    /// A Secret of that name exists and is not ours: never overwritten.
+    Conflict(Problem),
+}
+
+/// Decides what to do with the observed Secret. Pure.
+pub fn plan_secret(
+    desired: &Desired,
+    uid: &str,
+    observed: Option<&Secret>,
+    now: OffsetDateTime,
+) -> SecretPlan {
+    let Some(secret) = observed else {
+        return SecretPlan::Write(WriteReason::Issue, "no Secret yet".into());
+    };
+    let owned = secret
+        .owner_references()
+        .iter()
+        .any(|o| o.uid == uid && o.controller == Some(true));
+    if !owned {
+        return SecretPlan::Conflict(Problem::new(
+            "SecretConflict",
+            format!(
+                "Secret {} exists and is not managed by this Kubeconfig; it is left untouched: delete it or set another spec.secretRef.name",
+                secret.name_any()
+            ),
+        ));
+    }
+    let annotations = secret.annotations();
+    if annotations.get(INPUTS_ANNOTATION) != Some(&desired.inputs_digest) {
+        return SecretPlan::Write(
+            WriteReason::Reissue,
+            "the spec, the authority or its CA changed".into(),
+        );
+    }
+    let data = secret.data.clone().unwrap_or_default();
+    if annotations.get(DATA_ANNOTATION) != Some(&data_digest(&data)) {
+        return SecretPlan::Write(WriteReason::Repair, "the Secret's data was edited".into());
+    }
+    let certificate = data
+        .get(
+            desired
+                .kubeconfig_keys
+                .first()
+                .map(String::as_str)
+                .unwrap_or("kubeconfig"),
+        )
+        .and_then(|v| std::str::from_utf8(&v.0).ok())
+        .and_then(|yaml| kc_file::parse(yaml).ok())
+        .and_then(|parsed| parsed.client_certificate_pem)
+        .and_then(|pem| parse_certificates(&pem).ok())
+        .and_then(|ders| ders.first().and_then(|der| inspect_certificate(der).ok()));
+    let Some(certificate) = certificate else {
+        return SecretPlan::Write(
+            WriteReason::Repair,
+            "the Secret holds no readable kubeconfig".into(),
+        );
+    };
+    let renew_at = renewal_time(
+        certificate.not_before,
+        certificate.not_after,
+        desired.renew_before,
+        uid,
+    );
+    if now >= renew_at || !certificate.is_valid_at(now) {
+        return SecretPlan::Write(
+            WriteReason::Renew,
+            format!("the certificate expires at {}", certificate.not_after),
+        );
+    }
+    SecretPlan::Keep {
+        certificate,
+        renew_at,
+    }
+}
+
+/// The Secret holding a freshly issued certificate. Pure.
+pub fn build_secret(
+    kc: &Kubeconfig,
+    uid: &str,
+    desired: &Desired,
+    issued: &IssuedCertificate,
+    ca: &CertificateAuthority,
+) -> Result<Secret, Problem> {
+    let namespace = kc.namespace().unwrap_or_default();
+    let context = format!("{}@{}", desired.identity.username, namespace);
+    let yaml = kc_file::render(&FileSpec {
+        cluster_name: "cluster",
+        user_name: &desired.identity.username,
+        context_name: &context,
+        server: &desired.server,
+        certificate_authority_pem: Some(&desired.server_ca_pem),
+        namespace: None,
+        credential: Credential::ClientCertificate {
+            certificate_pem: &issued.certificate_pem,
+            private_key_pem: &issued.private_key_pem,
+        },
+    })
+    .map_err(|e| Problem::new("InvalidAuthority", e.to_string()))?;
+    let mut data = BTreeMap::new();
+    for key in &desired.kubeconfig_keys {
+        data.insert(key.clone(), ByteString(yaml.clone().into_bytes()));
+    }
+    if desired.certificate_keys {
+        data.insert(
+            "tls.crt".into(),
+            ByteString(issued.certificate_pem.clone().into_bytes()),
+        );
+        data.insert(
+            "tls.key".into(),
+            ByteString(issued.private_key_pem.clone().into_bytes()),
+        );
+        data.insert(
+            "ca.crt".into(),
+            ByteString(ca.certificate_pem().as_bytes().to_vec()),
+        );
+    }
+    let mut annotations = owner_annotation(kc);
+    annotations.insert(INPUTS_ANNOTATION.into(), desired.inputs_digest.clone());
+    annotations.insert(DATA_ANNOTATION.into(), data_digest(&data));
+    Ok(Secret {
+        metadata: ObjectMeta {
+            name: Some(desired.secret_name.clone()),
+            namespace: Some(namespace),
+            labels: Some(owned_labels(uid)),
+            annotations: Some(annotations),
+            owner_references: Some(vec![owner_reference(kc, uid)]),
+            ..ObjectMeta::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Secret::default()
+    })
+}
+
+/// The bindings to create or update, and those to delete.
+#[derive(Debug, Default, PartialEq)]
+pub struct BindingPlan {
+    pub apply_cluster: Vec<ClusterRoleBinding>,
+    pub apply_namespaced: Vec<RoleBinding>,
+    pub delete_cluster: Vec<String>,
+    pub delete_namespaced: Vec<(String, String)>,
+}
+
+impl BindingPlan {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Compares the bindings the spec asks for with those observed (carrying this object's UID
+/// label). Pure.
+pub fn plan_bindings(
+    kc: &Kubeconfig,
+    uid: &str,
+    observed_cluster: &[Arc<ClusterRoleBinding>],
+    observed_namespaced: &[Arc<RoleBinding>],
+) -> BindingPlan {
+    let (want_cluster, want_namespaced) = desired_bindings(kc, uid);
+    let mut plan = BindingPlan::default();
+    for want in want_cluster {
+        let same = observed_cluster.iter().any(|o| {
+            o.metadata.name == want.metadata.name
+                && o.role_ref == want.role_ref
+                && o.subjects == want.subjects
+                && labels_match(o.labels(), uid)
+        });
+        if !same {
+            plan.apply_cluster.push(want);
+        }
+    }
+    for o in observed_cluster {
+        if !desired_cluster_names(kc).contains(&o.name_any()) {
+            plan.delete_cluster.push(o.name_any());
+        }
+    }
+    let wanted_namespaced: Vec<(String, String)> = desired_bindings(kc, uid)
+        .1
+        .iter()
+        .map(|b| {
+            (
+                b.metadata.namespace.clone().unwrap_or_default(),
+                b.name_any(),
+            )
+        })
+        .collect();
+    for want in want_namespaced {
+        let same = observed_namespaced.iter().any(|o| {
+            o.metadata.namespace == want.metadata.namespace
+                && o.metadata.name == want.metadata.name
+                && o.role_ref == want.role_ref
+                && o.subjects == want.subjects
+                && labels_match(o.labels(), uid)
+        });
+        if !same {
+            plan.apply_namespaced.push(want);
+        }
+    }
+    for o in observed_namespaced {
+        let key = (o.namespace().unwrap_or_default(), o.name_any());
+        if !wanted_namespaced.contains(&key) {
+            plan.delete_namespaced.push(key);
+        }
+    }
+    plan
+}
+
+fn desired_cluster_names(kc: &Kubeconfig) -> Vec<String> {
+    cluster_roles(kc.spec.authorization.as_ref())
+        .iter()
+        .map(|role| binding_name(&[&kc.namespace().unwrap_or_default(), &kc.name_any(), role]))
+        .collect()
+}
+
+fn cluster_roles(authorization: Option<&Authorization>) -> Vec<String> {
+    let mut roles: Vec<String> = authorization
+        .and_then(|a| a.cluster_role_bindings.as_ref())
+        .map(|c| c.cluster_roles.clone())
+        .unwrap_or_default();
+    roles.sort();
+    roles.dedup();
+    roles
+}
+
+/// The ClusterRoleBindings and RoleBindings the spec asks for, all to the group
+/// `kubeconfig-uid:<uid>`, which only certificates issued for this very object carry.
+pub fn desired_bindings(kc: &Kubeconfig, uid: &str) -> (Vec<ClusterRoleBinding>, Vec<RoleBinding>) {
+    let namespace = kc.namespace().unwrap_or_default();
+    let name = kc.name_any();
+    let subjects = Some(vec![Subject {
+        kind: "Group".into(),
+        api_group: Some(RBAC_GROUP.into()),
+        name: format!("{UID_GROUP_PREFIX}{uid}"),
+        namespace: None,
+    }]);
+    let meta = |binding_name: String, binding_namespace: Option<String>| ObjectMeta {
+        name: Some(binding_name),
+        namespace: binding_namespace,
+        labels: Some(owned_labels(uid)),
+        annotations: Some(owner_annotation(kc)),
+        ..ObjectMeta::default()
+    };
+    let cluster = cluster_roles(kc.spec.authorization.as_ref())
+        .into_iter()
+        .map(|role| ClusterRoleBinding {
+            metadata: meta(binding_name(&[&namespace, &name, &role]), None),
+            role_ref: RoleRef {
+                api_group: RBAC_GROUP.into(),
+                kind: "ClusterRole".into(),
+                name: role,
+            },
+            subjects: subjects.clone(),
+        })
+        .collect();
+    let mut namespaced: Vec<RoleBinding> = Vec::new();
+    for b in kc
+        .spec
+        .authorization
+        .iter()
+        .flat_map(|a| a.role_bindings.iter())
+    {
+        let (kind, role) = match (&b.cluster_role, &b.role) {
+            (Some(cr), _) => ("ClusterRole", cr.clone()),
+            (None, Some(r)) => ("Role", r.clone()),
+            (None, None) => continue,
+        };
+        let binding = RoleBinding {
+            metadata: meta(
+                binding_name(&[&namespace, &name, &kind.to_ascii_lowercase(), &role]),
+                Some(b.namespace.clone()),
+            ),
+            role_ref: RoleRef {
+                api_group: RBAC_GROUP.into(),
+                kind: kind.into(),
+                name: role,
+            },
+            subjects: subjects.clone(),
+        };
+        if !namespaced.iter().any(|o| {
+            o.metadata.namespace == binding.metadata.namespace
+                && o.metadata.name == binding.metadata.name
+        }) {
+            namespaced.push(binding);
+        }
+    }
+    (cluster, namespaced)
+}
+
+/// `kubeconfig:<parts joined by ':'>`, cut to 253 characters with a digest suffix when longer.
+fn binding_name(parts: &[&str]) -> String {
+    let name = format!("kubeconfig:{}", parts.join(":"));
+    if name.len() <= 253 {
+        return name;
+    }
+    let suffix = &digest(name.as_bytes())[..16];
+    let mut cut = 253 - suffix.len() - 1;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{suffix}", &name[..cut])
+}
+
+fn labels_match(labels: &BTreeMap<String, String>, uid: &str) -> bool {
+    labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
+}
+
+fn owned_labels(uid: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (MANAGED_BY_LABEL.into(), MANAGED_BY.into()),
+        (KUBECONFIG_UID_LABEL.into(), uid.into()),
+    ])
+}
+
+fn owner_annotation(kc: &Kubeconfig) -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        KUBECONFIG_ANNOTATION.into(),
+        format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any()),
+    )])
+}
+
+fn owner_reference(kc: &Kubeconfig, uid: &str) -> OwnerReference {
+    OwnerReference {
+        api_version: Kubeconfig::api_version(&()).into_owned(),
+        kind: Kubeconfig::kind(&()).into_owned(),
+        name: kc.name_any(),
+        uid: uid.into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn digest(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..18])
+}
+
+fn data_digest(data: &BTreeMap<String, ByteString>) -> String {
+    let mut bytes = Vec::new();
+    for (k, v) in data {
+        bytes.extend_from_slice(&(k.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(k.as_bytes());
+        bytes.extend_from_slice(&(v.0.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(&v.0);
+    }
+    digest(&bytes)
+}
+
+/// The certificate a Secret ends up holding, or the problem that stopped it.
+pub enum Outcome {
+    /// `written` names what was done to the Secret in this reconcile; `None` when it was kept.
+    Ready {
+        certificate: CertificateInfo,
+        renew_at: OffsetDateTime,
+        written: Option<WriteReason>,
+        message: String,
+    },
+    NotReady(Problem),
+}
+
+/// The status to write. Keeps a condition's lastTransitionTime while its status holds. Pure.
+pub fn status(kc: &Kubeconfig, outcome: &Outcome, now: OffsetDateTime) -> KubeconfigStatus {
+    let previous = kc.status.clone().unwrap_or_default();
+    let (ready, reason, message) = match outcome {
+        Outcome::Ready {
+            written: Some(w),
+            message,
+            ..
+        } => ("True", w.as_str(), message.clone()),
+        Outcome::Ready {
+            written: None,
+            certificate,
+            message,
+            ..
+        } => (
+            "True",
+            kept_reason(kc, &certificate.serial),
+            message.clone(),
+        ),
+        Outcome::NotReady(p) => ("False", p.reason, p.message.clone()),
+    };
+    let transition = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == ready)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| to_time(now));
+    let condition = Condition {
+        type_: "Ready".into(),
+        status: ready.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: kc.metadata.generation,
+        last_transition_time: transition,
+    };
+    let mut status = KubeconfigStatus {
+        conditions: vec![condition],
+        observed_generation: kc.metadata.generation,
+        ..previous.clone()
+    };
+    match outcome {
+        Outcome::Ready {
+            certificate,
+            renew_at,
+            ..
+        } => {
+            status.secret_name = Some(kc.spec.secret_ref.name.clone());
+            status.serial_number = Some(certificate.serial.clone());
+            status.not_before = Some(to_time(certificate.not_before));
+            status.not_after = Some(to_time(certificate.not_after));
+            status.renewal_time = Some(to_time(*renew_at));
+        }
+        Outcome::NotReady(_) => status.renewal_time = None,
+    }
+    status
+}
+
+fn to_time(t: OffsetDateTime) -> Time {
+    Time(
+        k8s_openapi::jiff::Timestamp::from_second(t.unix_timestamp())
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
+}
+
+async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
+    let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let uid = kc.uid().ok_or(Error::MissingMetadata("uid"))?;
+    let name = kc.name_any();
+    ctx.caches_ready().await;
+    let now = OffsetDateTime::now_utc();
+
+    // Bindings depend on the spec alone, so they are kept right whatever else is wrong.
+    let rbac_problem = apply_bindings(&kc, &uid, ctx).await?;
+
+    let outcome = match authority::resolve(&kc, ctx).await? {
+        Err(problem) => Outcome::NotReady(problem),
+        Ok(resolved) => match Desired::from_spec(&kc, &uid, &resolved) {
+            Err(problem) => Outcome::NotReady(problem),
+            Ok(desired) => apply_secret(&kc, &uid, &desired, &resolved.ca, ctx, now).await?,
+        },
+    };
+    let outcome = match (outcome, rbac_problem) {
+        (Outcome::Ready { .. }, Some(problem)) => Outcome::NotReady(problem),
+        (outcome, _) => outcome,
+    };
+    let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
+    let mut new_status = status(&kc, &outcome, now);
+    if kc.status.as_ref() != Some(&new_status) {
+        // The cached object may lag behind our last status write: compare with the live one.
+        if let Some(live) = api
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube("reading the Kubeconfig"))?
+        {
+            new_status = status(&live, &outcome, now);
+            if live.status.as_ref() == Some(&new_status) {
+                return Ok(requeue_for(&outcome));
+            }
+        }
+        let patch = json!({"apiVersion": Kubeconfig::api_version(&()), "kind": Kubeconfig::kind(&()), "status": new_status});
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("updating status"))?;
+    }
+    if let Outcome::NotReady(problem) = &outcome {
+        // Reported once per change of reason (the status patch above happened because of it).
+        warn!(reason = problem.reason, "{}", problem.message);
+        publish(
+            ctx,
+            &kc,
+            EventType::Warning,
+            problem.reason,
+            &problem.message,
+            "Reconcile",
+        )
+        .await;
+    }
+    Ok(requeue_for(&outcome))
+}
+
+/// Ready: at the renewal time. Not ready: the watches bring the object back when something it
+/// depends on changes; a slow retry covers anything they cannot see.
+fn requeue_for(outcome: &Outcome) -> Action {
+    match outcome {
+        Outcome::Ready { renew_at, .. } => {
+            let wait = (*renew_at - OffsetDateTime::now_utc())
+                .try_into()
+                .unwrap_or(Duration::ZERO);
+            Action::requeue(wait.max(Duration::from_millis(100)))
+        }
+        Outcome::NotReady(_) => Action::requeue(RETRY_PROBLEM),
+    }
+}
+
+async fn apply_secret(
+    kc: &Kubeconfig,
+    uid: &str,
+    desired: &Desired,
+    ca: &CertificateAuthority,
+    ctx: &Context,
+    now: OffsetDateTime,
+) -> Result<Outcome> {
+    let namespace = kc.namespace().unwrap_or_default();
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
+    let read_live = || async {
+        secrets
+            .get_opt(&desired.secret_name)
+            .await
+            .map_err(Error::kube(format!(
+                "reading Secret {}",
+                desired.secret_name
+            )))
+    };
+    // The cache answers most reconciles. It can lag behind our own last write, so a plan to
+    // write is checked against the live object first: no certificate is issued twice.
+    let mut plan = match ctx
+        .secrets
+        .get(&ObjectRef::new(&desired.secret_name).within(&namespace))
+    {
+        Some(cached) => plan_secret(desired, uid, Some(&cached), now),
+        None => plan_secret(desired, uid, read_live().await?.as_ref(), now),
+    };
+    if matches!(plan, SecretPlan::Write(..)) {
+        plan = plan_secret(desired, uid, read_live().await?.as_ref(), now);
+    }
+    let (reason, why) = match plan {
+        SecretPlan::Keep {
+            certificate,
+            renew_at,
+        } => {
+            return Ok(Outcome::Ready {
+                certificate,
+                renew_at,
+                written: None,
+                message: format!("Secret {} holds a valid kubeconfig", desired.secret_name),
+            });
+        }
+        SecretPlan::Conflict(problem) => return Ok(Outcome::NotReady(problem)),
+        SecretPlan::Write(reason, why) => (reason, why),
+    };
+    let issued = match ca.issue(&desired.identity, desired.algorithm, desired.validity, now) {
+        Ok(issued) => issued,
+        Err(e) => {
+            return Ok(Outcome::NotReady(Problem::new(
+                "IssueFailed",
+                e.to_string(),
+            )));
+        }
+    };
+    let secret = match build_secret(kc, uid, desired, &issued, ca) {
+        Ok(secret) => secret,
+        Err(problem) => return Ok(Outcome::NotReady(problem)),
+    };
+    secrets
+        .patch(
+            &desired.secret_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "writing Secret {}",
+            desired.secret_name
+        )))?;
+    let message = format!(
+        "{} a certificate for {} (serial {}, valid until {}) into Secret {}: {why}",
+        reason.as_str(),
+        desired.identity.username,
+        issued.serial,
+        issued.not_after,
+        desired.secret_name
+    );
+    info!(reason = reason.as_str(), serial = %issued.serial, "{message}");
+    publish(
+        ctx,
+        kc,
+        EventType::Normal,
+        reason.as_str(),
+        &message,
+        "Issue",
+    )
+    .await;
+    let certificate = CertificateInfo {
+        identity: issued.identity.clone(),
+        serial: issued.serial.clone(),
+        issuer: ca.subject().to_string(),
+        subject: String::new(),
+        not_before: issued.not_before,
+        not_after: issued.not_after,
+        is_ca: false,
+    };
+    let renew_at = renewal_time(
+        issued.not_before,
+        issued.not_after,
+        desired.renew_before,
+        uid,
+    );
+    let mut message = format!("Secret {} holds a valid kubeconfig", desired.secret_name);
+    if issued.clamped_to_ca {
+        message += &format!(
+            "; the validity was cut to the CA's expiry at {}",
+            ca.not_after()
+        );
+    }
+    Ok(Outcome::Ready {
+        certificate,
+        renew_at,
+        written: Some(reason),
+        message,
+    })
+}
+
+/// The Ready reason of a certificate that is kept: what was last done to it, as the current
+/// status says (when it is about the same certificate), else `Issued`.
+fn kept_reason(kc: &Kubeconfig, serial: &str) -> &'static str {
+    let status = kc.status.as_ref();
+    let same_certificate = status.and_then(|s| s.serial_number.as_deref()) == Some(serial);
+    let previous = status.and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+    });
+    match previous.map(|c| c.reason.as_str()) {
+        Some("Renewed") if same_certificate => "Renewed",
+        Some("Repaired") if same_certificate => "Repaired",
+        Some("Reissued") if same_certificate => "Reissued",
+        _ => "Issued",
+    }
+}
+
+/// Brings the bindings in line with the spec. A refusal by the API server (for example the
+/// controller may not bind that role) is a problem to report, not a crash.
+async fn apply_bindings(kc: &Kubeconfig, uid: &str, ctx: &Context) -> Result<Option<Problem>> {
+    let mine = |labels: &BTreeMap<String, String>| {
+        labels.get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
+    };
+    let observed_cluster: Vec<_> = ctx
+        .cluster_role_bindings
+        .state()
+        .into_iter()
+        .filter(|b| mine(b.labels()))
+        .collect();
+    let observed_namespaced: Vec<_> = ctx
+        .role_bindings
+        .state()
+        .into_iter()
+        .filter(|b| mine(b.labels()))
+        .collect();
+    let plan = plan_bindings(kc, uid, &observed_cluster, &observed_namespaced);
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut failures = Vec::new();
+    for b in &plan.apply_cluster {
+        let name = b.name_any();
+        if let Err(e) = Api::<ClusterRoleBinding>::all(ctx.client.clone())
+            .patch(&name, &params, &Patch::Apply(b))
+            .await
+        {
+            failures.push(binding_failure(&format!("ClusterRoleBinding {name}"), e)?);
+        }
+    }
+    for b in &plan.apply_namespaced {
+        let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
+        if let Err(e) = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &params, &Patch::Apply(b))
+            .await
+        {
+            failures.push(binding_failure(&format!("RoleBinding {ns}/{name}"), e)?);
+        }
+    }
+    for name in &plan.delete_cluster {
+        delete_ignoring_absent(Api::<ClusterRoleBinding>::all(ctx.client.clone()), name).await?;
+    }
+    for (ns, name) in &plan.delete_namespaced {
+        delete_ignoring_absent(Api::<RoleBinding>::namespaced(ctx.client.clone(), ns), name)
+            .await?;
+    }
+    Ok((!failures.is_empty()).then(|| Problem::new("RBACFailed", failures.join("; "))))
+}
+
+/// A binding the API server refused (4xx other than conflicts) is a problem for a person;
+/// anything else is an error to retry.
+fn binding_failure(what: &str, e: kube::Error) -> Result<String> {
+    match &e {
+        kube::Error::Api(status)
+            if (400..500).contains(&status.code) && status.code != 409 && status.code != 429 =>
+        {
+            Ok(format!("{what} was refused: {}", status.message))
+        }
+        _ => Err(Error::Kube {
+            action: format!("writing {what}"),
+            source: e,
+        }),
+    }
+}
+
+async fn delete_ignoring_absent<K>(api: Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube {
+            action: format!("deleting {name}"),
+            source: e,
+        }),
+    }
+}
+
+/// Runs before the object goes: every binding carrying its UID, then its Secret (if it is
+/// ours). Lists come from the API server, not the caches, so nothing is missed.
+async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
+    let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let uid = kc.uid().ok_or(Error::MissingMetadata("uid"))?;
+    let selector = ListParams::default().labels(&format!("{KUBECONFIG_UID_LABEL}={uid}"));
+    let cluster = Api::<ClusterRoleBinding>::all(ctx.client.clone());
+    for b in cluster
+        .list_metadata(&selector)
+        .await
+        .map_err(Error::kube("listing ClusterRoleBindings"))?
+    {
+        delete_ignoring_absent(cluster.clone(), &b.name_any()).await?;
+    }
+    for b in Api::<RoleBinding>::all(ctx.client.clone())
+        .list_metadata(&selector)
+        .await
+        .map_err(Error::kube("listing RoleBindings"))?
+    {
+        let ns = b.namespace().unwrap_or_default();
+        delete_ignoring_absent(
+            Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns),
+            &b.name_any(),
+        )
+        .await?;
+    }
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
+    let secret_name = &kc.spec.secret_ref.name;
+    if let Some(secret) = secrets
+        .get_metadata_opt(secret_name)
+        .await
+        .map_err(Error::kube("reading the Secret"))?
+    {
+        if secret.owner_references().iter().any(|o| o.uid == uid) {
+            delete_ignoring_absent(secrets, secret_name).await?;
+        }
+    }
+    info!("removed the bindings and the Secret");
+    Ok(Action::await_change())
+}
+
+async fn publish(
+    ctx: &Context,
+    kc: &Kubeconfig,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+    action: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &kc.object_ref(&())).await {
+        warn!("could not publish an event: {e}");
+    }
+}

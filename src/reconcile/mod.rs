@@ -1,0 +1,86 @@
+//! Reconcilers, one module per resource: observe -> decide (pure) -> apply -> report.
+
+pub mod authority;
+pub mod kubeconfig;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use k8s_openapi::api::{
+    core::v1::Secret,
+    rbac::v1::{ClusterRoleBinding, RoleBinding},
+};
+use kube::{
+    Client,
+    runtime::{events::Recorder, reflector::Store},
+};
+use kubeconfig_authority_pki::CertificateAuthority;
+
+use crate::api::{Authority, AuthorityRef, ClusterAuthority, Kubeconfig};
+
+/// What every reconcile shares: the client, the caches the controller's watches keep, and the
+/// parsed CAs (parsing an RSA key costs more than signing with it).
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub kubeconfigs: Store<Kubeconfig>,
+    pub authorities: Store<Authority>,
+    pub cluster_authorities: Store<ClusterAuthority>,
+    /// Secrets labelled as managed by this controller.
+    pub secrets: Store<Secret>,
+    pub cluster_role_bindings: Store<ClusterRoleBinding>,
+    pub role_bindings: Store<RoleBinding>,
+    /// Used by Kubeconfigs that name no authority.
+    pub default_authority: Option<AuthorityRef>,
+    pub ca_cache: Mutex<HashMap<(String, String), (String, Arc<CertificateAuthority>)>>,
+}
+
+impl Context {
+    /// Waits until every cache has been filled once, so that a reconcile never mistakes a cache
+    /// still loading for an object that does not exist.
+    pub async fn caches_ready(&self) {
+        // An error here means the watch was dropped: the controller is shutting down.
+        let _ = self.authorities.wait_until_ready().await;
+        let _ = self.cluster_authorities.wait_until_ready().await;
+        let _ = self.secrets.wait_until_ready().await;
+        let _ = self.cluster_role_bindings.wait_until_ready().await;
+        let _ = self.role_bindings.wait_until_ready().await;
+    }
+}
+
+/// Errors that stop a reconcile and are retried with backoff: the API server failed or refused
+/// a request. Problems a person must fix (a missing CA, a conflicting Secret) are not errors:
+/// they are reported in status and events, and the object waits for a change.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the object has no {0}")]
+    MissingMetadata(&'static str),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    pub fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Kube { action, source }
+    }
+
+    /// A short machine-readable reason, for metrics and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "APIError",
+            Error::MissingMetadata(_) => "InvalidObject",
+            Error::Finalizer(_) => "FinalizerError",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,229 @@
+//! Wiring: the Kubeconfig controller, the watches that bring an object back within seconds of a
+//! change to anything it depends on, and shutdown on SIGTERM or Ctrl-C.
+//!
+//! Watches (each a reflector whose cache the reconciler reads):
+//! - Kubeconfigs (the controller's own);
+//! - Secrets labelled as managed by this controller (owned by their Kubeconfig): an edit or a
+//!   deletion is repaired;
+//! - ClusterRoleBindings and RoleBindings labelled as managed: mapped back through their
+//!   annotation, so a deleted or edited binding is restored;
+//! - Authorities and ClusterAuthorities: their Kubeconfigs are looked at again;
+//! - the metadata of all Secrets: a change to a CA Secret (or CA bundle Secret) brings back the
+//!   Kubeconfigs of every authority that reads it. Only metadata is kept for these.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    core::v1::Secret,
+    rbac::v1::{ClusterRoleBinding, RoleBinding},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use tracing::{info, warn};
+
+use crate::{
+    api::{
+        Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority,
+        KUBECONFIG_ANNOTATION, Kubeconfig, MANAGED_BY, MANAGED_BY_LABEL,
+    },
+    reconcile::{
+        Context, Error,
+        authority::{authority_ref, refers_to, secrets_of},
+        kubeconfig,
+    },
+};
+
+/// How the controller runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The authority of Kubeconfigs that name none.
+    pub default_authority: Option<AuthorityRef>,
+}
+
+/// Runs the controller until SIGTERM or Ctrl-C; in-flight reconciles finish first.
+pub async fn run(client: Client, options: Options) -> Result<(), Error> {
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    let all = watcher::Config::default;
+
+    let (secrets, secrets_writer) = reflector::store::<Secret>();
+    let secret_events = reflector::reflector(
+        secrets_writer,
+        watcher(Api::<Secret>::all(client.clone()), managed.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (crbs, crbs_writer) = reflector::store::<ClusterRoleBinding>();
+    let crb_events = reflector::reflector(
+        crbs_writer,
+        watcher(Api::all(client.clone()), managed.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (rbs, rbs_writer) = reflector::store::<RoleBinding>();
+    let rb_events = reflector::reflector(
+        rbs_writer,
+        watcher(Api::all(client.clone()), managed.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (authorities, authorities_writer) = reflector::store::<Authority>();
+    let authority_events =
+        reflector::reflector(authorities_writer, watcher(Api::all(client.clone()), all()))
+            .default_backoff()
+            .touched_objects();
+    let (cluster_authorities, cluster_authorities_writer) = reflector::store::<ClusterAuthority>();
+    let cluster_authority_events = reflector::reflector(
+        cluster_authorities_writer,
+        watcher(Api::all(client.clone()), all()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let secret_meta_events = watcher(
+        Api::<kube::core::PartialObjectMeta<Secret>>::all(client.clone()),
+        all(),
+    )
+    .default_backoff()
+    .touched_objects();
+
+    let controller = Controller::new(Api::<Kubeconfig>::all(client.clone()), all());
+    let kubeconfigs = controller.store();
+    let reporter = Reporter {
+        controller: "kubeconfig-authority".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        kubeconfigs: kubeconfigs.clone(),
+        authorities: authorities.clone(),
+        cluster_authorities: cluster_authorities.clone(),
+        secrets,
+        cluster_role_bindings: crbs,
+        role_bindings: rbs,
+        default_authority: options.default_authority.clone(),
+        ca_cache: Default::default(),
+    });
+
+    let default = options.default_authority.clone();
+    let by_authority = {
+        let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
+        move |a: Authority| {
+            users_of(
+                &kubeconfigs,
+                default.as_ref(),
+                AuthorityKind::Authority,
+                a.namespace().as_deref(),
+                &a.name_any(),
+            )
+        }
+    };
+    let by_cluster_authority = {
+        let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
+        move |a: ClusterAuthority| {
+            users_of(
+                &kubeconfigs,
+                default.as_ref(),
+                AuthorityKind::ClusterAuthority,
+                None,
+                &a.name_any(),
+            )
+        }
+    };
+    let by_secret = {
+        let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
+        move |s: kube::core::PartialObjectMeta<Secret>| {
+            let key = (s.namespace().unwrap_or_default(), s.name_any());
+            let reads =
+                |config: &AuthorityConfig, ns: Option<&str>| secrets_of(config, ns).contains(&key);
+            let mut out = Vec::new();
+            for a in authorities.state() {
+                if reads(&a.spec.config, a.namespace().as_deref()) {
+                    out.extend(users_of(
+                        &kubeconfigs,
+                        default.as_ref(),
+                        AuthorityKind::Authority,
+                        a.namespace().as_deref(),
+                        &a.name_any(),
+                    ));
+                }
+            }
+            for a in cluster_authorities.state() {
+                if reads(&a.spec.config, None) {
+                    out.extend(users_of(
+                        &kubeconfigs,
+                        default.as_ref(),
+                        AuthorityKind::ClusterAuthority,
+                        None,
+                        &a.name_any(),
+                    ));
+                }
+            }
+            out
+        }
+    };
+
+    info!("starting the Kubeconfig controller");
+    controller
+        .owns_stream(secret_events)
+        .watches_stream(crb_events, |b: ClusterRoleBinding| {
+            owner_of(b.annotations())
+        })
+        .watches_stream(rb_events, |b: RoleBinding| owner_of(b.annotations()))
+        .watches_stream(authority_events, by_authority)
+        .watches_stream(cluster_authority_events, by_cluster_authority)
+        .watches_stream(secret_meta_events, by_secret)
+        .shutdown_on_signal()
+        .run(kubeconfig::reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                match e {
+                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                    other => warn!("reconcile failed: {other}"),
+                }
+            }
+        })
+        .await;
+    info!("stopped");
+    Ok(())
+}
+
+fn error_policy(kc: Arc<Kubeconfig>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(kubeconfig = %format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any()), reason = error.reason(), "{error}");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The Kubeconfig an object's annotation names.
+fn owner_of(
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Option<ObjectRef<Kubeconfig>> {
+    let (namespace, name) = annotations.get(KUBECONFIG_ANNOTATION)?.split_once('/')?;
+    Some(ObjectRef::new(name).within(namespace))
+}
+
+/// The Kubeconfigs that use an authority.
+fn users_of(
+    kubeconfigs: &Store<Kubeconfig>,
+    default: Option<&AuthorityRef>,
+    kind: AuthorityKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<ObjectRef<Kubeconfig>> {
+    kubeconfigs
+        .state()
+        .into_iter()
+        .filter(|kc| {
+            let ns = kc.namespace().unwrap_or_default();
+            authority_ref(kc, default).is_some_and(|r| refers_to(r, &ns, kind, namespace, name))
+        })
+        .map(|kc| ObjectRef::from_obj(&*kc))
+        .collect()
+}

@@ -1,0 +1,895 @@
+//! The Kubeconfig controller against the real control plane: issuance, RBAC, identity
+//! uniqueness, renewal in real time, repair, CA rotation, and bad CAs.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        core::v1::{ConfigMap, Secret},
+        rbac::v1::{ClusterRoleBinding, RoleBinding},
+    },
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use kubeconfig_authority::api::{Authority, Kubeconfig};
+use kubeconfig_authority_pki::{inspect_certificate, kubeconfig as kc_file, parse_certificates};
+use serde_json::{Value, json};
+
+use crate::{
+    control_plane::whoami,
+    support::{self, ControlPlane, TestCa, client_from_kubeconfig},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kubeconfig-authority");
+
+fn plane() -> &'static ControlPlane {
+    support::shared_with_controller(BIN)
+}
+
+/// A namespace with a CA Secret (kubeadm's key names) and an Authority `cluster-ca` using it.
+async fn setup(prefix: &str, ca: &TestCa) -> (Client, String) {
+    let plane = plane();
+    let ns = plane.namespace(prefix).await;
+    let admin = plane.admin().await;
+    put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &ca.key_pem).await;
+    let authority: Authority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+        "metadata": {"name": "cluster-ca"},
+        "spec": {"server": plane.server, "caBundle": {"inline": plane.ca_cert_pem}, "signer": {"caSecretRef": {"name": "cluster-ca"}}},
+    }))
+    .unwrap();
+    Api::<Authority>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &authority)
+        .await
+        .unwrap();
+    (admin, ns)
+}
+
+async fn put_ca_secret(admin: &Client, ns: &str, name: &str, cert: &str, key: &str) {
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+        "stringData": {"ca.crt": cert, "ca.key": key},
+    });
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .unwrap();
+}
+
+async fn apply(admin: &Client, ns: &str, name: &str, spec: Value) -> Kubeconfig {
+    let object = json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
+        "metadata": {"name": name}, "spec": spec,
+    });
+    Api::<Kubeconfig>::namespaced(admin.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap()
+}
+
+fn spec(username: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "authorityRef": {"name": "cluster-ca"},
+        "username": username,
+        "groups": ["developers"],
+        "validity": "1h",
+        "secretRef": {"name": format!("{username}-kubeconfig")},
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    spec
+}
+
+fn ready_condition(kc: &Kubeconfig) -> Option<(String, String, String)> {
+    kc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Polls until `check` returns Some, or panics after `timeout` with the last state.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) if Instant::now() >= deadline => {
+                panic!("{what} did not happen within {timeout:?}: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+async fn wait_condition(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    status: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> Kubeconfig {
+    let api = Api::<Kubeconfig>::namespaced(admin.clone(), ns);
+    eventually(
+        timeout,
+        &format!("{ns}/{name} Ready={status} {reason:?}"),
+        || async {
+            let kc = api.get(name).await.map_err(|e| e.to_string())?;
+            match ready_condition(&kc) {
+                Some((s, r, _))
+                    if s == status
+                        && reason.is_none_or(|want| want == r)
+                        && kc.status.as_ref().and_then(|s| s.observed_generation)
+                            == kc.metadata.generation =>
+                {
+                    Ok(kc)
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+async fn wait_ready(admin: &Client, ns: &str, name: &str) -> Kubeconfig {
+    wait_condition(admin, ns, name, "True", None, Duration::from_secs(10)).await
+}
+
+async fn secret(admin: &Client, ns: &str, name: &str) -> Option<Secret> {
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+async fn kubeconfig_of(admin: &Client, ns: &str, secret_name: &str) -> String {
+    let s = secret(admin, ns, secret_name)
+        .await
+        .expect("the Secret exists");
+    String::from_utf8(s.data.unwrap()["kubeconfig"].0.clone()).unwrap()
+}
+
+fn serial_of(kubeconfig: &str) -> (String, String) {
+    let parsed = kc_file::parse(kubeconfig).unwrap();
+    let info = inspect_certificate(
+        &parse_certificates(&parsed.client_certificate_pem.unwrap()).unwrap()[0],
+    )
+    .unwrap();
+    (info.serial, info.issuer)
+}
+
+fn code(result: Result<impl Sized, kube::Error>) -> u16 {
+    match result {
+        Ok(_) => 200,
+        Err(kube::Error::Api(s)) => s.code,
+        Err(e) => panic!("not an API answer: {e}"),
+    }
+}
+
+/// Polls a call until it answers `want` (RBAC changes reach the authorizer within a moment).
+async fn until_code<F, Fut, T>(what: &str, want: u16, mut call: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    eventually(Duration::from_secs(10), what, || {
+        let fut = call();
+        async move {
+            let got = code(fut.await);
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("answered {got}"))
+            }
+        }
+    })
+    .await
+}
+
+async fn list_configmaps(
+    client: Client,
+    ns: String,
+) -> Result<kube::core::ObjectList<ConfigMap>, kube::Error> {
+    Api::<ConfigMap>::namespaced(client, &ns)
+        .list(&ListParams::default())
+        .await
+}
+
+async fn create_configmap(
+    client: Client,
+    ns: String,
+    name: &'static str,
+) -> Result<ConfigMap, kube::Error> {
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<ConfigMap>::namespaced(client, &ns)
+        .create(&PostParams::default(), &cm)
+        .await
+}
+
+#[tokio::test]
+async fn a_kubeconfig_is_ready_within_two_seconds_and_authenticates() {
+    let plane = plane();
+    let (admin, ns) = setup("issue", &plane.ca).await;
+    let started = Instant::now();
+    apply(
+        &admin,
+        &ns,
+        "susan",
+        spec("susan", json!({"groups": ["developers", "ops"]})),
+    )
+    .await;
+    let kc = wait_condition(
+        &admin,
+        &ns,
+        "susan",
+        "True",
+        Some("Issued"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "Ready after {took:?}");
+    let uid = kc.uid().unwrap();
+
+    let secret = secret(&admin, &ns, "susan-kubeconfig").await.unwrap();
+    let data = secret.data.clone().unwrap();
+    let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        ["ca.crt", "kubeconfig", "tls.crt", "tls.key", "value"]
+    );
+    assert_eq!(data["kubeconfig"], data["value"]);
+    let owner = &secret.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
+        ("Kubeconfig", uid.as_str(), Some(true))
+    );
+
+    let status = kc.status.clone().unwrap();
+    let kubeconfig = String::from_utf8(data["kubeconfig"].0.clone()).unwrap();
+    assert_eq!(
+        status.serial_number.as_deref(),
+        Some(serial_of(&kubeconfig).0.as_str())
+    );
+    assert!(status.renewal_time.is_some() && status.not_after.is_some());
+    assert_eq!(status.secret_name.as_deref(), Some("susan-kubeconfig"));
+
+    let (user, groups) = whoami(client_from_kubeconfig(&kubeconfig).await).await;
+    assert_eq!(user, "susan");
+    assert_eq!(
+        groups,
+        [
+            "developers",
+            "ops",
+            "kubeconfig:susan",
+            &format!("kubeconfig-uid:{uid}"),
+            "system:authenticated"
+        ]
+    );
+
+    // `kubeconfig-authority get` downloads the same kubeconfig.
+    let out = std::process::Command::new(BIN)
+        .args(["get", "susan", "-n", &ns])
+        .env("KUBECONFIG", plane.admin_kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), kubeconfig);
+}
+
+#[tokio::test]
+async fn bindings_grant_exactly_the_roles_asked_for_and_go_with_the_object() {
+    let plane = plane();
+    let (admin, ns) = setup("rbac", &plane.ca).await;
+    let other = plane.namespace("rbac-other").await;
+    let authorization = json!({"authorization": {
+        "clusterRoleBindings": {"clusterRoles": ["view"]},
+        "roleBindings": [{"namespace": ns, "clusterRole": "edit"}],
+    }});
+    apply(&admin, &ns, "bob", spec("bob", authorization.clone())).await;
+    let kc = wait_ready(&admin, &ns, "bob").await;
+    let uid = kc.uid().unwrap();
+    let bob = client_from_kubeconfig(&kubeconfig_of(&admin, &ns, "bob-kubeconfig").await).await;
+    let configmap = |name: &str| -> ConfigMap {
+        serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+    };
+
+    // view cluster-wide: read anywhere; edit in its namespace: write there only.
+    until_code("bob lists configmaps elsewhere", 200, || {
+        list_configmaps(bob.clone(), other.clone())
+    })
+    .await;
+    until_code("bob creates a configmap in his namespace", 200, || {
+        create_configmap(bob.clone(), ns.clone(), "a")
+    })
+    .await;
+    assert_eq!(
+        code(
+            Api::<ConfigMap>::namespaced(bob.clone(), &other)
+                .create(&PostParams::default(), &configmap("b"))
+                .await
+        ),
+        403
+    );
+    assert_eq!(
+        code(
+            Api::<Secret>::namespaced(bob.clone(), &other)
+                .list(&ListParams::default())
+                .await
+        ),
+        403,
+        "view does not read secrets"
+    );
+
+    // The bindings: deterministic names, labelled with the UID, bound to the UID group.
+    let crb = Api::<ClusterRoleBinding>::all(admin.clone())
+        .get(&format!("kubeconfig:{ns}:bob:view"))
+        .await
+        .unwrap();
+    assert_eq!(crb.labels()["kubeconfig-authority.dev/kubeconfig-uid"], uid);
+    assert_eq!(
+        crb.subjects.unwrap()[0].name,
+        format!("kubeconfig-uid:{uid}")
+    );
+
+    // Removing edit from the spec takes the write away; view stays.
+    apply(
+        &admin,
+        &ns,
+        "bob",
+        spec(
+            "bob",
+            json!({"authorization": {"clusterRoleBindings": {"clusterRoles": ["view"]}}}),
+        ),
+    )
+    .await;
+    until_code("bob loses edit", 403, || {
+        create_configmap(bob.clone(), ns.clone(), "c")
+    })
+    .await;
+    assert_eq!(
+        code(
+            Api::<ConfigMap>::namespaced(bob.clone(), &ns)
+                .list(&ListParams::default())
+                .await
+        ),
+        200
+    );
+    assert!(
+        Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+            .get_opt(&format!("kubeconfig:{ns}:bob:clusterrole:edit"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Deleting the Kubeconfig removes the bindings and the Secret before it goes.
+    Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+        .delete("bob", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "bob is gone", || async {
+        match Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+            .get_opt("bob")
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    assert!(secret(&admin, &ns, "bob-kubeconfig").await.is_none());
+    let left = Api::<ClusterRoleBinding>::all(admin.clone())
+        .list(
+            &ListParams::default()
+                .labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}")),
+        )
+        .await
+        .unwrap();
+    assert!(left.items.is_empty());
+    until_code("the old certificate loses view", 403, || {
+        list_configmaps(bob.clone(), other.clone())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn old_certificates_never_inherit_bindings_of_a_namesake() {
+    let plane = plane();
+    let (admin, ns) = setup("namesake", &plane.ca).await;
+    let (_, ns2) = setup("namesake2", &plane.ca).await;
+    let target = plane.namespace("namesake-target").await;
+    let view_target =
+        json!({"authorization": {"roleBindings": [{"namespace": target, "clusterRole": "view"}]}});
+
+    // ns/carol, then deleted and recreated with the same name and the same bindings.
+    apply(&admin, &ns, "carol", spec("carol", view_target.clone())).await;
+    wait_ready(&admin, &ns, "carol").await;
+    let first = client_from_kubeconfig(&kubeconfig_of(&admin, &ns, "carol-kubeconfig").await).await;
+    until_code("the first carol reads the target", 200, || {
+        list_configmaps(first.clone(), target.clone())
+    })
+    .await;
+    Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+        .delete("carol", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "carol is gone", || async {
+        Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+            .get_opt("carol")
+            .await
+            .map_err(|e| e.to_string())?
+            .map_or(Ok(()), |_| Err("still there".to_string()))
+    })
+    .await;
+    apply(&admin, &ns, "carol", spec("carol", view_target.clone())).await;
+    wait_ready(&admin, &ns, "carol").await;
+    let second =
+        client_from_kubeconfig(&kubeconfig_of(&admin, &ns, "carol-kubeconfig").await).await;
+    until_code("the second carol reads the target", 200, || {
+        list_configmaps(second.clone(), target.clone())
+    })
+    .await;
+    assert_eq!(
+        code(
+            Api::<ConfigMap>::namespaced(first.clone(), &target)
+                .list(&ListParams::default())
+                .await
+        ),
+        403,
+        "the first carol's certificate gets nothing from the second"
+    );
+
+    // ns2/dave has the binding; ns/dave, same name and username, has none.
+    apply(&admin, &ns2, "dave", spec("dave", view_target)).await;
+    apply(&admin, &ns, "dave", spec("dave", json!({}))).await;
+    wait_ready(&admin, &ns2, "dave").await;
+    wait_ready(&admin, &ns, "dave").await;
+    let bound = client_from_kubeconfig(&kubeconfig_of(&admin, &ns2, "dave-kubeconfig").await).await;
+    let unbound =
+        client_from_kubeconfig(&kubeconfig_of(&admin, &ns, "dave-kubeconfig").await).await;
+    until_code("ns2/dave reads the target", 200, || {
+        list_configmaps(bound.clone(), target.clone())
+    })
+    .await;
+    assert_eq!(
+        code(
+            Api::<ConfigMap>::namespaced(unbound.clone(), &target)
+                .list(&ListParams::default())
+                .await
+        ),
+        403
+    );
+}
+
+#[tokio::test]
+async fn short_certificates_are_renewed_before_they_expire() {
+    let plane = plane();
+    let (admin, ns) = setup("renew", &plane.ca).await;
+    apply(
+        &admin,
+        &ns,
+        "erin",
+        spec("erin", json!({"validity": "40s", "renewBefore": "30s"})),
+    )
+    .await;
+    let first_kc = wait_ready(&admin, &ns, "erin").await;
+    let first = kubeconfig_of(&admin, &ns, "erin-kubeconfig").await;
+    let (first_serial, _) = serial_of(&first);
+    let first_not_after = first_kc.status.unwrap().not_after.unwrap();
+    // Due at notAfter - 30s (less up to 3s of jitter): about ten seconds from now. Nothing
+    // touches the object meanwhile.
+    let renewed = eventually(Duration::from_secs(25), "renewal", || async {
+        let now = kubeconfig_of(&admin, &ns, "erin-kubeconfig").await;
+        if serial_of(&now).0 != first_serial {
+            Ok(now)
+        } else {
+            Err("same serial".to_string())
+        }
+    })
+    .await;
+    let kc = wait_ready(&admin, &ns, "erin").await;
+    let status = kc.status.unwrap();
+    assert!(status.not_after.unwrap().0 > first_not_after.0);
+    assert!(
+        k8s_openapi::jiff::Timestamp::now() < first_not_after.0,
+        "renewed before the old one expired"
+    );
+    assert_eq!(
+        status.serial_number.as_deref(),
+        Some(serial_of(&renewed).0.as_str())
+    );
+    assert_eq!(
+        ready_condition(
+            &Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+                .get("erin")
+                .await
+                .unwrap()
+        )
+        .unwrap()
+        .1,
+        "Renewed"
+    );
+    // Both the old and the new kubeconfig work (the old one until it expires).
+    assert_eq!(whoami(client_from_kubeconfig(&first).await).await.0, "erin");
+    assert_eq!(
+        whoami(client_from_kubeconfig(&renewed).await).await.0,
+        "erin"
+    );
+}
+
+#[tokio::test]
+async fn damage_is_repaired_within_seconds() {
+    let plane = plane();
+    let (admin, ns) = setup("repair", &plane.ca).await;
+    apply(
+        &admin,
+        &ns,
+        "frank",
+        spec(
+            "frank",
+            json!({"authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "view"}]}}),
+        ),
+    )
+    .await;
+    wait_ready(&admin, &ns, "frank").await;
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+    let valid_secret = || async {
+        let s = secrets
+            .get_opt("frank-kubeconfig")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no Secret")?;
+        let yaml = String::from_utf8(s.data.ok_or("no data")?["kubeconfig"].0.clone())
+            .map_err(|e| e.to_string())?;
+        kc_file::parse(&yaml).map_err(|e| e.to_string())?;
+        Ok::<_, String>(yaml)
+    };
+
+    // The Secret deleted.
+    secrets
+        .delete("frank-kubeconfig", &DeleteParams::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let restored = eventually(
+        Duration::from_secs(5),
+        "the deleted Secret restored",
+        valid_secret,
+    )
+    .await;
+    eprintln!("deleted Secret restored in {:?}", started.elapsed());
+    assert_eq!(
+        whoami(client_from_kubeconfig(&restored).await).await.0,
+        "frank"
+    );
+
+    // Its data edited.
+    let edit = json!({"data": {"kubeconfig": ByteString(b"garbage".to_vec())}});
+    secrets
+        .patch(
+            "frank-kubeconfig",
+            &PatchParams::default(),
+            &Patch::Merge(&edit),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let repaired = eventually(
+        Duration::from_secs(5),
+        "the edited Secret repaired",
+        valid_secret,
+    )
+    .await;
+    eprintln!("edited Secret repaired in {:?}", started.elapsed());
+    assert_eq!(
+        whoami(client_from_kubeconfig(&repaired).await).await.0,
+        "frank"
+    );
+    // A label someone added is kept through repairs.
+    secrets.patch("frank-kubeconfig", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": {"team": "a"}}, "data": {"tls.crt": ByteString(b"x".to_vec())}}))).await.unwrap();
+    eventually(Duration::from_secs(5), "repaired again", || async {
+        let s = secrets
+            .get("frank-kubeconfig")
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok = s
+            .data
+            .as_ref()
+            .is_some_and(|d| d["tls.crt"].0.starts_with(b"-----BEGIN CERTIFICATE"));
+        if ok {
+            Ok(s)
+        } else {
+            Err("tls.crt still edited".into())
+        }
+    })
+    .await;
+    assert_eq!(
+        secrets
+            .get("frank-kubeconfig")
+            .await
+            .unwrap()
+            .labels()
+            .get("team")
+            .map(String::as_str),
+        Some("a")
+    );
+
+    // A binding deleted.
+    let bindings = Api::<RoleBinding>::namespaced(admin.clone(), &ns);
+    let name = format!("kubeconfig:{ns}:frank:clusterrole:view");
+    bindings
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    eventually(Duration::from_secs(5), "the binding restored", || async {
+        bindings
+            .get_opt(&name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "absent".to_string())
+    })
+    .await;
+    eprintln!("deleted binding restored in {:?}", started.elapsed());
+    // A binding edited (its subjects emptied).
+    bindings
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"subjects": []})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the binding's subjects restored",
+        || async {
+            let b = bindings.get(&name).await.map_err(|e| e.to_string())?;
+            if b.subjects.unwrap_or_default().len() == 1 {
+                Ok(())
+            } else {
+                Err("no subjects".to_string())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_new_ca_reissues_every_dependent() {
+    let plane = plane();
+    let (admin, ns) = setup("rotate", &plane.ca).await;
+    for name in ["gina", "hank"] {
+        apply(&admin, &ns, name, spec(name, json!({}))).await;
+    }
+    let mut before = Vec::new();
+    for name in ["gina", "hank"] {
+        wait_ready(&admin, &ns, name).await;
+        before.push(serial_of(
+            &kubeconfig_of(&admin, &ns, &format!("{name}-kubeconfig")).await,
+        ));
+    }
+    assert!(
+        before
+            .iter()
+            .all(|(_, issuer)| issuer.contains("kubeconfig-authority-test-ca"))
+    );
+
+    // The CA Secret now holds the spare CA, which the API server also trusts.
+    put_ca_secret(
+        &admin,
+        &ns,
+        "cluster-ca",
+        &plane.spare_ca.cert_pem,
+        &plane.spare_ca.key_pem,
+    )
+    .await;
+    for (name, (old_serial, _)) in ["gina", "hank"].into_iter().zip(before) {
+        let yaml = eventually(
+            Duration::from_secs(10),
+            &format!("{name} reissued by the new CA"),
+            || async {
+                let yaml = kubeconfig_of(&admin, &ns, &format!("{name}-kubeconfig")).await;
+                let (serial, issuer) = serial_of(&yaml);
+                if serial != old_serial && issuer.contains("spare-ca") {
+                    Ok(yaml)
+                } else {
+                    Err(issuer)
+                }
+            },
+        )
+        .await;
+        let kc = wait_condition(
+            &admin,
+            &ns,
+            name,
+            "True",
+            Some("Reissued"),
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(kc.status.unwrap().serial_number, Some(serial_of(&yaml).0));
+        assert_eq!(whoami(client_from_kubeconfig(&yaml).await).await.0, name);
+        let secret = secret(&admin, &ns, &format!("{name}-kubeconfig"))
+            .await
+            .unwrap();
+        assert_eq!(
+            secret.data.unwrap()["ca.crt"].0,
+            plane.spare_ca.cert_pem.as_bytes()
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_cas_are_reported_and_nothing_is_written_until_fixed() {
+    let plane = plane();
+    let (admin, ns) = setup("badca", &plane.ca).await;
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+    secrets
+        .delete("cluster-ca", &DeleteParams::default())
+        .await
+        .unwrap();
+    apply(&admin, &ns, "ivan", spec("ivan", json!({}))).await;
+    let kc = wait_condition(
+        &admin,
+        &ns,
+        "ivan",
+        "False",
+        Some("CASecretNotFound"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let message = ready_condition(&kc).unwrap().2;
+    assert!(
+        message.contains(&format!("{ns}/cluster-ca")) && message.contains("does not exist"),
+        "{message}"
+    );
+
+    // Meanwhile other Kubeconfigs are served.
+    let (other_admin, other_ns) = setup("badca-other", &plane.ca).await;
+    apply(&other_admin, &other_ns, "judy", spec("judy", json!({}))).await;
+    wait_ready(&other_admin, &other_ns, "judy").await;
+
+    let leaf = TestCa::leaf_pair();
+    let expired = TestCa::expired("expired-ca");
+    let cases = [
+        (
+            "CASecretInvalid",
+            "garbage".to_string(),
+            plane.ca.key_pem.clone(),
+            "no PEM block",
+        ),
+        (
+            "CASecretInvalid",
+            plane.spare_ca.cert_pem.clone(),
+            plane.ca.key_pem.clone(),
+            "does not match",
+        ),
+        ("CANotACA", leaf.0, leaf.1, "not a CA"),
+        (
+            "CAExpired",
+            expired.cert_pem.clone(),
+            expired.key_pem.clone(),
+            "expired",
+        ),
+    ];
+    let api = Api::<Kubeconfig>::namespaced(admin.clone(), &ns);
+    for (reason, cert, key, needle) in cases {
+        put_ca_secret(&admin, &ns, "cluster-ca", &cert, &key).await;
+        let message = eventually(
+            Duration::from_secs(10),
+            &format!("{reason} reported"),
+            || async {
+                let kc = api.get("ivan").await.map_err(|e| e.to_string())?;
+                match ready_condition(&kc) {
+                    Some((s, r, m)) if s == "False" && r == reason && m.contains(needle) => Ok(m),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await;
+        assert!(
+            !message.contains("PRIVATE KEY")
+                && !message.contains(key.lines().nth(1).unwrap_or("-")),
+            "no key material: {message}"
+        );
+        assert!(
+            secret(&admin, &ns, "ivan-kubeconfig").await.is_none(),
+            "nothing written with {reason}"
+        );
+    }
+
+    // Fixed: recovers on its own, at once.
+    put_ca_secret(
+        &admin,
+        &ns,
+        "cluster-ca",
+        &plane.ca.cert_pem,
+        &plane.ca.key_pem,
+    )
+    .await;
+    wait_ready(&admin, &ns, "ivan").await;
+    assert_eq!(
+        whoami(client_from_kubeconfig(&kubeconfig_of(&admin, &ns, "ivan-kubeconfig").await).await)
+            .await
+            .0,
+        "ivan"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_the_controller_did_not_create_is_never_overwritten() {
+    let plane = plane();
+    let (admin, ns) = setup("conflict", &plane.ca).await;
+    let theirs = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kim-kubeconfig"}, "stringData": {"kubeconfig": "mine"}});
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .patch(
+            "kim-kubeconfig",
+            &PatchParams::apply("someone").force(),
+            &Patch::Apply(&theirs),
+        )
+        .await
+        .unwrap();
+    apply(&admin, &ns, "kim", spec("kim", json!({}))).await;
+    let kc = wait_condition(
+        &admin,
+        &ns,
+        "kim",
+        "False",
+        Some("SecretConflict"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        ready_condition(&kc)
+            .unwrap()
+            .2
+            .contains("not managed by this Kubeconfig")
+    );
+    let data = secret(&admin, &ns, "kim-kubeconfig")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert_eq!(data["kubeconfig"].0, b"mine");
+    // Deleting the Kubeconfig leaves their Secret alone too.
+    Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+        .delete("kim", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "kim is gone", || async {
+        Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+            .get_opt("kim")
+            .await
+            .map_err(|e| e.to_string())?
+            .map_or(Ok(()), |_| Err("still there".to_string()))
+    })
+    .await;
+    assert!(secret(&admin, &ns, "kim-kubeconfig").await.is_some());
+}
