@@ -47,6 +47,8 @@ use crate::{
 pub struct Options {
     /// The authority of Kubeconfigs that name none.
     pub default_authority: Option<AuthorityRef>,
+    /// Where to answer `/livez` and `/readyz`, if anywhere.
+    pub health_addr: Option<std::net::SocketAddr>,
 }
 
 /// Runs the controller until SIGTERM or Ctrl-C; in-flight reconciles finish first.
@@ -171,6 +173,19 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         }
     };
 
+    if let Some(addr) = options.health_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Startup(format!("listening on {addr} for health checks: {e}")))?;
+        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(serve_health(listener, ready.clone()));
+        let context = context.clone();
+        tokio::spawn(async move {
+            context.caches_ready().await;
+            ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+
     info!("starting the Kubeconfig controller");
     controller
         .owns_stream(secret_events)
@@ -226,4 +241,40 @@ fn users_of(
         })
         .map(|kc| ObjectRef::from_obj(&*kc))
         .collect()
+}
+
+/// `/livez` answers 200 while the process runs; `/readyz` answers 200 once every cache has been
+/// filled. A deliberately small HTTP/1.0 responder for the kubelet's probes.
+async fn serve_health(
+    listener: tokio::net::TcpListener,
+    ready: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("");
+            let (code, body) = match path {
+                "/livez" => ("200 OK", "ok"),
+                "/readyz" if ready.load(std::sync::atomic::Ordering::Relaxed) => ("200 OK", "ok"),
+                "/readyz" => ("503 Service Unavailable", "caches are not synced yet"),
+                _ => ("404 Not Found", "not found"),
+            };
+            let response = format!(
+                "HTTP/1.0 {code}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
 }

@@ -2,6 +2,9 @@
 //! `kubeconfig-authority crd` prints the CRDs generated from these types; `crds/` holds that
 //! output (a test fails when it is stale).
 
+// kube-derive's repeated `printcolumn(...)` arguments read as duplicated attributes to clippy.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;

@@ -19,6 +19,9 @@ pub struct RunArgs {
     /// (then looked up in each Kubeconfig's own namespace).
     #[arg(long, value_name = "KIND/NAME", value_parser = parse_authority_ref)]
     default_authority: Option<AuthorityRef>,
+    /// Serve `/livez` and `/readyz` on this address (for example 0.0.0.0:8080).
+    #[arg(long, value_name = "ADDR")]
+    health_addr: Option<std::net::SocketAddr>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "LOG_FORMAT")]
     log_format: LogFormat,
@@ -70,6 +73,7 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
             client,
             runtime::Options {
                 default_authority: args.default_authority,
+                health_addr: args.health_addr,
             },
         )
         .await

@@ -66,22 +66,20 @@ pub fn refers_to(
 pub fn secrets_of(config: &AuthorityConfig, own_namespace: Option<&str>) -> Vec<(String, String)> {
     let ns =
         |explicit: &Option<String>| explicit.clone().or_else(|| own_namespace.map(String::from));
-    let mut out = Vec::new();
-    if let Some(r) = &config.signer.ca_secret_ref {
-        if let Some(n) = ns(&r.namespace) {
-            out.push((n, r.name.clone()));
-        }
-    }
-    if let Some(r) = config
+    let bundle = config
         .ca_bundle
         .as_ref()
-        .and_then(|b| b.secret_ref.as_ref())
-    {
-        if let Some(n) = ns(&r.namespace) {
-            out.push((n, r.name.clone()));
-        }
-    }
-    out
+        .and_then(|b| b.secret_ref.as_ref());
+    let signer = config
+        .signer
+        .ca_secret_ref
+        .as_ref()
+        .map(|r| (&r.namespace, &r.name));
+    signer
+        .into_iter()
+        .chain(bundle.map(|r| (&r.namespace, &r.name)))
+        .filter_map(|(namespace, name)| Some((ns(namespace)?, name.clone())))
+        .collect()
 }
 
 /// Resolves the authority of `kc`. `Ok(Err(problem))` when a person must fix something.
@@ -234,12 +232,16 @@ async fn load_ca(
     let now = OffsetDateTime::now_utc();
     let key = (namespace.to_string(), name.to_string());
     let version = secret.resource_version().unwrap_or_default();
-    if let Ok(cache) = ctx.ca_cache.lock() {
-        if let Some((cached_version, ca)) = cache.get(&key) {
-            if *cached_version == version && ca.not_after() > now {
-                return Ok(Ok(ca.clone()));
-            }
-        }
+    let cached = ctx
+        .ca_cache
+        .lock()
+        .ok()
+        .and_then(|cache| cache.get(&key).cloned());
+    if let Some((cached_version, ca)) = cached
+        && cached_version == version
+        && ca.not_after() > now
+    {
+        return Ok(Ok(ca));
     }
     let data = secret.data.unwrap_or_default();
     let text = |k: &str| {

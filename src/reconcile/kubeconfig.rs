@@ -925,14 +925,12 @@ async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     }
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
     let secret_name = &kc.spec.secret_ref.name;
-    if let Some(secret) = secrets
+    let secret = secrets
         .get_metadata_opt(secret_name)
         .await
-        .map_err(Error::kube("reading the Secret"))?
-    {
-        if secret.owner_references().iter().any(|o| o.uid == uid) {
-            delete_ignoring_absent(secrets, secret_name).await?;
-        }
+        .map_err(Error::kube("reading the Secret"))?;
+    if secret.is_some_and(|s| s.owner_references().iter().any(|o| o.uid == uid)) {
+        delete_ignoring_absent(secrets, secret_name).await?;
     }
     info!("removed the bindings and the Secret");
     Ok(Action::await_change())
@@ -955,5 +953,298 @@ async fn publish(
     };
     if let Err(e) = ctx.recorder.publish(&event, &kc.object_ref(&())).await {
         warn!("could not publish an event: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+
+    const UID: &str = "0b7e1c5e-0000-4000-8000-000000000001";
+
+    fn make_ca(name: &str) -> Arc<CertificateAuthority> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - Duration::from_secs(3600);
+        params.not_after = now + Duration::from_secs(30 * 86400);
+        let cert = params.self_signed(&key).unwrap();
+        Arc::new(CertificateAuthority::from_pem(&cert.pem(), &key.serialize_pem(), now).unwrap())
+    }
+
+    fn kubeconfig(spec: serde_json::Value) -> Kubeconfig {
+        serde_json::from_value(json!({
+            "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
+            "metadata": {"name": "susan", "namespace": "team-a", "uid": UID, "generation": 2},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn base_spec() -> serde_json::Value {
+        json!({"username": "susan", "groups": ["dev"], "validity": "24h", "secretRef": {"name": "susan-kubeconfig"}})
+    }
+
+    fn resolved(ca: &Arc<CertificateAuthority>) -> Resolved {
+        Resolved {
+            server: "https://api.example:6443".into(),
+            server_ca_pem: ca.certificate_pem().into(),
+            ca: ca.clone(),
+        }
+    }
+
+    /// Issues and builds the Secret the controller would write.
+    fn written(
+        kc: &Kubeconfig,
+        desired: &Desired,
+        ca: &CertificateAuthority,
+        now: OffsetDateTime,
+    ) -> Secret {
+        let issued = ca
+            .issue(&desired.identity, desired.algorithm, desired.validity, now)
+            .unwrap();
+        build_secret(kc, UID, desired, &issued, ca).unwrap()
+    }
+
+    #[test]
+    fn the_identity_is_unique_to_the_object() {
+        let ca = make_ca("a");
+        let desired = Desired::from_spec(&kubeconfig(base_spec()), UID, &resolved(&ca)).unwrap();
+        assert_eq!(desired.identity.username, "susan");
+        assert_eq!(
+            desired.identity.groups,
+            ["dev", "kubeconfig:susan", &format!("kubeconfig-uid:{UID}")]
+        );
+        assert_eq!(desired.kubeconfig_keys, ["kubeconfig", "value"]);
+        assert_eq!(desired.algorithm, KeyAlgorithm::EcdsaP256);
+    }
+
+    #[test]
+    fn bad_spec_values_name_the_field() {
+        let ca = make_ca("a");
+        let mut spec = base_spec();
+        spec["validity"] = json!("7d");
+        let problem = Desired::from_spec(&kubeconfig(spec), UID, &resolved(&ca)).unwrap_err();
+        assert_eq!(problem.reason, "InvalidSpec");
+        assert!(
+            problem.message.starts_with("spec.validity:") && problem.message.contains("168h"),
+            "{}",
+            problem.message
+        );
+        let mut spec = base_spec();
+        spec["privateKey"] = json!({"algorithm": "RSA", "size": 1024});
+        assert!(
+            Desired::from_spec(&kubeconfig(spec), UID, &resolved(&ca))
+                .unwrap_err()
+                .message
+                .starts_with("spec.privateKey:")
+        );
+    }
+
+    #[test]
+    fn the_secret_plan_follows_what_was_observed() {
+        let ca = make_ca("a");
+        let kc = kubeconfig(base_spec());
+        let desired = Desired::from_spec(&kc, UID, &resolved(&ca)).unwrap();
+        let now = OffsetDateTime::now_utc();
+        assert!(matches!(
+            plan_secret(&desired, UID, None, now),
+            SecretPlan::Write(WriteReason::Issue, _)
+        ));
+
+        let secret = written(&kc, &desired, &ca, now);
+        let SecretPlan::Keep {
+            renew_at,
+            certificate,
+        } = plan_secret(&desired, UID, Some(&secret), now)
+        else {
+            panic!("a fresh Secret is kept")
+        };
+        assert_eq!(certificate.identity, desired.identity);
+        assert!(
+            renew_at > now + Duration::from_secs(15 * 3600)
+                && renew_at <= now + Duration::from_secs(16 * 3600 + 300)
+        );
+
+        // Due: renew.
+        assert!(matches!(
+            plan_secret(&desired, UID, Some(&secret), renew_at),
+            SecretPlan::Write(WriteReason::Renew, _)
+        ));
+        // Edited data: repair.
+        let mut edited = secret.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("tls.key".into(), ByteString(b"x".to_vec()));
+        assert!(matches!(
+            plan_secret(&desired, UID, Some(&edited), now),
+            SecretPlan::Write(WriteReason::Repair, _)
+        ));
+        // Another CA, or another spec: reissue.
+        let other = Desired::from_spec(&kc, UID, &resolved(&make_ca("b"))).unwrap();
+        assert!(matches!(
+            plan_secret(&other, UID, Some(&secret), now),
+            SecretPlan::Write(WriteReason::Reissue, _)
+        ));
+        let mut spec = base_spec();
+        spec["groups"] = json!(["dev", "ops"]);
+        let regrouped = Desired::from_spec(&kubeconfig(spec), UID, &resolved(&ca)).unwrap();
+        assert!(matches!(
+            plan_secret(&regrouped, UID, Some(&secret), now),
+            SecretPlan::Write(WriteReason::Reissue, _)
+        ));
+        // Someone else's Secret, or one of an older object of the same name: never touched.
+        let mut foreign = secret.clone();
+        foreign.metadata.owner_references = None;
+        assert!(matches!(
+            plan_secret(&desired, UID, Some(&foreign), now),
+            SecretPlan::Conflict(_)
+        ));
+        assert!(matches!(
+            plan_secret(&desired, "another-uid", Some(&secret), now),
+            SecretPlan::Conflict(_)
+        ));
+    }
+
+    #[test]
+    fn the_secret_holds_an_inline_kubeconfig_under_each_key() {
+        let ca = make_ca("a");
+        let mut spec = base_spec();
+        spec["secretRef"] =
+            json!({"name": "s", "kubeconfigKeys": ["config"], "certificateKeys": false});
+        let kc = kubeconfig(spec);
+        let desired = Desired::from_spec(&kc, UID, &resolved(&ca)).unwrap();
+        let secret = written(&kc, &desired, &ca, OffsetDateTime::now_utc());
+        let data = secret.data.as_ref().unwrap();
+        assert_eq!(data.keys().collect::<Vec<_>>(), ["config"]);
+        let parsed = kc_file::parse(std::str::from_utf8(&data["config"].0).unwrap()).unwrap();
+        assert_eq!(parsed.server, "https://api.example:6443");
+        assert!(parsed.client_key_pem.is_some() && parsed.certificate_authority_pem.is_some());
+        assert_eq!(secret.labels()[KUBECONFIG_UID_LABEL], UID);
+        assert_eq!(secret.owner_references()[0].uid, UID);
+    }
+
+    #[test]
+    fn bindings_are_planned_against_what_exists() {
+        let kc = kubeconfig(json!({
+            "username": "susan", "validity": "1h", "secretRef": {"name": "s"},
+            "authorization": {
+                "clusterRoleBindings": {"clusterRoles": ["view", "view"]},
+                "roleBindings": [{"namespace": "team-a", "clusterRole": "edit"}, {"namespace": "team-b", "role": "deployer"}],
+            },
+        }));
+        let plan = plan_bindings(&kc, UID, &[], &[]);
+        assert_eq!(plan.apply_cluster.len(), 1, "duplicates collapse");
+        assert_eq!(
+            plan.apply_cluster[0].name_any(),
+            "kubeconfig:team-a:susan:view"
+        );
+        let names: Vec<_> = plan
+            .apply_namespaced
+            .iter()
+            .map(|b| {
+                (
+                    b.namespace().unwrap(),
+                    b.name_any(),
+                    b.role_ref.kind.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                (
+                    "team-a".to_string(),
+                    "kubeconfig:team-a:susan:clusterrole:edit".to_string(),
+                    "ClusterRole".to_string()
+                ),
+                (
+                    "team-b".to_string(),
+                    "kubeconfig:team-a:susan:role:deployer".to_string(),
+                    "Role".to_string()
+                ),
+            ]
+        );
+        // Everything in place: nothing to do.
+        let (cluster, namespaced) = desired_bindings(&kc, UID);
+        let cluster: Vec<_> = cluster.into_iter().map(Arc::new).collect();
+        let mut namespaced: Vec<_> = namespaced.into_iter().map(Arc::new).collect();
+        assert!(plan_bindings(&kc, UID, &cluster, &namespaced).is_empty());
+        // An edited binding is re-applied; one no longer asked for is deleted.
+        let mut edited = (*namespaced[0]).clone();
+        edited.subjects = None;
+        namespaced[0] = Arc::new(edited);
+        let mut stale = (*namespaced[1]).clone();
+        stale.metadata.name = Some("kubeconfig:team-a:susan:role:old".into());
+        namespaced.push(Arc::new(stale));
+        let plan = plan_bindings(&kc, UID, &cluster, &namespaced);
+        assert_eq!(plan.apply_namespaced.len(), 1);
+        assert_eq!(
+            plan.delete_namespaced,
+            [(
+                "team-b".to_string(),
+                "kubeconfig:team-a:susan:role:old".to_string()
+            )]
+        );
+        assert!(binding_name(&["a".repeat(300).as_str()]).len() <= 253);
+    }
+
+    #[test]
+    fn status_keeps_the_transition_time_and_names_the_problem() {
+        let ca = make_ca("a");
+        let mut kc = kubeconfig(base_spec());
+        let desired = Desired::from_spec(&kc, UID, &resolved(&ca)).unwrap();
+        let t0 = OffsetDateTime::now_utc();
+        let issued = ca
+            .issue(&desired.identity, desired.algorithm, desired.validity, t0)
+            .unwrap();
+        let certificate =
+            inspect_certificate(&parse_certificates(&issued.certificate_pem).unwrap()[0]).unwrap();
+        let ready = Outcome::Ready {
+            certificate: certificate.clone(),
+            renew_at: t0,
+            written: Some(WriteReason::Issue),
+            message: "ok".into(),
+        };
+        let first = status(&kc, &ready, t0);
+        assert_eq!(first.conditions[0].status, "True");
+        assert_eq!(first.conditions[0].reason, "Issued");
+        assert_eq!(first.observed_generation, Some(2));
+        assert_eq!(first.serial_number.as_deref(), Some(issued.serial.as_str()));
+        kc.status = Some(first.clone());
+        let kept = Outcome::Ready {
+            certificate,
+            renew_at: t0,
+            written: None,
+            message: "ok".into(),
+        };
+        assert_eq!(
+            status(&kc, &kept, t0 + Duration::from_secs(60)),
+            first,
+            "nothing changed, nothing to write"
+        );
+        let problem = Outcome::NotReady(Problem::new(
+            "CASecretNotFound",
+            "the CA Secret x/y does not exist",
+        ));
+        let failed = status(&kc, &problem, t0 + Duration::from_secs(60));
+        assert_eq!(
+            (
+                failed.conditions[0].status.as_str(),
+                failed.conditions[0].reason.as_str()
+            ),
+            ("False", "CASecretNotFound")
+        );
+        assert_ne!(
+            failed.conditions[0].last_transition_time,
+            first.conditions[0].last_transition_time
+        );
+        assert!(failed.renewal_time.is_none());
     }
 }

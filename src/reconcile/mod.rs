@@ -20,6 +20,9 @@ use kubeconfig_authority_pki::CertificateAuthority;
 
 use crate::api::{Authority, AuthorityRef, ClusterAuthority, Kubeconfig};
 
+/// A Secret's (namespace, name).
+pub type SecretKey = (String, String);
+
 /// What every reconcile shares: the client, the caches the controller's watches keep, and the
 /// parsed CAs (parsing an RSA key costs more than signing with it).
 pub struct Context {
@@ -34,7 +37,7 @@ pub struct Context {
     pub role_bindings: Store<RoleBinding>,
     /// Used by Kubeconfigs that name no authority.
     pub default_authority: Option<AuthorityRef>,
-    pub ca_cache: Mutex<HashMap<(String, String), (String, Arc<CertificateAuthority>)>>,
+    pub ca_cache: Mutex<HashMap<SecretKey, (String, Arc<CertificateAuthority>)>>,
 }
 
 impl Context {
@@ -65,6 +68,8 @@ pub enum Error {
     MissingMetadata(&'static str),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    #[error("{0}")]
+    Startup(String),
 }
 
 impl Error {
@@ -79,6 +84,7 @@ impl Error {
             Error::Kube { .. } => "APIError",
             Error::MissingMetadata(_) => "InvalidObject",
             Error::Finalizer(_) => "FinalizerError",
+            Error::Startup(_) => "StartupError",
         }
     }
 }

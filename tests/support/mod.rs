@@ -48,16 +48,31 @@ pub struct ControlPlane {
     controller_manager: OnceLock<()>,
 }
 
+static SHARED_DIR: OnceLock<PathBuf> = OnceLock::new();
+
 /// One control plane per test binary, started on first use.
 pub fn shared() -> &'static ControlPlane {
     static SHARED: OnceLock<ControlPlane> = OnceLock::new();
     SHARED.get_or_init(|| {
         // Started on a thread of its own: the caller is usually inside a test's async runtime,
         // and start-up runs one of its own.
-        std::thread::spawn(ControlPlane::start)
+        let plane = std::thread::spawn(ControlPlane::start)
             .join()
             .expect("control plane start-up thread")
-            .unwrap_or_else(|e| panic!("starting the control plane: {e}"))
+            .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
+        // A static is never dropped: remove its folder when the test process exits (keep it with
+        // KUBECONFIG_AUTHORITY_KEEP_LOGS=1, to read the logs after a failure).
+        if std::env::var("KUBECONFIG_AUTHORITY_KEEP_LOGS").is_err() {
+            let _ = SHARED_DIR.set(plane.dir.path().to_path_buf());
+            extern "C" fn remove_shared_dir() {
+                if let Some(dir) = SHARED_DIR.get() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            // SAFETY: registers a plain function to run at exit.
+            unsafe { libc::atexit(remove_shared_dir) };
+        }
+        plane
     })
 }
 
