@@ -96,6 +96,16 @@ async fn certificates_from_the_test_ca_authenticate_and_rbac_decides() {
 }
 
 #[tokio::test]
+async fn the_admission_apis_of_a_normal_cluster_are_served() {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
+    let admin = support::shared().admin().await;
+    Api::<ValidatingAdmissionPolicy>::all(admin)
+        .list(&ListParams::default())
+        .await
+        .expect("ValidatingAdmissionPolicy is served");
+}
+
+#[tokio::test]
 async fn certificates_from_another_ca_are_refused() {
     let plane = support::shared();
     let other = support::TestCa::new("kubeconfig-authority-test-ca");

@@ -287,6 +287,28 @@ async fn a_kubeconfig_is_ready_within_two_seconds_and_authenticates() {
         ]
     );
 
+    // An event says what was done, without key material.
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), &ns);
+    let issued = eventually(Duration::from_secs(5), "an Issued event", || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("Issued")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("susan")
+            })
+            .ok_or_else(|| "none yet".to_string())
+    })
+    .await;
+    let note = issued.note.unwrap_or_default();
+    assert!(
+        note.contains(status.serial_number.as_deref().unwrap()) && !note.contains("PRIVATE KEY"),
+        "{note}"
+    );
+
     // `kubeconfig-authority get` downloads the same kubeconfig.
     let out = std::process::Command::new(BIN)
         .args(["get", "susan", "-n", &ns])
@@ -906,4 +928,86 @@ async fn a_secret_the_controller_did_not_create_is_never_overwritten() {
     })
     .await;
     assert!(secret(&admin, &ns, "kim-kubeconfig").await.is_some());
+}
+
+#[tokio::test]
+async fn kubeconfigs_without_an_authority_use_the_default_cluster_authority() {
+    use kubeconfig_authority::api::ClusterAuthority;
+    let plane = plane();
+    let admin = plane.admin().await;
+    let ca_ns = plane.namespace("default-ca").await;
+    put_ca_secret(
+        &admin,
+        &ca_ns,
+        "cluster-ca",
+        &plane.ca.cert_pem,
+        &plane.ca.key_pem,
+    )
+    .await;
+    let ns = plane.namespace("default-user").await;
+    let mut spec = spec("lena", json!({}));
+    spec.as_object_mut().unwrap().remove("authorityRef");
+    apply(&admin, &ns, "lena", spec).await;
+    // The controller runs with --default-authority ClusterAuthority/default-ca, which does not
+    // exist yet.
+    let kc = wait_condition(
+        &admin,
+        &ns,
+        "lena",
+        "False",
+        Some("AuthorityNotFound"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        ready_condition(&kc)
+            .unwrap()
+            .2
+            .contains("ClusterAuthority default-ca does not exist")
+    );
+
+    let cluster_authorities = Api::<ClusterAuthority>::all(admin.clone());
+    let without_namespace: ClusterAuthority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "ClusterAuthority",
+        "metadata": {"name": "default-ca"},
+        "spec": {"server": plane.server, "signer": {"caSecretRef": {"name": "cluster-ca"}}},
+    }))
+    .unwrap();
+    cluster_authorities
+        .create(&PostParams::default(), &without_namespace)
+        .await
+        .unwrap();
+    let kc = wait_condition(
+        &admin,
+        &ns,
+        "lena",
+        "False",
+        Some("InvalidAuthority"),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        ready_condition(&kc)
+            .unwrap()
+            .2
+            .contains("namespace is required")
+    );
+
+    let fixed =
+        json!({"spec": {"signer": {"caSecretRef": {"name": "cluster-ca", "namespace": ca_ns}}}});
+    cluster_authorities
+        .patch("default-ca", &PatchParams::default(), &Patch::Merge(&fixed))
+        .await
+        .unwrap();
+    wait_ready(&admin, &ns, "lena").await;
+    let yaml = kubeconfig_of(&admin, &ns, "lena-kubeconfig").await;
+    assert_eq!(whoami(client_from_kubeconfig(&yaml).await).await.0, "lena");
+    // The kubeconfig's server CA defaulted to the signer's CA certificate.
+    assert_eq!(
+        kc_file::parse(&yaml)
+            .unwrap()
+            .certificate_authority_pem
+            .as_deref(),
+        Some(plane.ca.cert_pem.as_str())
+    );
 }

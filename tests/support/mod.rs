@@ -96,7 +96,10 @@ pub fn shared_with_controller(binary: &'static str) -> &'static ControlPlane {
         })
         .join()
         .expect("installing the CRDs");
-        plane.start_controller(Path::new(binary), &[]);
+        plane.start_controller(
+            Path::new(binary),
+            &["--default-authority", "ClusterAuthority/default-ca"],
+        );
     });
     plane
 }
