@@ -155,6 +155,23 @@ async fn wait_ready(admin: &Client, ns: &str, name: &str) -> Kubeconfig {
     wait_condition(admin, ns, name, "True", None, Duration::from_secs(10)).await
 }
 
+/// Deletes a Kubeconfig and waits until its finalizer has run and it is gone.
+async fn delete_and_wait(admin: &Client, ns: &str, name: &str) {
+    let api = Api::<Kubeconfig>::namespaced(admin.clone(), ns);
+    api.delete(name, &DeleteParams::default()).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        &format!("{ns}/{name} gone"),
+        || async {
+            match api.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("still there".to_string()),
+            }
+        },
+    )
+    .await;
+}
+
 async fn secret(admin: &Client, ns: &str, name: &str) -> Option<Secret> {
     Api::<Secret>::namespaced(admin.clone(), ns)
         .get_opt(name)
@@ -410,21 +427,7 @@ async fn bindings_grant_exactly_the_roles_asked_for_and_go_with_the_object() {
     );
 
     // Deleting the Kubeconfig removes the bindings and the Secret before it goes.
-    Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
-        .delete("bob", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(10), "bob is gone", || async {
-        match Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
-            .get_opt("bob")
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            None => Ok(()),
-            Some(_) => Err("still there".to_string()),
-        }
-    })
-    .await;
+    delete_and_wait(&admin, &ns, "bob").await;
     assert!(secret(&admin, &ns, "bob-kubeconfig").await.is_none());
     let left = Api::<ClusterRoleBinding>::all(admin.clone())
         .list(
@@ -457,18 +460,7 @@ async fn old_certificates_never_inherit_bindings_of_a_namesake() {
         list_configmaps(first.clone(), target.clone())
     })
     .await;
-    Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
-        .delete("carol", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(10), "carol is gone", || async {
-        Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
-            .get_opt("carol")
-            .await
-            .map_err(|e| e.to_string())?
-            .map_or(Ok(()), |_| Err("still there".to_string()))
-    })
-    .await;
+    delete_and_wait(&admin, &ns, "carol").await;
     apply(&admin, &ns, "carol", spec("carol", view_target.clone())).await;
     wait_ready(&admin, &ns, "carol").await;
     let second =
@@ -915,18 +907,7 @@ async fn a_secret_the_controller_did_not_create_is_never_overwritten() {
         .unwrap();
     assert_eq!(data["kubeconfig"].0, b"mine");
     // Deleting the Kubeconfig leaves their Secret alone too.
-    Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
-        .delete("kim", &DeleteParams::default())
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(10), "kim is gone", || async {
-        Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
-            .get_opt("kim")
-            .await
-            .map_err(|e| e.to_string())?
-            .map_or(Ok(()), |_| Err("still there".to_string()))
-    })
-    .await;
+    delete_and_wait(&admin, &ns, "kim").await;
     assert!(secret(&admin, &ns, "kim-kubeconfig").await.is_some());
 }
 
