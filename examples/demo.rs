@@ -181,7 +181,7 @@ async fn main() -> Result<(), Error> {
         );
         println!("  susan:  export KUBECONFIG={}", file.display());
         println!("  logs:   {}/controller.log", dir.display());
-        println!("  stop:   kill $(cat {}/pids)", dir.display());
+        println!("  stop:   {}/stop", dir.display());
     } else {
         step("stopping");
     }

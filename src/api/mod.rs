@@ -49,7 +49,7 @@ pub const UID_GROUP_PREFIX: &str = "kubeconfig-uid:";
     ),
     printcolumn(name = "Username", type_ = "string", json_path = ".spec.username"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.notAfter"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.notAfter"),
     printcolumn(
         name = "Reason",
         type_ = "string",

@@ -283,18 +283,32 @@ impl ControlPlane {
     }
 
     /// Leaves every process running and the folder in place, and returns the folder, which
-    /// holds `pids` (for `kill $(cat pids)`) beside the kubeconfigs and logs. Only processes
-    /// started with `KUBECONFIG_AUTHORITY_KEEP=1` survive the exit of this one.
+    /// holds `stop` (a script that stops them, the API server before etcd) beside the
+    /// kubeconfigs and logs. Only processes started with `KUBECONFIG_AUTHORITY_KEEP=1` survive
+    /// the exit of this one.
     pub fn detach(mut self) -> PathBuf {
         let processes = std::mem::take(self.processes.get_mut().expect("processes"));
-        let pids: Vec<String> = processes.iter().map(|p| p.child.id().to_string()).collect();
+        // Last started first: the controller, kube-controller-manager, kube-apiserver, etcd.
+        let pids: Vec<String> = processes
+            .iter()
+            .rev()
+            .map(|p| p.child.id().to_string())
+            .collect();
         processes.into_iter().for_each(std::mem::forget);
         let dir = std::mem::replace(
             &mut self.dir,
             tempfile::tempdir().expect("a placeholder folder"),
         )
         .keep();
-        std::fs::write(dir.join("pids"), pids.join(" ") + "\n").expect("write pids");
+        let script = format!(
+            "#!/bin/sh\n# Stops the demo's processes in order, each within 10 s, then removes this folder.\nfor pid in {}; do\n  kill \"$pid\" 2>/dev/null || continue\n  for _ in $(seq 100); do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done\n  kill -9 \"$pid\" 2>/dev/null\ndone\nrm -rf \"{}\"\n",
+            pids.join(" "),
+            dir.display()
+        );
+        let stop = dir.join("stop");
+        std::fs::write(&stop, script).expect("write the stop script");
+        std::fs::set_permissions(&stop, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("make stop executable");
         dir
     }
 
