@@ -340,59 +340,51 @@ pub fn plan_bindings(
     observed_namespaced: &[Arc<RoleBinding>],
 ) -> BindingPlan {
     let (want_cluster, want_namespaced) = desired_bindings(kc, uid);
-    let mut plan = BindingPlan::default();
-    for want in want_cluster {
-        let same = observed_cluster.iter().any(|o| {
-            o.metadata.name == want.metadata.name
-                && o.role_ref == want.role_ref
-                && o.subjects == want.subjects
-                && labels_match(o.labels(), uid)
+    let (apply_cluster, delete_cluster) = plan_kind(want_cluster, observed_cluster, uid, |a, b| {
+        a.role_ref == b.role_ref && a.subjects == b.subjects
+    });
+    let (apply_namespaced, delete_namespaced) =
+        plan_kind(want_namespaced, observed_namespaced, uid, |a, b| {
+            a.role_ref == b.role_ref && a.subjects == b.subjects
         });
-        if !same {
-            plan.apply_cluster.push(want);
-        }
+    BindingPlan {
+        apply_cluster,
+        apply_namespaced,
+        delete_cluster: delete_cluster.into_iter().map(|(_, name)| name).collect(),
+        delete_namespaced,
     }
-    for o in observed_cluster {
-        if !desired_cluster_names(kc).contains(&o.name_any()) {
-            plan.delete_cluster.push(o.name_any());
-        }
-    }
-    let wanted_namespaced: Vec<(String, String)> = desired_bindings(kc, uid)
-        .1
-        .iter()
-        .map(|b| {
-            (
-                b.metadata.namespace.clone().unwrap_or_default(),
-                b.name_any(),
-            )
-        })
-        .collect();
-    for want in want_namespaced {
-        let same = observed_namespaced.iter().any(|o| {
-            o.metadata.namespace == want.metadata.namespace
-                && o.metadata.name == want.metadata.name
-                && o.role_ref == want.role_ref
-                && o.subjects == want.subjects
-                && labels_match(o.labels(), uid)
-        });
-        if !same {
-            plan.apply_namespaced.push(want);
-        }
-    }
-    for o in observed_namespaced {
-        let key = (o.namespace().unwrap_or_default(), o.name_any());
-        if !wanted_namespaced.contains(&key) {
-            plan.delete_namespaced.push(key);
-        }
-    }
-    plan
 }
 
-fn desired_cluster_names(kc: &Kubeconfig) -> Vec<String> {
-    cluster_roles(kc.spec.authorization.as_ref())
+/// For one kind of binding: those wanted that are missing or differ (`same` compares role and
+/// subjects; labels are checked here), and the (namespace, name) of those observed but not
+/// wanted.
+fn plan_kind<B: Resource>(
+    want: Vec<B>,
+    observed: &[Arc<B>],
+    uid: &str,
+    same: impl Fn(&B, &B) -> bool,
+) -> (Vec<B>, Vec<(String, String)>) {
+    let key = |b: &B| {
+        (
+            b.meta().namespace.clone().unwrap_or_default(),
+            b.meta().name.clone().unwrap_or_default(),
+        )
+    };
+    let wanted: Vec<(String, String)> = want.iter().map(key).collect();
+    let apply = want
+        .into_iter()
+        .filter(|w| {
+            !observed.iter().any(|o| {
+                key(o) == key(w) && same(o, w) && labels_match(o.meta().labels.as_ref(), uid)
+            })
+        })
+        .collect();
+    let delete = observed
         .iter()
-        .map(|role| binding_name(&[&kc.namespace().unwrap_or_default(), &kc.name_any(), role]))
-        .collect()
+        .map(|o| key(o))
+        .filter(|k| !wanted.contains(k))
+        .collect();
+    (apply, delete)
 }
 
 fn cluster_roles(authorization: Option<&Authorization>) -> Vec<String> {
@@ -483,9 +475,9 @@ fn binding_name(parts: &[&str]) -> String {
     format!("{}-{suffix}", &name[..cut])
 }
 
-fn labels_match(labels: &BTreeMap<String, String>, uid: &str) -> bool {
-    labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
+fn labels_match(labels: Option<&BTreeMap<String, String>>, uid: &str) -> bool {
+    let get = |key: &str| labels.and_then(|l| l.get(key)).map(String::as_str);
+    get(MANAGED_BY_LABEL) == Some(MANAGED_BY) && get(KUBECONFIG_UID_LABEL) == Some(uid)
 }
 
 fn owned_labels(uid: &str) -> BTreeMap<String, String> {
