@@ -56,39 +56,15 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let all = watcher::Config::default;
 
-    let (secrets, secrets_writer) = reflector::store::<Secret>();
-    let secret_events = reflector::reflector(
-        secrets_writer,
-        watcher(Api::<Secret>::all(client.clone()), managed.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (crbs, crbs_writer) = reflector::store::<ClusterRoleBinding>();
-    let crb_events = reflector::reflector(
-        crbs_writer,
-        watcher(Api::all(client.clone()), managed.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (rbs, rbs_writer) = reflector::store::<RoleBinding>();
-    let rb_events = reflector::reflector(
-        rbs_writer,
-        watcher(Api::all(client.clone()), managed.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (authorities, authorities_writer) = reflector::store::<Authority>();
-    let authority_events =
-        reflector::reflector(authorities_writer, watcher(Api::all(client.clone()), all()))
-            .default_backoff()
-            .touched_objects();
-    let (cluster_authorities, cluster_authorities_writer) = reflector::store::<ClusterAuthority>();
-    let cluster_authority_events = reflector::reflector(
-        cluster_authorities_writer,
-        watcher(Api::all(client.clone()), all()),
-    )
-    .default_backoff()
-    .touched_objects();
+    let (secrets, secret_events) = reflect(Api::<Secret>::all(client.clone()), managed.clone());
+    let (crbs, crb_events) = reflect(
+        Api::<ClusterRoleBinding>::all(client.clone()),
+        managed.clone(),
+    );
+    let (rbs, rb_events) = reflect(Api::<RoleBinding>::all(client.clone()), managed);
+    let (authorities, authority_events) = reflect(Api::<Authority>::all(client.clone()), all());
+    let (cluster_authorities, cluster_authority_events) =
+        reflect(Api::<ClusterAuthority>::all(client.clone()), all());
     let secret_meta_events = watcher(
         Api::<kube::core::PartialObjectMeta<Secret>>::all(client.clone()),
         all(),
@@ -209,6 +185,32 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         .await;
     info!("stopped");
     Ok(())
+}
+
+/// A reflector over `api`: the cache the reconciler reads, and the stream of the objects it saw
+/// change (deletions included) that triggers reconciles.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let events = reflector::reflector(writer, watcher(api, config))
+        .default_backoff()
+        .touched_objects();
+    (store, events)
 }
 
 fn error_policy(kc: Arc<Kubeconfig>, error: &Error, _ctx: Arc<Context>) -> Action {
