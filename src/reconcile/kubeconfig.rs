@@ -692,16 +692,15 @@ async fn apply_secret(
     };
     // The cache answers most reconciles. It can lag behind our own last write, so a plan to
     // write is checked against the live object first: no certificate is issued twice.
-    let mut plan = match ctx
+    let cached = ctx
         .secrets
-        .get(&ObjectRef::new(&desired.secret_name).within(&namespace))
-    {
-        Some(cached) => plan_secret(desired, uid, Some(&cached), now),
-        None => plan_secret(desired, uid, read_live().await?.as_ref(), now),
+        .get(&ObjectRef::new(&desired.secret_name).within(&namespace));
+    let cached_plan = cached.map(|c| plan_secret(desired, uid, Some(&c), now));
+    let plan = match cached_plan {
+        Some(plan) if !matches!(plan, SecretPlan::Write(..)) => plan,
+        // Not cached (perhaps not ours), or the cache says write: ask the live object, once.
+        _ => plan_secret(desired, uid, read_live().await?.as_ref(), now),
     };
-    if matches!(plan, SecretPlan::Write(..)) {
-        plan = plan_secret(desired, uid, read_live().await?.as_ref(), now);
-    }
     let (reason, why) = match plan {
         SecretPlan::Keep {
             certificate,
