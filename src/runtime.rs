@@ -8,6 +8,8 @@
 //! - ClusterRoleBindings and RoleBindings labelled as managed: mapped back through their
 //!   annotation, so a deleted or edited binding is restored;
 //! - Authorities and ClusterAuthorities: their Kubeconfigs are looked at again;
+//! - the metadata of all Namespaces: a change of labels re-checks the namespace selectors of
+//!   the authorities its Kubeconfigs use;
 //! - the metadata of all Secrets: a change to a CA Secret (or CA bundle Secret) brings back the
 //!   Kubeconfigs of every authority that reads it. Only metadata is kept for these.
 
@@ -15,11 +17,12 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::Secret,
+    core::v1::{Namespace, Secret},
     rbac::v1::{ClusterRoleBinding, RoleBinding},
 };
 use kube::{
     Api, Client, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -65,6 +68,10 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let (authorities, authority_events) = reflect(Api::<Authority>::all(client.clone()), all());
     let (cluster_authorities, cluster_authority_events) =
         reflect(Api::<ClusterAuthority>::all(client.clone()), all());
+    let (namespaces, namespace_events) = reflect(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        all(),
+    );
     let secret_meta_events = watcher(
         Api::<kube::core::PartialObjectMeta<Secret>>::all(client.clone()),
         all(),
@@ -87,6 +94,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         secrets,
         cluster_role_bindings: crbs,
         role_bindings: rbs,
+        namespaces,
         default_authority: options.default_authority.clone(),
         ca_cache: Default::default(),
     });
@@ -149,6 +157,20 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         }
     };
 
+    // A namespace's labels decide which ClusterAuthorities serve it.
+    let by_namespace = {
+        let kubeconfigs = kubeconfigs.clone();
+        move |n: PartialObjectMeta<Namespace>| {
+            let namespace = n.name_any();
+            kubeconfigs
+                .state()
+                .into_iter()
+                .filter(|kc| kc.namespace().as_deref() == Some(namespace.as_str()))
+                .map(|kc| ObjectRef::from_obj(&*kc))
+                .collect::<Vec<_>>()
+        }
+    };
+
     if let Some(addr) = options.health_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -172,6 +194,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         .watches_stream(authority_events, by_authority)
         .watches_stream(cluster_authority_events, by_cluster_authority)
         .watches_stream(secret_meta_events, by_secret)
+        .watches_stream(namespace_events, by_namespace)
         .shutdown_on_signal()
         .run(kubeconfig::reconcile, error_policy, context)
         .for_each(|result| async move {

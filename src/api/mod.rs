@@ -5,6 +5,8 @@
 // kube-derive's repeated `printcolumn(...)` arguments read as duplicated attributes to clippy.
 #![allow(clippy::duplicated_attributes)]
 
+pub mod admission;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -70,12 +72,15 @@ pub struct KubeconfigSpec {
     pub authority_ref: Option<AuthorityRef>,
     /// The Kubernetes username: the client certificate's common name (CN).
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_RULE).message("username: no control characters (newlines, tabs) and no white space at either end"))]
     pub username: String,
     /// Groups of the user: the client certificate's organizations (O). The controller adds
     /// `kubeconfig:<name>` and `kubeconfig-uid:<uid>`, the identity RBAC is bound to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(max = 253)))]
+    #[schemars(length(max = admission::MAX_GROUPS), inner(length(max = 253)), extend("x-kubernetes-list-type" = "set"))]
     #[x_kube(validation = Rule::new("self.all(g, size(g) > 0)").message("a group must not be empty"))]
+    #[x_kube(validation = Rule::new(GROUPS_CONTROL_RULE).message("groups: no control characters (newlines, tabs) and no white space at either end"))]
+    #[x_kube(validation = Rule::new("self.all(g, !g.startsWith('kubeconfig:') && !g.startsWith('kubeconfig-uid:'))").message("groups starting with kubeconfig: or kubeconfig-uid: are added by the controller and cannot be requested"))]
     pub groups: Vec<String>,
     /// How long each certificate is valid, as a Kubernetes duration: `24h`, `90m`, `720h`
     /// (no days: write `168h` for a week). Cut to the CA's own expiry.
@@ -98,18 +103,35 @@ pub struct KubeconfigSpec {
     pub authorization: Option<Authorization>,
 }
 
+/// No control character anywhere, no white space at either end.
+const NO_CONTROL_RULE: &str = r"!self.matches('[\\x00-\\x1f\\x7f]|^\\s|\\s$')";
+const GROUPS_CONTROL_RULE: &str = r"self.all(g, !g.matches('[\\x00-\\x1f\\x7f]|^\\s|\\s$'))";
+/// A DNS-1123 subdomain: the names of Secrets and most objects.
+const SUBDOMAIN_RULE: &str =
+    r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$')";
+const SUBDOMAIN_MESSAGE: &str = "must be a valid object name: lower-case letters, digits, '-' and '.', starting and ending with a letter or digit";
+/// A DNS-1123 label: the names of namespaces.
+const LABEL_RULE: &str = r"self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')";
+/// The names of Roles and ClusterRoles: anything a path segment may be.
+const ROLE_NAME_RULE: &str =
+    r"self.all(r, size(r) > 0 && !r.matches('[/%]') && r != '.' && r != '..')";
+const ROLE_NAME_ONE_RULE: &str = r"!self.matches('[/%]') && self != '.' && self != '..'";
+const ROLE_NAME_MESSAGE: &str =
+    "role names must not be empty, contain '/' or '%', or be '.' or '..'";
+
 const DURATION_RULE: &str = r"self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$')";
 const DURATION_MESSAGE: &str =
     "must be a duration such as 24h, 90m or 1h30m (units h, m, s, ms; no days)";
 
 /// Which authority issues a kubeconfig.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorityRef {
     /// `Authority` (in the Kubeconfig's namespace, the default) or `ClusterAuthority`.
     #[serde(default)]
     pub kind: AuthorityKind,
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(SUBDOMAIN_RULE).message(SUBDOMAIN_MESSAGE))]
     pub name: String,
 }
 
@@ -162,6 +184,7 @@ pub struct SecretRef {
     /// The Secret's name, in the Kubeconfig's namespace. A Secret of this name that the
     /// controller did not create is never overwritten.
     #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(SUBDOMAIN_RULE).message(SUBDOMAIN_MESSAGE))]
     pub name: String,
     /// The keys the kubeconfig is written under. Default: `kubeconfig` and `value` (the key Flux
     /// reads when `spec.kubeConfig.secretRef.key` is not set).
@@ -183,14 +206,17 @@ pub struct Authorization {
     pub cluster_role_bindings: Option<ClusterRoleBindings>,
     /// Roles or ClusterRoles bound in one namespace each: one RoleBinding each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = admission::MAX_ROLE_BINDINGS))]
     pub role_bindings: Vec<NamespacedBinding>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterRoleBindings {
     /// Names of ClusterRoles.
     #[serde(default)]
+    #[schemars(length(max = admission::MAX_CLUSTER_ROLES), inner(length(max = 253)))]
+    #[x_kube(validation = Rule::new(ROLE_NAME_RULE).message(ROLE_NAME_MESSAGE))]
     pub cluster_roles: Vec<String>,
 }
 
@@ -200,12 +226,17 @@ pub struct ClusterRoleBindings {
 pub struct NamespacedBinding {
     /// The namespace the RoleBinding is made in.
     #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new(LABEL_RULE).message("namespace must be a valid namespace name: lower-case letters, digits and '-'"))]
     pub namespace: String,
     /// A ClusterRole to bind in that namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(ROLE_NAME_ONE_RULE).message(ROLE_NAME_MESSAGE))]
     pub cluster_role: Option<String>,
     /// A Role of that namespace to bind.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(ROLE_NAME_ONE_RULE).message(ROLE_NAME_MESSAGE))]
     pub role: Option<String>,
 }
 
@@ -288,6 +319,55 @@ pub struct AuthorityConfig {
     pub ca_bundle: Option<CaBundle>,
     /// How identities are proven.
     pub signer: Signer,
+    /// What Kubeconfigs using this authority may ask for. The controller refuses, and issues
+    /// nothing for, a Kubeconfig that breaks it (condition reason `PolicyViolation`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+}
+
+/// An issuance policy. Patterns match whole names; `*` matches any run of characters.
+///
+/// Without a policy, or with a field unset, the defaults hold: any validity, any username and
+/// group except those starting with `system:` (which only a pattern that itself starts with
+/// `system:` can allow; `system:masters` only when listed by exactly that name), and any role.
+/// Whoever creates a Kubeconfig must in addition be able to impersonate its identity and bind
+/// its roles (the admission policy in `config/admission`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Policy {
+    /// The longest `spec.validity` allowed (a duration such as `720h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub max_validity: Option<String>,
+    /// Usernames that may be requested (patterns). Unset: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(max = 253)))]
+    pub allowed_usernames: Option<Vec<String>>,
+    /// Usernames that may never be requested (patterns); wins over `allowedUsernames`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 253)))]
+    pub forbidden_usernames: Vec<String>,
+    /// Groups that may be requested (patterns). Unset: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(max = 253)))]
+    pub allowed_groups: Option<Vec<String>>,
+    /// Groups that may never be requested (patterns); wins over `allowedGroups`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 253)))]
+    pub forbidden_groups: Vec<String>,
+    /// ClusterRoles that may be bound, cluster-wide or in a namespace (patterns). Unset: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(max = 253)))]
+    pub allowed_cluster_roles: Option<Vec<String>>,
+    /// Roles that may be bound in their namespace (patterns). Unset: any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(max = 253)))]
+    pub allowed_roles: Option<Vec<String>>,
+    /// The namespaces whose Kubeconfigs may use this authority (by their labels). Unset: all
+    /// (for an Authority: its own namespace, which it alone serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
 /// A CA bundle, inline or from a key of a Secret or ConfigMap. Set exactly one.

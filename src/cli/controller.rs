@@ -2,6 +2,7 @@
 //! and `crd` (print the CRDs, no cluster needed).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::Args;
 use k8s_openapi::api::core::v1::Secret;
@@ -158,9 +159,12 @@ pub fn get(args: GetArgs) -> Result<(), CliError> {
     }
 }
 
-pub fn crd() -> Result<(), CliError> {
-    let yaml =
-        crate::api::crds_yaml().map_err(|e| CliError::Usage(format!("rendering the CRDs: {e}")))?;
+/// Prints generated manifests.
+pub fn print_yaml(
+    what: &str,
+    yaml: Result<String, serde_yaml::Error>,
+) -> Result<ExitCode, CliError> {
+    let yaml = yaml.map_err(|e| CliError::Usage(format!("rendering {what}: {e}")))?;
     print!("{yaml}");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -39,6 +39,8 @@ enum Command {
     Get(controller::GetArgs),
     /// Print the CustomResourceDefinitions (YAML).
     Crd,
+    /// Print the escalation guard: the ValidatingAdmissionPolicies and their bindings (YAML).
+    Admission,
 }
 
 /// An error for the person at the terminal: what went wrong, with the file it concerns.
@@ -80,7 +82,11 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Run(args) => controller::run(args).map(|()| ExitCode::SUCCESS),
         Command::Get(args) => controller::get(args).map(|()| ExitCode::SUCCESS),
-        Command::Crd => controller::crd().map(|()| ExitCode::SUCCESS),
+        Command::Crd => controller::print_yaml("the CRDs", crate::api::crds_yaml()),
+        Command::Admission => controller::print_yaml(
+            "the admission policies",
+            crate::api::admission::admission_yaml(),
+        ),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e}");

@@ -82,8 +82,16 @@ pub fn secrets_of(config: &AuthorityConfig, own_namespace: Option<&str>) -> Vec<
         .collect()
 }
 
-/// Resolves the authority of `kc`. `Ok(Err(problem))` when a person must fix something.
-pub async fn resolve(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Resolved, Problem>> {
+/// An authority found in the caches: its settings, the namespace it may read from (an
+/// Authority's own; none for a ClusterAuthority), and how to name it in messages.
+pub struct Found {
+    pub config: AuthorityConfig,
+    pub own_namespace: Option<String>,
+    pub described: String,
+}
+
+/// Finds the authority of `kc` in the caches. A missing one is a [`Problem`].
+pub fn find(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Found, Problem>> {
     let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let Some(aref) = authority_ref(kc, ctx.default_authority.as_ref()) else {
         return Ok(Err(Problem::new(
@@ -91,28 +99,48 @@ pub async fn resolve(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Resolved, 
             "spec.authorityRef is not set and the controller has no default authority; set spec.authorityRef",
         )));
     };
-    let (config, own_namespace, described) = match aref.kind {
+    Ok(match aref.kind {
         AuthorityKind::Authority => {
-            let found = ctx
-                .authorities
-                .get(&ObjectRef::<Authority>::new(&aref.name).within(&namespace));
             let described = format!("Authority {namespace}/{}", aref.name);
-            match found {
-                Some(a) => (a.spec.config.clone(), Some(namespace.clone()), described),
-                None => return Ok(Err(not_found(&described))),
-            }
+            ctx.authorities
+                .get(&ObjectRef::<Authority>::new(&aref.name).within(&namespace))
+                .map(|a| Found {
+                    config: a.spec.config.clone(),
+                    own_namespace: Some(namespace.clone()),
+                    described: described.clone(),
+                })
+                .ok_or_else(|| Problem::new(
+                    "AuthorityNotFound",
+                    format!("{described} does not exist; an Authority serves only the Kubeconfigs of its own namespace: create it here, or use a ClusterAuthority that admits this namespace"),
+                ))
         }
         AuthorityKind::ClusterAuthority => {
-            let found = ctx
-                .cluster_authorities
-                .get(&ObjectRef::<ClusterAuthority>::new(&aref.name));
             let described = format!("ClusterAuthority {}", aref.name);
-            match found {
-                Some(a) => (a.spec.config.clone(), None, described),
-                None => return Ok(Err(not_found(&described))),
-            }
+            ctx.cluster_authorities
+                .get(&ObjectRef::<ClusterAuthority>::new(&aref.name))
+                .map(|a| Found {
+                    config: a.spec.config.clone(),
+                    own_namespace: None,
+                    described: described.clone(),
+                })
+                .ok_or_else(|| {
+                    Problem::new(
+                        "AuthorityNotFound",
+                        format!("{described} does not exist; create it or fix spec.authorityRef"),
+                    )
+                })
         }
-    };
+    })
+}
+
+/// Reads what a found authority points at: its CA and the server's CA bundle.
+/// `Ok(Err(problem))` when a person must fix something.
+pub async fn load(found: &Found, ctx: &Context) -> Result<Result<Resolved, Problem>> {
+    let Found {
+        config,
+        own_namespace,
+        described,
+    } = found;
     let target_namespace = |explicit: &Option<String>, field: &str| -> Result<String, Problem> {
         match (own_namespace.as_deref(), explicit.as_deref()) {
             (Some(own), None) => Ok(own.to_string()),
@@ -130,7 +158,6 @@ pub async fn resolve(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Resolved, 
             )),
         }
     };
-
     let Some(ca_ref) = &config.signer.ca_secret_ref else {
         return Ok(Err(Problem::new(
             "InvalidAuthority",
@@ -141,7 +168,7 @@ pub async fn resolve(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Resolved, 
         Ok(ns) => ns,
         Err(p) => return Ok(Err(p)),
     };
-    let ca = match load_ca(ctx, &ca_namespace, &ca_ref.name, &described).await? {
+    let ca = match load_ca(ctx, &ca_namespace, &ca_ref.name, described).await? {
         Ok(ca) => ca,
         Err(p) => return Ok(Err(p)),
     };
@@ -201,13 +228,6 @@ pub async fn resolve(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Resolved, 
         server_ca_pem,
         ca,
     }))
-}
-
-fn not_found(described: &str) -> Problem {
-    Problem::new(
-        "AuthorityNotFound",
-        format!("{described} does not exist; create it or fix spec.authorityRef"),
-    )
 }
 
 /// Reads and parses a CA Secret, reusing the parsed CA while the Secret's resourceVersion is

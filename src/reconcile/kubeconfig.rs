@@ -39,6 +39,7 @@ use tracing::{Instrument, info, warn};
 use super::{
     Context, Error, Result,
     authority::{self, Problem, Resolved},
+    policy,
 };
 use crate::api::{
     Authorization, DATA_ANNOTATION, FIELD_MANAGER, FINALIZER, INPUTS_ANNOTATION,
@@ -331,15 +332,20 @@ impl BindingPlan {
     }
 }
 
-/// Compares the bindings the spec asks for with those observed (carrying this object's UID
-/// label). Pure.
+/// Compares the bindings the spec asks for (none when the policy does not `allow` them) with
+/// those observed (carrying this object's UID label). Pure.
 pub fn plan_bindings(
     kc: &Kubeconfig,
     uid: &str,
+    allowed: bool,
     observed_cluster: &[Arc<ClusterRoleBinding>],
     observed_namespaced: &[Arc<RoleBinding>],
 ) -> BindingPlan {
-    let (want_cluster, want_namespaced) = desired_bindings(kc, uid);
+    let (want_cluster, want_namespaced) = if allowed {
+        desired_bindings(kc, uid)
+    } else {
+        Default::default()
+    };
     let (apply_cluster, delete_cluster) = plan_kind(want_cluster, observed_cluster, uid, |a, b| {
         a.role_ref == b.role_ref && a.subjects == b.subjects
     });
@@ -604,14 +610,35 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     ctx.caches_ready().await;
     let now = OffsetDateTime::now_utc();
 
-    // Bindings depend on the spec alone, so they are kept right whatever else is wrong.
-    let rbac_problem = apply_bindings(&kc, &uid, ctx).await?;
+    // The authority must exist and its policy allow the request before anything is bound or
+    // issued; a refused Kubeconfig keeps no binding (an issued certificate stays valid until it
+    // expires but is not renewed, and grants nothing through this controller).
+    let namespace_labels = ctx
+        .namespaces
+        .get(&ObjectRef::new(&namespace))
+        .map(|n| n.labels().clone());
+    let found = authority::find(&kc, ctx)?.and_then(|found| {
+        policy::check(
+            found.config.policy.as_ref(),
+            &kc.spec,
+            &namespace,
+            namespace_labels.as_ref(),
+            &found.described,
+        )
+        .map(|()| found)
+    });
+    // Bindings depend on the spec and the policy alone, so they are kept right whatever else
+    // (the CA, the Secret) is wrong.
+    let rbac_problem = apply_bindings(&kc, &uid, found.is_ok(), ctx).await?;
 
-    let outcome = match authority::resolve(&kc, ctx).await? {
+    let outcome = match found {
         Err(problem) => Outcome::NotReady(problem),
-        Ok(resolved) => match Desired::from_spec(&kc, &uid, &resolved) {
+        Ok(found) => match authority::load(&found, ctx).await? {
             Err(problem) => Outcome::NotReady(problem),
-            Ok(desired) => apply_secret(&kc, &uid, &desired, &resolved.ca, ctx, now).await?,
+            Ok(resolved) => match Desired::from_spec(&kc, &uid, &resolved) {
+                Err(problem) => Outcome::NotReady(problem),
+                Ok(desired) => apply_secret(&kc, &uid, &desired, &resolved.ca, ctx, now).await?,
+            },
         },
     };
     let outcome = match (outcome, rbac_problem) {
@@ -806,9 +833,15 @@ fn kept_reason(kc: &Kubeconfig, serial: &str) -> &'static str {
     }
 }
 
-/// Brings the bindings in line with the spec. A refusal by the API server (for example the
-/// controller may not bind that role) is a problem to report, not a crash.
-async fn apply_bindings(kc: &Kubeconfig, uid: &str, ctx: &Context) -> Result<Option<Problem>> {
+/// Brings the bindings in line with the spec (or removes them all when `allowed` is false). A
+/// refusal by the API server (for example the controller may not bind that role) is a problem
+/// to report, not a crash.
+async fn apply_bindings(
+    kc: &Kubeconfig,
+    uid: &str,
+    allowed: bool,
+    ctx: &Context,
+) -> Result<Option<Problem>> {
     let mine = |labels: &BTreeMap<String, String>| {
         labels.get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
     };
@@ -824,7 +857,7 @@ async fn apply_bindings(kc: &Kubeconfig, uid: &str, ctx: &Context) -> Result<Opt
         .into_iter()
         .filter(|b| mine(b.labels()))
         .collect();
-    let plan = plan_bindings(kc, uid, &observed_cluster, &observed_namespaced);
+    let plan = plan_bindings(kc, uid, allowed, &observed_cluster, &observed_namespaced);
     if plan.is_empty() {
         return Ok(None);
     }
@@ -1130,7 +1163,7 @@ mod tests {
                 "roleBindings": [{"namespace": "team-a", "clusterRole": "edit"}, {"namespace": "team-b", "role": "deployer"}],
             },
         }));
-        let plan = plan_bindings(&kc, UID, &[], &[]);
+        let plan = plan_bindings(&kc, UID, true, &[], &[]);
         assert_eq!(plan.apply_cluster.len(), 1, "duplicates collapse");
         assert_eq!(
             plan.apply_cluster[0].name_any(),
@@ -1166,7 +1199,17 @@ mod tests {
         let (cluster, namespaced) = desired_bindings(&kc, UID);
         let cluster: Vec<_> = cluster.into_iter().map(Arc::new).collect();
         let mut namespaced: Vec<_> = namespaced.into_iter().map(Arc::new).collect();
-        assert!(plan_bindings(&kc, UID, &cluster, &namespaced).is_empty());
+        assert!(plan_bindings(&kc, UID, true, &cluster, &namespaced).is_empty());
+        // Refused by the policy: every binding goes.
+        let refused = plan_bindings(&kc, UID, false, &cluster, &namespaced);
+        assert_eq!(
+            (
+                refused.delete_cluster.len(),
+                refused.delete_namespaced.len()
+            ),
+            (1, 2)
+        );
+        assert!(refused.apply_cluster.is_empty() && refused.apply_namespaced.is_empty());
         // An edited binding is re-applied; one no longer asked for is deleted.
         let mut edited = (*namespaced[0]).clone();
         edited.subjects = None;
@@ -1174,7 +1217,7 @@ mod tests {
         let mut stale = (*namespaced[1]).clone();
         stale.metadata.name = Some("kubeconfig:team-a:susan:role:old".into());
         namespaced.push(Arc::new(stale));
-        let plan = plan_bindings(&kc, UID, &cluster, &namespaced);
+        let plan = plan_bindings(&kc, UID, true, &cluster, &namespaced);
         assert_eq!(plan.apply_namespaced.len(), 1);
         assert_eq!(
             plan.delete_namespaced,

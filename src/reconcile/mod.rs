@@ -2,6 +2,7 @@
 
 pub mod authority;
 pub mod kubeconfig;
+pub mod policy;
 
 use std::{
     collections::HashMap,
@@ -9,11 +10,12 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::Secret,
+    core::v1::{Namespace, Secret},
     rbac::v1::{ClusterRoleBinding, RoleBinding},
 };
 use kube::{
     Client,
+    core::PartialObjectMeta,
     runtime::{events::Recorder, reflector::Store},
 };
 use kubeconfig_authority_pki::CertificateAuthority;
@@ -35,6 +37,8 @@ pub struct Context {
     pub secrets: Store<Secret>,
     pub cluster_role_bindings: Store<ClusterRoleBinding>,
     pub role_bindings: Store<RoleBinding>,
+    /// The labels of every namespace (for the authorities' namespace selectors).
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Used by Kubeconfigs that name no authority.
     pub default_authority: Option<AuthorityRef>,
     pub ca_cache: Mutex<HashMap<SecretKey, (String, Arc<CertificateAuthority>)>>,
@@ -50,6 +54,7 @@ impl Context {
         let _ = self.secrets.wait_until_ready().await;
         let _ = self.cluster_role_bindings.wait_until_ready().await;
         let _ = self.role_bindings.wait_until_ready().await;
+        let _ = self.namespaces.wait_until_ready().await;
     }
 }
 

@@ -23,14 +23,14 @@ use crate::{
     support::{self, ControlPlane, TestCa, client_from_kubeconfig},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_kubeconfig-authority");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_kubeconfig-authority");
 
-fn plane() -> &'static ControlPlane {
+pub(crate) fn plane() -> &'static ControlPlane {
     support::shared_with_controller(BIN)
 }
 
 /// A namespace with a CA Secret (kubeadm's key names) and an Authority `cluster-ca` using it.
-async fn setup(prefix: &str, ca: &TestCa) -> (Client, String) {
+pub(crate) async fn setup(prefix: &str, ca: &TestCa) -> (Client, String) {
     let plane = plane();
     let ns = plane.namespace(prefix).await;
     let admin = plane.admin().await;
@@ -48,7 +48,7 @@ async fn setup(prefix: &str, ca: &TestCa) -> (Client, String) {
     (admin, ns)
 }
 
-async fn put_ca_secret(admin: &Client, ns: &str, name: &str, cert: &str, key: &str) {
+pub(crate) async fn put_ca_secret(admin: &Client, ns: &str, name: &str, cert: &str, key: &str) {
     let secret = json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
         "stringData": {"ca.crt": cert, "ca.key": key},
@@ -63,7 +63,7 @@ async fn put_ca_secret(admin: &Client, ns: &str, name: &str, cert: &str, key: &s
         .unwrap();
 }
 
-async fn apply(admin: &Client, ns: &str, name: &str, spec: Value) -> Kubeconfig {
+pub(crate) async fn apply(admin: &Client, ns: &str, name: &str, spec: Value) -> Kubeconfig {
     let object = json!({
         "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
         "metadata": {"name": name}, "spec": spec,
@@ -78,7 +78,7 @@ async fn apply(admin: &Client, ns: &str, name: &str, spec: Value) -> Kubeconfig 
         .unwrap()
 }
 
-fn spec(username: &str, extra: Value) -> Value {
+pub(crate) fn spec(username: &str, extra: Value) -> Value {
     let mut spec = json!({
         "authorityRef": {"name": "cluster-ca"},
         "username": username,
@@ -94,7 +94,7 @@ fn spec(username: &str, extra: Value) -> Value {
     spec
 }
 
-fn ready_condition(kc: &Kubeconfig) -> Option<(String, String, String)> {
+pub(crate) fn ready_condition(kc: &Kubeconfig) -> Option<(String, String, String)> {
     kc.status
         .as_ref()?
         .conditions
@@ -104,7 +104,7 @@ fn ready_condition(kc: &Kubeconfig) -> Option<(String, String, String)> {
 }
 
 /// Polls until `check` returns Some, or panics after `timeout` with the last state.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
@@ -121,7 +121,7 @@ where
     }
 }
 
-async fn wait_condition(
+pub(crate) async fn wait_condition(
     admin: &Client,
     ns: &str,
     name: &str,
@@ -151,12 +151,12 @@ async fn wait_condition(
     .await
 }
 
-async fn wait_ready(admin: &Client, ns: &str, name: &str) -> Kubeconfig {
+pub(crate) async fn wait_ready(admin: &Client, ns: &str, name: &str) -> Kubeconfig {
     wait_condition(admin, ns, name, "True", None, Duration::from_secs(10)).await
 }
 
 /// Deletes a Kubeconfig and waits until its finalizer has run and it is gone.
-async fn delete_and_wait(admin: &Client, ns: &str, name: &str) {
+pub(crate) async fn delete_and_wait(admin: &Client, ns: &str, name: &str) {
     let api = Api::<Kubeconfig>::namespaced(admin.clone(), ns);
     api.delete(name, &DeleteParams::default()).await.unwrap();
     eventually(
@@ -172,14 +172,14 @@ async fn delete_and_wait(admin: &Client, ns: &str, name: &str) {
     .await;
 }
 
-async fn secret(admin: &Client, ns: &str, name: &str) -> Option<Secret> {
+pub(crate) async fn secret(admin: &Client, ns: &str, name: &str) -> Option<Secret> {
     Api::<Secret>::namespaced(admin.clone(), ns)
         .get_opt(name)
         .await
         .unwrap()
 }
 
-async fn kubeconfig_of(admin: &Client, ns: &str, secret_name: &str) -> String {
+pub(crate) async fn kubeconfig_of(admin: &Client, ns: &str, secret_name: &str) -> String {
     let s = secret(admin, ns, secret_name)
         .await
         .expect("the Secret exists");
@@ -195,7 +195,7 @@ fn serial_of(kubeconfig: &str) -> (String, String) {
     (info.serial, info.issuer)
 }
 
-fn code(result: Result<impl Sized, kube::Error>) -> u16 {
+pub(crate) fn code(result: Result<impl Sized, kube::Error>) -> u16 {
     match result {
         Ok(_) => 200,
         Err(kube::Error::Api(s)) => s.code,
@@ -204,7 +204,7 @@ fn code(result: Result<impl Sized, kube::Error>) -> u16 {
 }
 
 /// Polls a call until it answers `want` (RBAC changes reach the authorizer within a moment).
-async fn until_code<F, Fut, T>(what: &str, want: u16, mut call: F)
+pub(crate) async fn until_code<F, Fut, T>(what: &str, want: u16, mut call: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
@@ -223,7 +223,7 @@ where
     .await
 }
 
-async fn list_configmaps(
+pub(crate) async fn list_configmaps(
     client: Client,
     ns: String,
 ) -> Result<kube::core::ObjectList<ConfigMap>, kube::Error> {
@@ -232,7 +232,7 @@ async fn list_configmaps(
         .await
 }
 
-async fn create_configmap(
+pub(crate) async fn create_configmap(
     client: Client,
     ns: String,
     name: &'static str,
@@ -639,8 +639,8 @@ async fn damage_is_repaired_within_seconds() {
         whoami(client_from_kubeconfig(&repaired).await).await.0,
         "frank"
     );
-    // A label someone added is kept through repairs.
-    secrets.patch("frank-kubeconfig", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": {"team": "a"}}, "data": {"tls.crt": ByteString(b"x".to_vec())}}))).await.unwrap();
+    // A label and an annotation someone added are kept through repairs.
+    secrets.patch("frank-kubeconfig", &PatchParams::default(), &Patch::Merge(&json!({"metadata": {"labels": {"team": "a"}, "annotations": {"note": "mine"}}, "data": {"tls.crt": ByteString(b"x".to_vec())}}))).await.unwrap();
     eventually(Duration::from_secs(5), "repaired again", || async {
         let s = secrets
             .get("frank-kubeconfig")
@@ -657,15 +657,11 @@ async fn damage_is_repaired_within_seconds() {
         }
     })
     .await;
+    let repaired = secrets.get("frank-kubeconfig").await.unwrap();
+    assert_eq!(repaired.labels().get("team").map(String::as_str), Some("a"));
     assert_eq!(
-        secrets
-            .get("frank-kubeconfig")
-            .await
-            .unwrap()
-            .labels()
-            .get("team")
-            .map(String::as_str),
-        Some("a")
+        repaired.annotations().get("note").map(String::as_str),
+        Some("mine")
     );
 
     // A binding deleted.

@@ -20,7 +20,7 @@ use std::{
 };
 
 use kube::{
-    Client, Config,
+    Client, Config, ResourceExt,
     config::{KubeConfigOptions, Kubeconfig},
 };
 use kubeconfig_authority_pki::{
@@ -91,6 +91,11 @@ pub fn shared_with_controller(binary: &'static str) -> &'static ControlPlane {
                 .expect("runtime");
             runtime.block_on(async {
                 plane.install_crds().await;
+                plane.apply_manifests("config/rbac/team_roles.yaml").await;
+                plane
+                    .apply_manifests("config/admission/policies.yaml")
+                    .await;
+                plane.wait_for_escalation_guard().await;
                 plane.wait_for_aggregated_roles().await;
             });
         })
@@ -350,6 +355,90 @@ impl ControlPlane {
                 assert!(Instant::now() < deadline, "CRD {name} not established");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+
+    /// Applies every object of a multi-document YAML file of the repository (server-side apply,
+    /// as a user would), whatever its kind.
+    pub async fn apply_manifests(&self, relative_path: &str) {
+        use kube::{
+            api::{DynamicObject, GroupVersionKind},
+            discovery::{Scope, pinned_kind},
+        };
+        use serde::Deserialize;
+        let text = std::fs::read_to_string(Path::new(REPO).join(relative_path))
+            .unwrap_or_else(|e| panic!("read {relative_path}: {e}"));
+        let client = self.admin().await;
+        let params = kube::api::PatchParams::apply("kubeconfig-authority-tests").force();
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let object = DynamicObject::deserialize(document).expect("a Kubernetes object");
+            let types = object.types.clone().expect("apiVersion and kind");
+            let gvk = GroupVersionKind::try_from(&types).expect("a valid apiVersion");
+            let (resource, capabilities) = pinned_kind(&client, &gvk)
+                .await
+                .unwrap_or_else(|e| panic!("discover {gvk:?}: {e}"));
+            let name = object.name_any();
+            let api = match (capabilities.scope, object.namespace()) {
+                (Scope::Namespaced, Some(ns)) => {
+                    kube::Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &resource)
+                }
+                _ => kube::Api::<DynamicObject>::all_with(client.clone(), &resource),
+            };
+            api.patch(&name, &params, &kube::api::Patch::Apply(&object))
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("apply {} {name} from {relative_path}: {e}", types.kind)
+                });
+        }
+    }
+
+    /// Waits until the escalation guard refuses a request it must refuse (admission policies
+    /// take effect a moment after they are created): a user who may create Kubeconfigs but
+    /// impersonate no one asks, in a dry run, for someone else's.
+    pub async fn wait_for_escalation_guard(&self) {
+        use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+        let params = kube::api::PatchParams::apply("kubeconfig-authority-tests").force();
+        let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "guard-probe"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "kubeconfig-authority:requester"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "guard-probe"}],
+        }))
+        .expect("binding");
+        kube::Api::<ClusterRoleBinding>::all(self.admin().await)
+            .patch("guard-probe", &params, &kube::api::Patch::Apply(&binding))
+            .await
+            .expect("bind guard-probe");
+        let probe = self.client_for("guard-probe", &[]).await;
+        let request = serde_json::json!({
+            "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
+            "metadata": {"name": "guard-probe", "namespace": "default"},
+            "spec": {"username": "someone-else", "validity": "1h", "secretRef": {"name": "guard-probe"}},
+        });
+        let api = kube::Api::<kube::api::DynamicObject>::namespaced_with(
+            probe,
+            "default",
+            &kube::api::ApiResource::erase::<kubeconfig_authority::api::Kubeconfig>(&()),
+        );
+        let object: kube::api::DynamicObject = serde_json::from_value(request).expect("object");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match api
+                .create(
+                    &kube::api::PostParams {
+                        dry_run: true,
+                        ..Default::default()
+                    },
+                    &object,
+                )
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.message.contains("impersonate") => return,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "the escalation guard did not take effect within 30 s: {other:?}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -1,0 +1,173 @@
+//! The escalation guard: ValidatingAdmissionPolicies (no webhook) that let a Kubeconfig be
+//! created or changed only by someone who could get the same access without this controller:
+//! `impersonate` on its username and each of its groups, `bind` on each role it binds.
+//!
+//! `kubeconfig-authority admission` prints them; `config/admission/` holds that output (a test
+//! fails when it is stale).
+//!
+//! The API server charges each authorization check 350,000 of a 10,000,000 budget per policy
+//! binding, and 1,000,000 per expression: so each check is its own expression (one per list
+//! index), and the checks are spread over three policies. The schema caps the lists at
+//! [`MAX_GROUPS`], [`MAX_CLUSTER_ROLES`] and [`MAX_ROLE_BINDINGS`] so that every entry is
+//! checked.
+
+use serde_json::{Value, json};
+
+/// The most groups a Kubeconfig may request (each is an authorization check at admission).
+pub const MAX_GROUPS: usize = 20;
+/// The most ClusterRoles bound cluster-wide by one Kubeconfig.
+pub const MAX_CLUSTER_ROLES: usize = 20;
+/// The most RoleBindings of one Kubeconfig.
+pub const MAX_ROLE_BINDINGS: usize = 20;
+
+const IMPERSONATE_HINT: &str = "grant the requester the verb impersonate on it (core API group, resource users or groups, resourceNames naming it), or have someone who may create the Kubeconfig";
+const BIND_HINT: &str = "grant the requester the verb bind on it (API group rbac.authorization.k8s.io, resource clusterroles or roles, resourceNames naming it; in that namespace for a RoleBinding)";
+
+fn policy(name: &str, purpose: &str, variables: Value, validations: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {
+            "name": name,
+            "annotations": {"kubeconfig-authority.dev/purpose": purpose},
+        },
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [{
+                    "apiGroups": [super::GROUP],
+                    "apiVersions": ["*"],
+                    "resources": ["kubeconfigs"],
+                    "operations": ["CREATE", "UPDATE"],
+                }],
+            },
+            // Only a change of what is asked for is checked: the controller's own finalizer
+            // and metadata updates are not requests for access.
+            "matchConditions": [{
+                "name": "spec-changed",
+                "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
+            }],
+            "variables": variables,
+            "validations": validations,
+        },
+    })
+}
+
+fn binding(name: &str) -> Value {
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"]},
+    })
+}
+
+fn validation(expression: String, message_expression: String) -> Value {
+    json!({
+        "expression": expression,
+        "messageExpression": message_expression,
+        "reason": "Forbidden",
+    })
+}
+
+/// The three policies and their bindings, in the order they are applied.
+pub fn admission_objects() -> Vec<Value> {
+    let users = "authorizer.group('').resource('users')";
+    let groups = "authorizer.group('').resource('groups')";
+    let rbac = "authorizer.group('rbac.authorization.k8s.io')";
+
+    let mut identity = vec![validation(
+        format!(
+            "!has(object.spec.username) || {users}.name(object.spec.username).check('impersonate').allowed()"
+        ),
+        format!(
+            "'you may not request a kubeconfig for user \"' + object.spec.username + '\": you cannot impersonate that user; {IMPERSONATE_HINT}'"
+        ),
+    )];
+    identity.extend((0..MAX_GROUPS).map(|i| {
+        validation(
+            format!(
+                "size(variables.groups) <= {i} || variables.anyGroup || {groups}.name(variables.groups[{i}]).check('impersonate').allowed()"
+            ),
+            format!(
+                "'you may not request a kubeconfig in group \"' + variables.groups[{i}] + '\": you cannot impersonate that group; {IMPERSONATE_HINT}'"
+            ),
+        )
+    }));
+
+    let cluster_roles = (0..MAX_CLUSTER_ROLES)
+        .map(|i| {
+            validation(
+                format!(
+                    "size(variables.clusterRoles) <= {i} || variables.anyClusterRole || {rbac}.resource('clusterroles').name(variables.clusterRoles[{i}]).check('bind').allowed()"
+                ),
+                format!(
+                    "'you may not bind ClusterRole \"' + variables.clusterRoles[{i}] + '\" cluster-wide: you lack bind on it; {BIND_HINT}'"
+                ),
+            )
+        })
+        .collect();
+
+    let role_bindings = (0..MAX_ROLE_BINDINGS)
+        .map(|i| {
+            let b = format!("variables.roleBindings[{i}]");
+            validation(
+                format!(
+                    "size(variables.roleBindings) <= {i} || {rbac}.resource(has({b}.clusterRole) ? 'clusterroles' : 'roles').namespace({b}.namespace).name(has({b}.clusterRole) ? {b}.clusterRole : {b}.role).check('bind').allowed()"
+                ),
+                format!(
+                    "'you may not bind ' + (has({b}.clusterRole) ? 'ClusterRole \"' + {b}.clusterRole : 'Role \"' + {b}.role) + '\" in namespace ' + {b}.namespace + ': you lack bind on it there; {BIND_HINT}'"
+                ),
+            )
+        })
+        .collect();
+
+    let authorization = "has(object.spec.authorization)";
+    vec![
+        policy(
+            "kubeconfig-authority-identity",
+            "Only who may impersonate a Kubeconfig's username and groups may request it.",
+            json!([
+                {"name": "groups", "expression": "has(object.spec.groups) ? object.spec.groups : []"},
+                {"name": "anyGroup", "expression": format!("{groups}.check('impersonate').allowed()")},
+            ]),
+            identity,
+        ),
+        binding("kubeconfig-authority-identity"),
+        policy(
+            "kubeconfig-authority-cluster-roles",
+            "Only who may bind a ClusterRole may have a Kubeconfig bind it cluster-wide.",
+            json!([
+                {"name": "clusterRoles", "expression": format!(
+                    "{authorization} && has(object.spec.authorization.clusterRoleBindings) && has(object.spec.authorization.clusterRoleBindings.clusterRoles) ? object.spec.authorization.clusterRoleBindings.clusterRoles : []"
+                )},
+                {"name": "anyClusterRole", "expression": format!("{rbac}.resource('clusterroles').check('bind').allowed()")},
+            ]),
+            cluster_roles,
+        ),
+        binding("kubeconfig-authority-cluster-roles"),
+        policy(
+            "kubeconfig-authority-role-bindings",
+            "Only who may bind a role in a namespace may have a Kubeconfig bind it there.",
+            json!([
+                {"name": "roleBindings", "expression": format!(
+                    "{authorization} && has(object.spec.authorization.roleBindings) ? object.spec.authorization.roleBindings : []"
+                )},
+            ]),
+            role_bindings,
+        ),
+        binding("kubeconfig-authority-role-bindings"),
+    ]
+}
+
+/// The policies as one multi-document YAML stream.
+pub fn admission_yaml() -> Result<String, serde_yaml::Error> {
+    let mut out = String::from(
+        "# Generated by `kubeconfig-authority admission`; do not edit (a test checks it).\n",
+    );
+    for object in admission_objects() {
+        out += "---\n";
+        out += &serde_yaml::to_string(&object)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,779 @@
+//! Security against the real control plane, acting as real users with certificates from the
+//! test CA: the escalation guard (admission), the authorities' policies, malformed objects, and
+//! what the controller writes to its log and events.
+
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    core::v1::Secret,
+    events::v1::Event,
+    rbac::v1::{ClusterRoleBinding, RoleBinding},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams},
+};
+use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig};
+use serde_json::{Value, json};
+
+use crate::{
+    control_plane::whoami,
+    kubeconfig::{
+        apply, create_configmap, delete_and_wait, eventually, kubeconfig_of, plane, secret, setup,
+        spec, until_code, wait_condition, wait_ready,
+    },
+    support::{TestCa, client_from_kubeconfig},
+};
+
+/// Creates a Kubeconfig from raw JSON (so that malformed ones reach the API server).
+async fn create(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: Value,
+) -> Result<DynamicObject, kube::Error> {
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    Api::<DynamicObject>::namespaced_with(
+        client.clone(),
+        ns,
+        &ApiResource::erase::<Kubeconfig>(&()),
+    )
+    .create(&PostParams::default(), &object)
+    .await
+}
+
+/// The API server's refusal of a request: its code and message.
+fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.message),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+async fn grant(admin: &Client, binding: Value) {
+    let params = PatchParams::apply("tests").force();
+    let name = binding["metadata"]["name"].as_str().unwrap().to_string();
+    match binding["metadata"]["namespace"].as_str() {
+        Some(ns) => {
+            let b: RoleBinding = serde_json::from_value(binding.clone()).unwrap();
+            Api::<RoleBinding>::namespaced(admin.clone(), ns)
+                .patch(&name, &params, &Patch::Apply(&b))
+                .await
+                .unwrap();
+        }
+        None => {
+            let b: ClusterRoleBinding = serde_json::from_value(binding.clone()).unwrap();
+            Api::<ClusterRoleBinding>::all(admin.clone())
+                .patch(&name, &params, &Patch::Apply(&b))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn user_binding(name: &str, namespace: Option<&str>, cluster_role: &str, user: &str) -> Value {
+    json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": if namespace.is_some() { "RoleBinding" } else { "ClusterRoleBinding" },
+        "metadata": {"name": name, "namespace": namespace},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    })
+}
+
+/// Nothing was issued or bound for the Kubeconfig `name` of `ns`.
+async fn nothing_issued(admin: &Client, ns: &str, name: &str, secret_name: &str) {
+    assert!(
+        secret(admin, ns, secret_name).await.is_none(),
+        "no Secret for {name}"
+    );
+    let uid = Api::<Kubeconfig>::namespaced(admin.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|kc| kc.uid());
+    if let Some(uid) = uid {
+        let selector =
+            ListParams::default().labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
+        let rbs = Api::<RoleBinding>::all(admin.clone())
+            .list(&selector)
+            .await
+            .unwrap();
+        let crbs = Api::<ClusterRoleBinding>::all(admin.clone())
+            .list(&selector)
+            .await
+            .unwrap();
+        assert!(
+            rbs.items.is_empty() && crbs.items.is_empty(),
+            "no binding for {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_requester_gets_nothing_they_could_not_get_anyway() {
+    let ca = &plane().ca;
+    let (admin, ns) = setup("sec", ca).await;
+    let (_, other_ns) = setup("sec-other", ca).await;
+    let suffix = &ns[ns.len() - 6..];
+    let mallory = format!("mallory-{suffix}");
+    let susan = format!("susan-{suffix}");
+    let group = format!("dev-{suffix}");
+    // The authority allows at most a day.
+    let authority = json!({"apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+        "metadata": {"name": "cluster-ca"}, "spec": {"policy": {"maxValidity": "24h"}}});
+    Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &ns)
+        .patch(
+            "cluster-ca",
+            &PatchParams::apply("tests-policy"),
+            &Patch::Apply(&authority),
+        )
+        .await
+        .unwrap();
+    // A ClusterAuthority for another tenant only.
+    let restricted = format!("other-tenant-{suffix}");
+    let cluster_authority: ClusterAuthority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "ClusterAuthority",
+        "metadata": {"name": restricted},
+        "spec": {"server": plane().server, "signer": {"caSecretRef": {"name": "cluster-ca", "namespace": other_ns}},
+            "policy": {"namespaceSelector": {"matchLabels": {"tenant": "other"}}}},
+    }))
+    .unwrap();
+    Api::<ClusterAuthority>::all(admin.clone())
+        .create(&PostParams::default(), &cluster_authority)
+        .await
+        .unwrap();
+
+    // Mallory may create Kubeconfigs in the namespace, and nothing else.
+    grant(
+        &admin,
+        user_binding(
+            "requester",
+            Some(&ns),
+            "kubeconfig-authority:requester",
+            &mallory,
+        ),
+    )
+    .await;
+    let as_mallory = plane().client_for(&mallory, &[]).await;
+    let wanted = |extra: Value| {
+        let mut s = spec(&susan, json!({"groups": [group]}));
+        for (k, v) in extra.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        s
+    };
+    let (code, message) = eventually(Duration::from_secs(10), "the requester may create", || {
+        let client = as_mallory.clone();
+        let (ns, s) = (ns.clone(), wanted(json!({})));
+        async move {
+            match create(&client, &ns, "first", s).await {
+                Err(kube::Error::Api(status))
+                    if status.code != 403 || status.message.contains("impersonate") =>
+                {
+                    Ok((status.code, status.message))
+                }
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        message.contains(&format!("user \"{susan}\"")) && message.contains("impersonate"),
+        "{message}"
+    );
+
+    // Given the right to claim susan and the group, and to bind view and edit in the namespace.
+    let identities = format!("identities-{suffix}");
+    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": identities},
+        "rules": [
+            {"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"], "resourceNames": [susan]},
+            {"apiGroups": [""], "resources": ["groups"], "verbs": ["impersonate"], "resourceNames": [group]},
+        ],
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    grant(
+        &admin,
+        user_binding(&identities, None, &identities, &mallory),
+    )
+    .await;
+    grant(
+        &admin,
+        user_binding(
+            "binder",
+            Some(&ns),
+            "kubeconfig-authority:namespace-binder",
+            &mallory,
+        ),
+    )
+    .await;
+
+    // Refused at admission, each with its reason; nothing is created.
+    let elsewhere = format!("ClusterRole \"view\" in namespace {other_ns}");
+    let attempts = [
+        (
+            "masters",
+            wanted(json!({"groups": [group, "system:masters"]})),
+            "group \"system:masters\"",
+        ),
+        (
+            "other-user",
+            spec(&format!("bob-{suffix}"), json!({"groups": [group]})),
+            "user \"bob-",
+        ),
+        (
+            "cluster-admin",
+            wanted(
+                json!({"authorization": {"clusterRoleBindings": {"clusterRoles": ["cluster-admin"]}}}),
+            ),
+            "ClusterRole \"cluster-admin\" cluster-wide",
+        ),
+        (
+            "admin-here",
+            wanted(
+                json!({"authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "admin"}]}}),
+            ),
+            "ClusterRole \"admin\" in namespace",
+        ),
+        (
+            "view-elsewhere",
+            wanted(
+                json!({"authorization": {"roleBindings": [{"namespace": other_ns, "clusterRole": "view"}]}}),
+            ),
+            elsewhere.as_str(),
+        ),
+    ];
+    for (name, s, expected) in attempts {
+        let secret_name = s["secretRef"]["name"].as_str().unwrap().to_string();
+        let (code, message) = eventually(Duration::from_secs(10), name, || {
+            let (client, ns, s) = (as_mallory.clone(), ns.clone(), s.clone());
+            async move {
+                match create(&client, &ns, name, s).await {
+                    Err(kube::Error::Api(status)) if status.message.contains(expected) => {
+                        Ok((status.code, status.message))
+                    }
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+        assert_eq!(code, 403, "{name}: {message}");
+        assert!(
+            message.contains("grant the requester the verb"),
+            "{name} says how to fix it: {message}"
+        );
+        assert!(
+            Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+                .get_opt(name)
+                .await
+                .unwrap()
+                .is_none(),
+            "{name} was not created"
+        );
+        nothing_issued(&admin, &ns, name, &secret_name).await;
+    }
+
+    // Admitted (the requester has the rights), but refused by the controller: another
+    // namespace's Authority, a ClusterAuthority that does not serve this namespace, a validity
+    // longer than the policy allows. A condition says why; nothing is issued or bound.
+    let refused_by_controller = [
+        (
+            "elsewhere",
+            wanted(
+                json!({"authorityRef": {"name": "other-ca"}, "secretRef": {"name": "elsewhere"}}),
+            ),
+            "AuthorityNotFound",
+            "serves only the Kubeconfigs of its own namespace",
+        ),
+        (
+            "not-served",
+            wanted(
+                json!({"authorityRef": {"kind": "ClusterAuthority", "name": restricted}, "secretRef": {"name": "not-served"}}),
+            ),
+            "NamespaceNotAllowed",
+            "does not serve namespace",
+        ),
+        (
+            "too-long",
+            wanted(
+                json!({"validity": "48h", "secretRef": {"name": "too-long"}, "authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "view"}]}}),
+            ),
+            "PolicyViolation",
+            "longer than policy.maxValidity 24h",
+        ),
+    ];
+    // An Authority of that name exists, but in the other namespace.
+    Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &other_ns)
+        .patch("other-ca", &PatchParams::apply("tests"), &Patch::Apply(json!({
+            "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority", "metadata": {"name": "other-ca"},
+            "spec": {"server": plane().server, "signer": {"caSecretRef": {"name": "cluster-ca"}}}})))
+        .await
+        .unwrap();
+    for (name, s, reason, expected) in refused_by_controller {
+        eventually(Duration::from_secs(10), name, || {
+            let (client, ns, s) = (as_mallory.clone(), ns.clone(), s.clone());
+            async move {
+                create(&client, &ns, name, s)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+        let kc = wait_condition(
+            &admin,
+            &ns,
+            name,
+            "False",
+            Some(reason),
+            Duration::from_secs(10),
+        )
+        .await;
+        let message = &kc.status.unwrap().conditions[0].message;
+        assert!(message.contains(expected), "{name}: {message}");
+        nothing_issued(&admin, &ns, name, name).await;
+    }
+
+    // Exactly the rights the request needs: it succeeds, and the kubeconfig works.
+    let ok = wanted(
+        json!({"authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "edit"}]}}),
+    );
+    create(&as_mallory, &ns, "susan", ok).await.unwrap();
+    wait_ready(&admin, &ns, "susan").await;
+    let susan_client =
+        client_from_kubeconfig(&kubeconfig_of(&admin, &ns, &format!("{susan}-kubeconfig")).await)
+            .await;
+    let (user, groups) = whoami(susan_client.clone()).await;
+    assert_eq!(user, susan);
+    assert!(groups.contains(&group));
+    until_code("susan may edit her namespace", 200, || {
+        create_configmap(susan_client.clone(), ns.clone(), "by-susan")
+    })
+    .await;
+
+    // Once the right to bind is gone, the requester can no longer change what is bound.
+    Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+        .delete("binder", &Default::default())
+        .await
+        .unwrap();
+    let (code, message) = eventually(Duration::from_secs(10), "bind right revoked", || {
+        let (client, ns) = (as_mallory.clone(), ns.clone());
+        async move {
+            let change = json!({"spec": {"authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "view"}]}}});
+            // A dry run: an answer that comes before the revocation reaches the authorizer
+            // changes nothing.
+            let params = PatchParams { dry_run: true, ..Default::default() };
+            match Api::<Kubeconfig>::namespaced(client, &ns)
+                .patch("susan", &params, &Patch::Merge(&change))
+                .await
+            {
+                Err(kube::Error::Api(status)) => Ok((status.code, status.message)),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, 403, "{message}");
+    Api::<ClusterAuthority>::all(admin.clone())
+        .delete(&restricted, &Default::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_policy_binds_even_those_who_may_do_anything() {
+    let ca = TestCa::new("policy-ca");
+    let (admin, ns) = setup("policy", &ca).await;
+    let authority = json!({"apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+        "metadata": {"name": "cluster-ca"}, "spec": {"policy": {
+            "allowedUsernames": ["team-*"], "forbiddenUsernames": ["team-root"],
+            "allowedGroups": ["team", "system:masters"], "allowedClusterRoles": ["view"]}}});
+    Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &ns)
+        .patch(
+            "cluster-ca",
+            &PatchParams::apply("tests-policy"),
+            &Patch::Apply(&authority),
+        )
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "a",
+            spec("alice", json!({"groups": ["team"]})),
+            "policy.allowedUsernames",
+        ),
+        (
+            "b",
+            spec("team-root", json!({"groups": ["team"]})),
+            "policy.forbiddenUsernames",
+        ),
+        (
+            "c",
+            spec("team-c", json!({"groups": ["ops"]})),
+            "policy.allowedGroups",
+        ),
+        (
+            "d",
+            spec(
+                "team-d",
+                json!({"groups": ["team"], "authorization": {"clusterRoleBindings": {"clusterRoles": ["edit"]}}}),
+            ),
+            "ClusterRole \"edit\" may not be bound",
+        ),
+    ];
+    for (name, s, expected) in cases {
+        apply(&admin, &ns, name, s.clone()).await;
+        let kc = wait_condition(
+            &admin,
+            &ns,
+            name,
+            "False",
+            Some("PolicyViolation"),
+            Duration::from_secs(10),
+        )
+        .await;
+        let message = &kc.status.unwrap().conditions[0].message;
+        assert!(message.contains(expected), "{name}: {message}");
+        nothing_issued(&admin, &ns, name, s["secretRef"]["name"].as_str().unwrap()).await;
+    }
+    // Allowed by exact name, system:masters is issued (and works: the authority's owner chose it).
+    apply(&admin, &ns, "e", spec("team-e", json!({"groups": ["system:masters"], "authorization": {"clusterRoleBindings": {"clusterRoles": ["view"]}}}))).await;
+    wait_ready(&admin, &ns, "e").await;
+
+    // Tightening the policy removes the bindings of a Kubeconfig that no longer complies.
+    let uid = Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+        .get("e")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    let tightened = json!({"apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+        "metadata": {"name": "cluster-ca"}, "spec": {"policy": {"allowedGroups": ["team"], "allowedClusterRoles": ["view"]}}});
+    Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &ns)
+        .patch(
+            "cluster-ca",
+            &PatchParams::apply("tests-policy"),
+            &Patch::Apply(&tightened),
+        )
+        .await
+        .unwrap();
+    wait_condition(
+        &admin,
+        &ns,
+        "e",
+        "False",
+        Some("PolicyViolation"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let selector =
+        ListParams::default().labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
+    eventually(Duration::from_secs(5), "the binding removed", || {
+        let (admin, selector) = (admin.clone(), selector.clone());
+        async move {
+            let left = Api::<ClusterRoleBinding>::all(admin)
+                .list(&selector)
+                .await
+                .map_err(|e| e.to_string())?;
+            if left.items.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} left", left.items.len()))
+            }
+        }
+    })
+    .await;
+    delete_and_wait(&admin, &ns, "e").await;
+}
+
+/// Objects no one should be able to store, each with the words its refusal must contain.
+fn malformed(ns: &str) -> Vec<(&'static str, Value, &'static str)> {
+    let groups: Vec<String> = (0..200).map(|i| format!("g{i}")).collect();
+    vec![
+        (
+            "empty username",
+            spec("x", json!({"username": ""})),
+            "spec.username",
+        ),
+        (
+            "overlong username",
+            spec("x", json!({"username": "u".repeat(300)})),
+            "spec.username",
+        ),
+        (
+            "newline in username",
+            spec("x", json!({"username": "alice\nadmin"})),
+            "control characters",
+        ),
+        (
+            "tab in group",
+            spec("x", json!({"groups": ["dev\tops"]})),
+            "control characters",
+        ),
+        (
+            "space around username",
+            spec("x", json!({"username": " alice"})),
+            "white space",
+        ),
+        (
+            "days",
+            spec("x", json!({"validity": "7d"})),
+            "duration such as 24h",
+        ),
+        (
+            "negative validity",
+            spec("x", json!({"validity": "-1h"})),
+            "duration such as 24h",
+        ),
+        (
+            "no unit",
+            spec("x", json!({"validity": "100"})),
+            "duration such as 24h",
+        ),
+        (
+            "bad renewBefore",
+            spec("x", json!({"renewBefore": "soon"})),
+            "duration such as 24h",
+        ),
+        (
+            "unknown key algorithm",
+            spec("x", json!({"privateKey": {"algorithm": "DSA"}})),
+            "spec.privateKey.algorithm",
+        ),
+        (
+            "weak RSA",
+            spec(
+                "x",
+                json!({"privateKey": {"algorithm": "RSA", "size": 1024}}),
+            ),
+            "RSA sizes are 2048, 3072 or 4096",
+        ),
+        (
+            "Ed25519 with a size",
+            spec(
+                "x",
+                json!({"privateKey": {"algorithm": "Ed25519", "size": 256}}),
+            ),
+            "Ed25519 keys have no size",
+        ),
+        (
+            "invalid Secret name",
+            spec("x", json!({"secretRef": {"name": "Bad_Name"}})),
+            "valid object name",
+        ),
+        (
+            "Secret key clash",
+            spec(
+                "x",
+                json!({"secretRef": {"name": "x", "kubeconfigKeys": ["tls.key"]}}),
+            ),
+            "other than tls.crt",
+        ),
+        (
+            "duplicate groups",
+            spec("x", json!({"groups": ["dev", "dev"]})),
+            "Duplicate value",
+        ),
+        (
+            "hundreds of groups",
+            spec("x", json!({"groups": groups})),
+            "must have at most 20 items",
+        ),
+        (
+            "reserved group",
+            spec("x", json!({"groups": ["kubeconfig-uid:0000"]})),
+            "added by the controller",
+        ),
+        (
+            "roleBinding without namespace",
+            spec(
+                "x",
+                json!({"authorization": {"roleBindings": [{"clusterRole": "view"}]}}),
+            ),
+            "namespace: Required value",
+        ),
+        (
+            "roleBinding with two roles",
+            spec(
+                "x",
+                json!({"authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "view", "role": "x"}]}}),
+            ),
+            "exactly one of clusterRole and role",
+        ),
+        (
+            "invalid namespace",
+            spec(
+                "x",
+                json!({"authorization": {"roleBindings": [{"namespace": "Team A", "clusterRole": "view"}]}}),
+            ),
+            "valid namespace name",
+        ),
+        (
+            "path in a role name",
+            spec(
+                "x",
+                json!({"authorization": {"clusterRoleBindings": {"clusterRoles": ["../admin"]}}}),
+            ),
+            "must not be empty, contain '/'",
+        ),
+        (
+            "missing secretRef",
+            json!({"username": "x", "validity": "1h"}),
+            "spec.secretRef: Required value",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn malformed_objects_are_refused_and_others_keep_being_served() {
+    let ca = TestCa::new("malformed-ca");
+    let (admin, ns) = setup("malformed", &ca).await;
+    for (i, (what, s, expected)) in malformed(&ns).into_iter().enumerate() {
+        let (code, message) = refusal(create(&admin, &ns, &format!("bad-{i}"), s).await);
+        assert_eq!(code, 422, "{what}: {message}");
+        assert!(
+            message.contains(expected),
+            "{what}: expected {expected:?} in {message}"
+        );
+    }
+    // What the schema cannot decide is reported in a condition.
+    let in_condition = [
+        ("huge", "99999999999999h", "longer than the maximum"),
+        ("zero", "0s", "longer than zero"),
+    ];
+    for (name, validity, expected) in in_condition {
+        apply(&admin, &ns, name, spec(name, json!({"validity": validity}))).await;
+        let kc = wait_condition(
+            &admin,
+            &ns,
+            name,
+            "False",
+            Some("InvalidSpec"),
+            Duration::from_secs(10),
+        )
+        .await;
+        let message = &kc.status.unwrap().conditions[0].message;
+        assert!(
+            message.contains("spec.validity") && message.contains(expected),
+            "{name}: {message}"
+        );
+    }
+    // The controller keeps serving.
+    apply(&admin, &ns, "fine", spec("fine", json!({}))).await;
+    wait_ready(&admin, &ns, "fine").await;
+}
+
+/// Every word of 40 characters or more in `text` (PEM body lines, base64 values of a
+/// kubeconfig): what a leaked key or token would look like.
+fn secret_material(text: &str) -> Vec<String> {
+    text.split_whitespace()
+        .filter(|w| w.len() >= 40 && !w.starts_with("-----"))
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn keys_and_tokens_never_reach_logs_or_events() {
+    let ca = TestCa::new("leak-ca");
+    let (admin, ns) = setup("leak", &ca).await;
+    // Issue, renew-worthy damage, policy refusal, bad spec, conflict, bad CA, deletion.
+    apply(&admin, &ns, "a", spec("a", json!({}))).await;
+    apply(
+        &admin,
+        &ns,
+        "b",
+        spec("b", json!({"privateKey": {"algorithm": "RSA"}})),
+    )
+    .await;
+    wait_ready(&admin, &ns, "a").await;
+    wait_ready(&admin, &ns, "b").await;
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+    secrets
+        .delete("a-kubeconfig", &Default::default())
+        .await
+        .unwrap();
+    apply(
+        &admin,
+        &ns,
+        "masters",
+        spec("m", json!({"groups": ["system:masters"]})),
+    )
+    .await;
+    apply(&admin, &ns, "zero", spec("z", json!({"validity": "0s"}))).await;
+    let clash: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "c-kubeconfig"}, "stringData": {"x": "y"}}),
+    )
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &clash)
+        .await
+        .unwrap();
+    apply(&admin, &ns, "c", spec("c", json!({}))).await;
+    wait_condition(
+        &admin,
+        &ns,
+        "c",
+        "False",
+        Some("SecretConflict"),
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_ready(&admin, &ns, "a").await;
+    // A CA Secret whose key does not match its certificate, then garbage.
+    let other = TestCa::new("other");
+    crate::kubeconfig::put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &other.key_pem).await;
+    wait_condition(&admin, &ns, "b", "False", None, Duration::from_secs(10)).await;
+    crate::kubeconfig::put_ca_secret(&admin, &ns, "cluster-ca", "garbage", &ca.key_pem).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    crate::kubeconfig::put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &ca.key_pem).await;
+    wait_ready(&admin, &ns, "b").await;
+    delete_and_wait(&admin, &ns, "b").await;
+
+    // Everything secret that exists now or existed: issued keys, CA keys, a token.
+    let mut material = Vec::new();
+    for s in secrets.list(&ListParams::default()).await.unwrap() {
+        for value in s.data.unwrap_or_default().values() {
+            material.extend(secret_material(&String::from_utf8_lossy(&value.0)));
+        }
+    }
+    material.extend(secret_material(&ca.key_pem));
+    material.extend(secret_material(&other.key_pem));
+    assert!(material.len() > 10, "the scan has something to look for");
+
+    let events = Api::<Event>::namespaced(admin.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(events.items.len() >= 4, "events were recorded");
+    let events_text = serde_json::to_string(&events.items).unwrap();
+    let statuses = serde_json::to_string(
+        &Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items,
+    )
+    .unwrap();
+    let log = std::fs::read_to_string(plane().dir.path().join("controller.log")).unwrap();
+    assert!(log.contains(&ns), "the log covers this test's objects");
+    for (what, text) in [
+        ("controller log", &log),
+        ("events", &events_text),
+        ("Kubeconfig objects", &statuses),
+    ] {
+        assert!(!text.contains("PRIVATE KEY"), "a private key in the {what}");
+        assert!(!text.contains("eyJhbGciOi"), "a token in the {what}");
+        for m in &material {
+            assert!(!text.contains(m.as_str()), "secret material in the {what}");
+        }
+    }
+}
