@@ -43,6 +43,7 @@ async fn main() -> Result<(), Error> {
         "installing the CRDs from crds/; starting kube-controller-manager (it aggregates the view role)",
     );
     plane.install_crds().await;
+    plane.install_controller_rbac().await;
     plane.start_controller_manager();
     step(&format!(
         "running the controller: {bin} run (log: {}/controller.log)",

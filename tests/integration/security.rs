@@ -777,3 +777,43 @@ async fn keys_and_tokens_never_reach_logs_or_events() {
         }
     }
 }
+
+/// The controller runs with the ClusterRole of `config/rbac` (the harness gives it that
+/// ServiceAccount's identity): whatever a Kubeconfig and its authority allow, the API server
+/// refuses it bindings to roles outside its `bind` list.
+#[tokio::test]
+async fn the_controller_cannot_bind_roles_outside_its_list() {
+    let (admin, ns) = setup("bind-limit", &plane().ca).await;
+    apply(
+        &admin,
+        &ns,
+        "root",
+        spec(
+            "root",
+            json!({"authorization": {"clusterRoleBindings": {"clusterRoles": ["cluster-admin"]}}}),
+        ),
+    )
+    .await;
+    let kc = wait_condition(
+        &admin,
+        &ns,
+        "root",
+        "False",
+        Some("RBACFailed"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let message = &kc.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains("cluster-admin") && message.contains("refused"),
+        "{message}"
+    );
+    let crb = format!("kubeconfig:{ns}:root:cluster-admin");
+    assert!(
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .get_opt(&crb)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

@@ -50,6 +50,10 @@ pub struct ControlPlane {
 
 static SHARED_DIR: OnceLock<PathBuf> = OnceLock::new();
 
+/// The username of the controller's ServiceAccount in `config/`.
+pub const CONTROLLER_USER: &str =
+    "system:serviceaccount:kubeconfig-authority-system:kubeconfig-authority";
+
 /// One control plane per test binary, started on first use.
 pub fn shared() -> &'static ControlPlane {
     static SHARED: OnceLock<ControlPlane> = OnceLock::new();
@@ -91,6 +95,7 @@ pub fn shared_with_controller(binary: &'static str) -> &'static ControlPlane {
                 .expect("runtime");
             runtime.block_on(async {
                 plane.install_crds().await;
+                plane.install_controller_rbac().await;
                 plane.apply_manifests("config/rbac/team_roles.yaml").await;
                 plane
                     .apply_manifests("config/admission/policies.yaml")
@@ -460,8 +465,33 @@ impl ControlPlane {
         }
     }
 
-    /// Starts the controller binary against this control plane as `system:masters`; it is
-    /// stopped with the control plane. Its log is `controller.log` in the folder.
+    /// Applies the controller's namespace, ServiceAccount, ClusterRole and ClusterRoleBinding
+    /// from `config/`, and writes `controller.kubeconfig`: a certificate for that
+    /// ServiceAccount's username, so that the controller runs with exactly the rights the
+    /// shipped RBAC gives it (RBAC matches ServiceAccount subjects by username).
+    pub async fn install_controller_rbac(&self) {
+        for file in [
+            "config/manager/namespace.yaml",
+            "config/rbac/service_account.yaml",
+            "config/rbac/cluster_role.yaml",
+            "config/rbac/cluster_role_binding.yaml",
+        ] {
+            self.apply_manifests(file).await;
+        }
+        let kubeconfig = self.kubeconfig_for(
+            CONTROLLER_USER,
+            &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:kubeconfig-authority-system",
+            ],
+        );
+        std::fs::write(self.dir.path().join("controller.kubeconfig"), kubeconfig)
+            .expect("write controller.kubeconfig");
+    }
+
+    /// Runs `binary run ARGS` as the controller's ServiceAccount (after
+    /// [`Self::install_controller_rbac`]); it is stopped with the control plane. Its log is
+    /// `controller.log` in the folder.
     pub fn start_controller(&self, binary: &Path, args: &[&str]) -> PathBuf {
         let log = self.dir.path().join("controller.log");
         let mut all = vec!["run".to_string()];
@@ -469,7 +499,11 @@ impl ControlPlane {
         let envs = [
             (
                 "KUBECONFIG",
-                self.admin_kubeconfig_path().display().to_string(),
+                self.dir
+                    .path()
+                    .join("controller.kubeconfig")
+                    .display()
+                    .to_string(),
             ),
             (
                 "RUST_LOG",
