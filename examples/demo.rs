@@ -74,7 +74,7 @@ async fn main() -> Result<(), Error> {
         .patch("cluster-ca", &params, &Patch::Apply(&ca_secret))
         .await?;
     let mut authority: Authority = serde_yaml::from_value(sample("authority.yaml")?)?;
-    authority.spec.config.server = plane.server.clone();
+    authority.spec.config.server = Some(plane.server.clone());
     Api::<Authority>::namespaced(admin.clone(), ns)
         .create(&PostParams::default(), &authority)
         .await?;

@@ -97,6 +97,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         namespaces,
         default_authority: options.default_authority.clone(),
         ca_cache: Default::default(),
+        pending_csrs: Default::default(),
     });
 
     let default = options.default_authority.clone();

@@ -75,7 +75,51 @@ impl fmt::Debug for CertificateRequest {
     }
 }
 
+/// A new key and a certificate signing request for an identity, for a signer that is not
+/// this process (the Kubernetes CSR API).
+pub struct NewRequest {
+    pub private_key_pem: String,
+    pub request_pem: String,
+}
+
+impl fmt::Debug for NewRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewRequest").finish_non_exhaustive()
+    }
+}
+
 impl CertificateRequest {
+    /// Generates a key of `algorithm` and a PKCS#10 request for `identity` (CN = username, one
+    /// O per group, as Kubernetes reads them), signed with that key.
+    pub fn create(identity: &Identity, algorithm: KeyAlgorithm) -> Result<NewRequest> {
+        use x509_cert::der::{Decode, Encode, asn1::BitString};
+        let der_err =
+            |e: x509_cert::der::Error| Error::Signing(format!("encoding the request: {e}"));
+        let key = algorithm.generate()?;
+        // rcgen lays out and signs a request with the CN alone; the subject is then replaced
+        // with the full one and the request signed again.
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, identity.username.as_str());
+        let draft = params
+            .serialize_request(&key.pair)
+            .map_err(|e| Error::Signing(e.to_string()))?;
+        let mut request = x509_cert::request::CertReq::from_der(draft.der()).map_err(der_err)?;
+        request.info.subject = subject(identity)?;
+        let info = request.info.to_der().map_err(der_err)?;
+        let signature = key
+            .pair
+            .sign(&info)
+            .map_err(|e| Error::Signing(e.to_string()))?;
+        request.signature = BitString::from_bytes(&signature).map_err(der_err)?;
+        let der = request.to_der().map_err(der_err)?;
+        Ok(NewRequest {
+            private_key_pem: key.to_pem(),
+            request_pem: pem_util::encode("CERTIFICATE REQUEST", &der),
+        })
+    }
+
     /// Parses a PEM `CERTIFICATE REQUEST` and checks its self-signature. The identity (CN and
     /// every O) comes from the request; deciding whether it may be granted is the caller's job.
     pub fn from_pem(text: &str) -> Result<Self> {
@@ -314,19 +358,14 @@ impl SigningKey for Deferred {
     }
 }
 
-/// Replaces the subject of a draft certificate with `O=<group>... , CN=<username>` (the order
-/// Go's crypto/x509 writes) and signs the result with the CA key.
-fn with_subject(draft: &[u8], identity: &Identity, ca_key: &rcgen::KeyPair) -> Result<Vec<u8>> {
+/// `O=<group>..., CN=<username>`, the order Go's crypto/x509 writes.
+fn subject(identity: &Identity) -> Result<x509_cert::name::RdnSequence> {
     use const_oid::db::rfc4519::{CN, O};
     use x509_cert::attr::AttributeTypeAndValue;
-    use x509_cert::der::{
-        Decode, Encode,
-        asn1::{Any, BitString, SetOfVec, Utf8StringRef},
-    };
+    use x509_cert::der::asn1::{Any, SetOfVec, Utf8StringRef};
     use x509_cert::name::{RdnSequence, RelativeDistinguishedName};
 
-    let der_err =
-        |e: x509_cert::der::Error| Error::Signing(format!("encoding the certificate: {e}"));
+    let der_err = |e: x509_cert::der::Error| Error::Signing(format!("encoding the subject: {e}"));
     let rdn = |oid, value: &str| -> Result<RelativeDistinguishedName> {
         let value =
             Any::encode_from(&Utf8StringRef::new(value).map_err(der_err)?).map_err(der_err)?;
@@ -339,9 +378,18 @@ fn with_subject(draft: &[u8], identity: &Identity, ca_key: &rcgen::KeyPair) -> R
         names.push(rdn(O, group)?);
     }
     names.push(rdn(CN, &identity.username)?);
+    Ok(RdnSequence(names))
+}
 
+/// Replaces the subject of a draft certificate with the identity's and signs the result with
+/// the CA key.
+fn with_subject(draft: &[u8], identity: &Identity, ca_key: &rcgen::KeyPair) -> Result<Vec<u8>> {
+    use x509_cert::der::{Decode, Encode, asn1::BitString};
+
+    let der_err =
+        |e: x509_cert::der::Error| Error::Signing(format!("encoding the certificate: {e}"));
     let mut cert = x509_cert::Certificate::from_der(draft).map_err(der_err)?;
-    cert.tbs_certificate.subject = RdnSequence(names);
+    cert.tbs_certificate.subject = subject(identity)?;
     let tbs = cert.tbs_certificate.to_der().map_err(der_err)?;
     let signature = ca_key
         .sign(&tbs)

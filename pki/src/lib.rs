@@ -17,7 +17,7 @@ pub mod kubeconfig;
 mod pem_util;
 mod renewal;
 
-pub use ca::{CertificateAuthority, CertificateRequest, IssuedCertificate};
+pub use ca::{CertificateAuthority, CertificateRequest, IssuedCertificate, NewRequest};
 pub use duration::{MAX_DURATION, format_duration, parse_duration};
 pub use error::Error;
 pub use identity::{Identity, KUBECONFIG_GROUP_PREFIX};

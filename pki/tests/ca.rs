@@ -389,3 +389,34 @@ fn verification_names_why_it_failed() {
     assert!(!info.is_valid_at(now() + 2 * DAY));
     assert_eq!(info.time_left(now() + 2 * DAY), Duration::ZERO);
 }
+
+#[test]
+fn new_requests_carry_every_group_and_verify() {
+    for algorithm in [
+        KeyAlgorithm::EcdsaP256,
+        KeyAlgorithm::Ed25519,
+        KeyAlgorithm::Rsa2048,
+    ] {
+        let new = CertificateRequest::create(&identity(), algorithm).unwrap();
+        assert!(
+            new.request_pem
+                .starts_with("-----BEGIN CERTIFICATE REQUEST-----")
+        );
+        assert!(
+            !format!("{new:?}").contains("PRIVATE"),
+            "Debug hides the key"
+        );
+        // Parsing checks the self-signature over the replaced subject.
+        let parsed = CertificateRequest::from_pem(&new.request_pem).unwrap();
+        assert_eq!(parsed.identity, identity(), "{algorithm:?}");
+        if let Some(openssl) = openssl() {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("req.pem");
+            std::fs::write(&path, &new.request_pem).unwrap();
+            // Fails (and `run` panics) when the signature does not verify.
+            run(Command::new(openssl)
+                .args(["req", "-verify", "-noout", "-in"])
+                .arg(&path));
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The escalation guard: ValidatingAdmissionPolicies (no webhook) that let a Kubeconfig be
 //! created or changed only by someone who could get the same access without this controller:
-//! `impersonate` on its username and each of its groups, `bind` on each role it binds.
+//! `impersonate` on its username and each of its groups (for a ServiceAccount token: the right to
+//! impersonate that ServiceAccount or to create tokens for it), `bind` on each role it binds.
 //!
 //! `kubeconfig-authority admission` prints them; `config/admission/` holds that output (a test
 //! fails when it is stale).
@@ -84,6 +85,17 @@ pub fn admission_objects() -> Vec<Value> {
             "'you may not request a kubeconfig for user \"' + object.spec.username + '\": you cannot impersonate that user; {IMPERSONATE_HINT}'"
         ),
     )];
+    let sa = "object.spec.serviceAccountRef.name";
+    let serviceaccounts =
+        "authorizer.group('').resource('serviceaccounts').namespace(object.metadata.namespace)";
+    identity.push(validation(
+        format!(
+            "!has(object.spec.serviceAccountRef) || {serviceaccounts}.name({sa}).check('impersonate').allowed() || {serviceaccounts}.subresource('token').name({sa}).check('create').allowed()"
+        ),
+        format!(
+            "'you may not request a kubeconfig for ServiceAccount ' + object.metadata.namespace + '/' + {sa} + ': you can neither impersonate it nor create tokens for it; grant the requester the verb create on serviceaccounts/token (or impersonate on serviceaccounts) naming it'"
+        ),
+    ));
     identity.extend((0..MAX_GROUPS).map(|i| {
         validation(
             format!(
@@ -126,7 +138,7 @@ pub fn admission_objects() -> Vec<Value> {
     vec![
         policy(
             "kubeconfig-authority-identity",
-            "Only who may impersonate a Kubeconfig's username and groups may request it.",
+            "Only who may impersonate a Kubeconfig's username and groups (or get its ServiceAccount's tokens) may request it.",
             json!([
                 {"name": "groups", "expression": "has(object.spec.groups) ? object.spec.groups : []"},
                 {"name": "anyGroup", "expression": format!("{groups}.check('impersonate').allowed()")},

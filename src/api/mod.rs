@@ -50,6 +50,11 @@ pub const UID_GROUP_PREFIX: &str = "kubeconfig-uid:";
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(name = "Username", type_ = "string", json_path = ".spec.username"),
+    printcolumn(
+        name = "ServiceAccount",
+        type_ = "string",
+        json_path = ".spec.serviceAccountRef.name"
+    ),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.notAfter"),
     printcolumn(
@@ -65,15 +70,24 @@ pub const UID_GROUP_PREFIX: &str = "kubeconfig-uid:";
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.username) != has(self.serviceAccountRef)").message("set exactly one of username and serviceAccountRef"))]
+#[x_kube(validation = Rule::new("!has(self.serviceAccountRef) || !has(self.groups)").message("a ServiceAccount's groups come with its token: remove groups"))]
 pub struct KubeconfigSpec {
     /// The Authority (in this namespace) or ClusterAuthority that issues this kubeconfig. When
     /// omitted, the controller's default authority (its `--default-authority` flag) is used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority_ref: Option<AuthorityRef>,
-    /// The Kubernetes username: the client certificate's common name (CN).
+    /// The Kubernetes username: the client certificate's common name (CN). Set this or
+    /// `serviceAccountRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new(NO_CONTROL_RULE).message("username: no control characters (newlines, tabs) and no white space at either end"))]
-    pub username: String,
+    pub username: Option<String>,
+    /// A ServiceAccount of this namespace: the kubeconfig holds a token for it from the
+    /// TokenRequest API, bound to the kubeconfig's Secret and rotated. Needs an authority whose
+    /// signer is `serviceAccountToken`. Set this or `username`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_ref: Option<ServiceAccountRef>,
     /// Groups of the user: the client certificate's organizations (O). The controller adds
     /// `kubeconfig:<name>` and `kubeconfig-uid:<uid>`, the identity RBAC is bound to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -101,6 +115,29 @@ pub struct KubeconfigSpec {
     /// RBAC bound to this kubeconfig's identity, and unbound when it goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// Copies of the Secret in other namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution: Option<Distribution>,
+}
+
+/// A ServiceAccount in the Kubeconfig's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceAccountRef {
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(SUBDOMAIN_RULE).message(SUBDOMAIN_MESSAGE))]
+    pub name: String,
+}
+
+/// Where copies of the Secret go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Distribution {
+    /// A copy of the Secret, under the same name, in every namespace whose labels match (for
+    /// example `capsule.clastix.io/tenant: oil`), kept equal to it through every rotation and
+    /// removed when the namespace stops matching or the Kubeconfig goes. A Secret of that name
+    /// the controller did not create is never overwritten.
+    pub namespace_selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
 }
 
 /// No control character anywhere, no white space at either end.
@@ -244,8 +281,9 @@ pub struct NamespacedBinding {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KubeconfigStatus {
-    /// `Ready`: the Secret holds a kubeconfig whose certificate is valid now. When False, the
-    /// reason says what is wrong and the message how to fix it.
+    /// `Ready`: the Secret holds a kubeconfig whose certificate or token is valid now. When
+    /// False, the reason says what is wrong and the message how to fix it. `Distributed` (with
+    /// `spec.distribution`): every matching namespace holds a current copy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,9 +297,15 @@ pub struct KubeconfigStatus {
     pub not_before: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_after: Option<Time>,
-    /// When the controller will renew the certificate.
+    /// The current token's ID (its `jti` claim), for ServiceAccount token kubeconfigs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<String>,
+    /// When the controller will renew the certificate or token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_time: Option<Time>,
+    /// How many copies of the Secret `spec.distribution` keeps in other namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed_copies: Option<i32>,
 }
 
 /// Where kubeconfigs point and how identities are proven. Namespaced: usable by the
@@ -309,10 +353,19 @@ pub struct ClusterAuthoritySpec {
 /// The settings an Authority and a ClusterAuthority share.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.server) || has(self.kubeconfigSecretRef)").message("set server, or kubeconfigSecretRef to take it from a kubeconfig"))]
 pub struct AuthorityConfig {
     /// The API server URL written into every kubeconfig, e.g. `https://api.example.com:6443`.
+    /// Default: the server of `kubeconfigSecretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.startsWith('https://') || self.startsWith('http://')").message("server must be an http(s) URL such as https://api.example.com:6443"))]
-    pub server: String,
+    pub server: Option<String>,
+    /// A kubeconfig in a Secret (for example Kamaji's `<tcp>-admin-kubeconfig`, key
+    /// `admin.svc`) whose server and CA are used when `server` and `caBundle` are not set.
+    /// The key defaults to `kubeconfig`; changes to the Secret are followed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<KeyRef>,
     /// The CA bundle that verifies the API server, written into every kubeconfig. Default: the
     /// signer's CA certificate (right when one CA signs both, as kubeadm's does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,15 +451,42 @@ pub struct KeyRef {
     pub namespace: Option<String>,
 }
 
-/// How identities are proven. One kind of signer at a time (more kinds are to come).
+/// How identities are proven. Set exactly one.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.caSecretRef)").message("set caSecretRef"))]
+#[x_kube(validation = Rule::new("[has(self.caSecretRef), has(self.serviceAccountToken), has(self.certificateSigningRequest)].filter(x, x).size() == 1").message("set exactly one of caSecretRef, serviceAccountToken and certificateSigningRequest"))]
 pub struct Signer {
-    /// A Secret holding the CA certificate and key: `tls.crt`/`tls.key` (cert-manager) or
-    /// `ca.crt`/`ca.key` (kubeadm, Kamaji).
+    /// Client certificates signed with a CA whose certificate and key are in a Secret:
+    /// `tls.crt`/`tls.key` (cert-manager) or `ca.crt`/`ca.key` (kubeadm, Kamaji).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<ObjectRef>,
+    /// ServiceAccount tokens from the TokenRequest API, for Kubeconfigs with
+    /// `serviceAccountRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_token: Option<TokenSigner>,
+    /// Client certificates signed through the Kubernetes CSR API: the controller creates and
+    /// approves a CertificateSigningRequest, and the signer (kube-controller-manager for
+    /// `kubernetes.io/kube-apiserver-client`) signs it. No CA key is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_signing_request: Option<CsrSigner>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenSigner {
+    /// The token's audiences. Default: the API server's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 253)))]
+    pub audiences: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CsrSigner {
+    /// Default `kubernetes.io/kube-apiserver-client`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 571))]
+    pub signer_name: Option<String>,
 }
 
 /// A named object; for a ClusterAuthority the namespace is required, for an Authority it is

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
-use kubeconfig_authority_pki::{CertificateAuthority, parse_certificates};
+use kubeconfig_authority_pki::{CertificateAuthority, kubeconfig as kc_file, parse_certificates};
 use time::OffsetDateTime;
 
 use super::{Context, Error, Result};
@@ -18,7 +18,7 @@ pub struct Resolved {
     pub server: String,
     /// PEM of the bundle that verifies the server.
     pub server_ca_pem: String,
-    pub ca: Arc<CertificateAuthority>,
+    pub signer: ResolvedSigner,
 }
 
 /// Why a Kubeconfig cannot be issued now: a reason for the condition, and a message that says
@@ -62,7 +62,8 @@ pub fn refers_to(
         }
 }
 
-/// The Secrets (namespace, name) an authority reads: its CA Secret and its CA bundle Secret.
+/// The Secrets (namespace, name) an authority reads: its CA Secret, its CA bundle Secret and
+/// its kubeconfig Secret.
 pub fn secrets_of(config: &AuthorityConfig, own_namespace: Option<&str>) -> Vec<(String, String)> {
     let ns =
         |explicit: &Option<String>| explicit.clone().or_else(|| own_namespace.map(String::from));
@@ -75,9 +76,14 @@ pub fn secrets_of(config: &AuthorityConfig, own_namespace: Option<&str>) -> Vec<
         .ca_secret_ref
         .as_ref()
         .map(|r| (&r.namespace, &r.name));
+    let kubeconfig = config
+        .kubeconfig_secret_ref
+        .as_ref()
+        .map(|r| (&r.namespace, &r.name));
     signer
         .into_iter()
         .chain(bundle.map(|r| (&r.namespace, &r.name)))
+        .chain(kubeconfig)
         .filter_map(|(namespace, name)| Some((ns(namespace)?, name.clone())))
         .collect()
 }
@@ -133,9 +139,37 @@ pub fn find(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Found, Problem>> {
     })
 }
 
-/// Reads what a found authority points at: its CA and the server's CA bundle.
-/// `Ok(Err(problem))` when a person must fix something.
-pub async fn load(found: &Found, ctx: &Context) -> Result<Result<Resolved, Problem>> {
+/// The signer of a resolved authority.
+pub enum ResolvedSigner {
+    /// Certificates signed here with this CA.
+    Ca(Arc<CertificateAuthority>),
+    /// Certificates signed through the CSR API by this signer.
+    Csr { signer_name: String },
+    /// ServiceAccount tokens with these audiences.
+    Token { audiences: Vec<String> },
+}
+
+/// The CSR API signer of API server client certificates, run by kube-controller-manager.
+pub const DEFAULT_CSR_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+
+/// `Ok(v)` gives `v`; `Err(problem)` returns `Ok(Err(problem))` from the enclosing function.
+macro_rules! attempt {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(problem) => return Ok(Err(problem)),
+        }
+    };
+}
+
+/// Reads what a found authority points at: its signer, the server, and the CA bundle that
+/// verifies it. `namespace` is the Kubeconfig's. `Ok(Err(problem))` when a person must fix
+/// something.
+pub async fn load(
+    found: &Found,
+    namespace: &str,
+    ctx: &Context,
+) -> Result<Result<Resolved, Problem>> {
     let Found {
         config,
         own_namespace,
@@ -158,76 +192,133 @@ pub async fn load(found: &Found, ctx: &Context) -> Result<Result<Resolved, Probl
             )),
         }
     };
-    let Some(ca_ref) = &config.signer.ca_secret_ref else {
+
+    let signer = &config.signer;
+    let signer = if let Some(ca_ref) = &signer.ca_secret_ref {
+        let ns = attempt!(target_namespace(&ca_ref.namespace, "signer.caSecretRef"));
+        ResolvedSigner::Ca(attempt!(load_ca(ctx, &ns, &ca_ref.name, described).await?))
+    } else if let Some(token) = &signer.service_account_token {
+        ResolvedSigner::Token {
+            audiences: token.audiences.clone(),
+        }
+    } else if let Some(csr) = &signer.certificate_signing_request {
+        ResolvedSigner::Csr {
+            signer_name: csr
+                .signer_name
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CSR_SIGNER.into()),
+        }
+    } else {
         return Ok(Err(Problem::new(
             "InvalidAuthority",
-            format!("{described} has no signer.caSecretRef"),
+            format!(
+                "{described} has no signer: set caSecretRef, serviceAccountToken or certificateSigningRequest"
+            ),
         )));
     };
-    let ca_namespace = match target_namespace(&ca_ref.namespace, "signer.caSecretRef") {
-        Ok(ns) => ns,
-        Err(p) => return Ok(Err(p)),
-    };
-    let ca = match load_ca(ctx, &ca_namespace, &ca_ref.name, described).await? {
-        Ok(ca) => ca,
-        Err(p) => return Ok(Err(p)),
+
+    let from_kubeconfig =
+        match &config.kubeconfig_secret_ref {
+            None => None,
+            Some(r) => {
+                let ns = attempt!(target_namespace(&r.namespace, "kubeconfigSecretRef"));
+                let key = r.key.as_deref().unwrap_or("kubeconfig");
+                let what = format!(
+                    "{described}: kubeconfigSecretRef (Secret {ns}/{}, key {key})",
+                    r.name
+                );
+                let text =
+                    attempt!(secret_key(ctx, &ns, &r.name, key).await?.ok_or_else(
+                        || Problem::new(
+                            "KubeconfigSecretNotFound",
+                            format!("{what} does not exist or lacks the key")
+                        )
+                    ));
+                Some(attempt!(kc_file::parse(&text).map_err(|e| Problem::new(
+                    "KubeconfigSecretInvalid",
+                    format!("{what}: {e}")
+                ))))
+            }
+        };
+    let Some(server) = config
+        .server
+        .clone()
+        .or_else(|| from_kubeconfig.as_ref().map(|k| k.server.clone()))
+    else {
+        return Ok(Err(Problem::new(
+            "InvalidAuthority",
+            format!("{described} has no server: set server or kubeconfigSecretRef"),
+        )));
     };
 
     let server_ca_pem = match &config.ca_bundle {
-        None => ca.certificate_pem().to_string(),
         Some(bundle) => {
             let text = if let Some(inline) = &bundle.inline {
                 Some(inline.clone())
             } else if let Some(r) = &bundle.secret_ref {
-                let ns = match target_namespace(&r.namespace, "caBundle.secretRef") {
-                    Ok(ns) => ns,
-                    Err(p) => return Ok(Err(p)),
-                };
-                let key = r.key.as_deref().unwrap_or("ca.crt");
-                let secret = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(Error::kube(format!("reading Secret {ns}/{}", r.name)))?;
-                secret.and_then(|s| {
-                    s.data.and_then(|d| {
-                        d.get(key)
-                            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-                    })
-                })
+                let ns = attempt!(target_namespace(&r.namespace, "caBundle.secretRef"));
+                secret_key(ctx, &ns, &r.name, r.key.as_deref().unwrap_or("ca.crt")).await?
             } else if let Some(r) = &bundle.config_map_ref {
-                let ns = match target_namespace(&r.namespace, "caBundle.configMapRef") {
-                    Ok(ns) => ns,
-                    Err(p) => return Ok(Err(p)),
-                };
-                let key = r.key.as_deref().unwrap_or("ca.crt");
-                let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns)
-                    .get_opt(&r.name)
-                    .await
-                    .map_err(Error::kube(format!("reading ConfigMap {ns}/{}", r.name)))?;
-                cm.and_then(|c| c.data.and_then(|d| d.get(key).cloned()))
+                let ns = attempt!(target_namespace(&r.namespace, "caBundle.configMapRef"));
+                config_map_key(ctx, &ns, &r.name, r.key.as_deref().unwrap_or("ca.crt")).await?
             } else {
                 None
             };
-            let Some(text) = text else {
-                return Ok(Err(Problem::new(
-                    "CABundleNotFound",
-                    format!("{described}: the caBundle it names does not exist or lacks its key"),
-                )));
-            };
-            if let Err(e) = parse_certificates(&text) {
-                return Ok(Err(Problem::new(
-                    "CABundleInvalid",
-                    format!("{described}: caBundle: {e}"),
-                )));
-            }
+            let text = attempt!(text.ok_or_else(|| Problem::new(
+                "CABundleNotFound",
+                format!("{described}: the caBundle it names does not exist or lacks its key"),
+            )));
+            attempt!(parse_certificates(&text).map_err(|e| Problem::new(
+                "CABundleInvalid",
+                format!("{described}: caBundle: {e}")
+            )));
             text
         }
+        None => match (
+            from_kubeconfig.and_then(|k| k.certificate_authority_pem),
+            &signer,
+        ) {
+            (Some(pem), _) => pem,
+            (None, ResolvedSigner::Ca(ca)) => ca.certificate_pem().to_string(),
+            // The cluster's own CA, which kube-controller-manager publishes in every namespace.
+            (None, _) => attempt!(
+                config_map_key(ctx, namespace, "kube-root-ca.crt", "ca.crt")
+                    .await?
+                    .ok_or_else(|| Problem::new(
+                        "CABundleNotFound",
+                        format!("{described} sets no caBundle and ConfigMap {namespace}/kube-root-ca.crt does not exist; set caBundle")
+                    ))
+            ),
+        },
     };
     Ok(Ok(Resolved {
-        server: config.server.clone(),
+        server,
         server_ca_pem,
-        ca,
+        signer,
     }))
+}
+
+/// A key of a Secret, as text; `None` when the Secret or the key does not exist.
+async fn secret_key(ctx: &Context, ns: &str, name: &str, key: &str) -> Result<Option<String>> {
+    let secret = Api::<Secret>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading Secret {ns}/{name}")))?;
+    Ok(secret.and_then(|s| {
+        s.data.and_then(|d| {
+            d.get(key)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        })
+    }))
+}
+
+/// A key of a ConfigMap; `None` when the ConfigMap or the key does not exist.
+async fn config_map_key(ctx: &Context, ns: &str, name: &str, key: &str) -> Result<Option<String>> {
+    let cm = Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(Error::kube(format!("reading ConfigMap {ns}/{name}")))?;
+    Ok(cm.and_then(|c| c.data.and_then(|d| d.get(key).cloned())))
 }
 
 /// Reads and parses a CA Secret, reusing the parsed CA while the Secret's resourceVersion is

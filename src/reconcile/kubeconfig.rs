@@ -27,9 +27,8 @@ use kube::{
     },
 };
 use kubeconfig_authority_pki::{
-    CertificateAuthority, CertificateInfo, Identity, IssuedCertificate, KeyAlgorithm,
-    inspect_certificate,
-    kubeconfig::{self as kc_file, Credential, KubeconfigSpec as FileSpec},
+    Identity, KeyAlgorithm, inspect_certificate,
+    kubeconfig::{self as kc_file, Credential as FileCredential, KubeconfigSpec as FileSpec},
     parse_certificates, parse_duration, renewal_time,
 };
 use serde_json::json;
@@ -38,7 +37,8 @@ use tracing::{Instrument, info, warn};
 
 use super::{
     Context, Error, Result,
-    authority::{self, Problem, Resolved},
+    authority::{self, Problem, Resolved, ResolvedSigner},
+    credential::{self, Held, Issued, IssuedCredential},
     policy,
 };
 use crate::api::{
@@ -74,11 +74,27 @@ pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action>
     })
 }
 
+/// The credential a Kubeconfig asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    /// A client certificate with a fresh key.
+    Certificate {
+        identity: Identity,
+        algorithm: KeyAlgorithm,
+    },
+    /// A token of a ServiceAccount of the Kubeconfig's namespace.
+    Token {
+        service_account: String,
+        audiences: Vec<String>,
+    },
+}
+
 /// What the spec and the authority ask the Secret to hold.
 #[derive(Debug, Clone)]
 pub struct Desired {
-    pub identity: Identity,
-    pub algorithm: KeyAlgorithm,
+    pub credential: Credential,
+    /// The user's name inside the kubeconfig file.
+    pub user_name: String,
     pub validity: Duration,
     pub renew_before: Option<Duration>,
     pub kubeconfig_keys: Vec<String>,
@@ -86,14 +102,18 @@ pub struct Desired {
     pub secret_name: String,
     pub server: String,
     pub server_ca_pem: String,
-    /// A digest of everything above plus the CA certificate: when it changes, reissue.
+    /// A digest of everything above plus the signer: when it changes, reissue.
     pub inputs_digest: String,
 }
+
+/// The shortest token lifetime the TokenRequest API accepts.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
 
 impl Desired {
     /// Reads the spec; a bad value is a [`Problem`] naming the field.
     pub fn from_spec(kc: &Kubeconfig, uid: &str, authority: &Resolved) -> Result<Self, Problem> {
         let spec = &kc.spec;
+        let namespace = kc.namespace().unwrap_or_default();
         let invalid = |field: &str, e: &dyn std::fmt::Display| {
             Problem::new("InvalidSpec", format!("spec.{field}: {e}"))
         };
@@ -104,40 +124,93 @@ impl Desired {
             .map(parse_duration)
             .transpose()
             .map_err(|e| invalid("renewBefore", &e))?;
-        let algorithm = match &spec.private_key {
-            None => KeyAlgorithm::default(),
-            Some(pk) => KeyAlgorithm::from_parts(pk.algorithm.as_str(), pk.size)
-                .map_err(|e| invalid("privateKey", &e))?,
+        let mismatch = |message: &str| Problem::new("SignerMismatch", message.to_string());
+        let (credential, user_name, signer) = match (
+            &spec.username,
+            &spec.service_account_ref,
+            &authority.signer,
+        ) {
+            (Some(_), _, ResolvedSigner::Token { .. }) => {
+                return Err(mismatch(
+                    "spec.username asks for a certificate, but the authority's signer is serviceAccountToken: use spec.serviceAccountRef, or an authority that signs certificates",
+                ));
+            }
+            (Some(username), _, signer) => {
+                let algorithm = match &spec.private_key {
+                    None => KeyAlgorithm::default(),
+                    Some(pk) => KeyAlgorithm::from_parts(pk.algorithm.as_str(), pk.size)
+                        .map_err(|e| invalid("privateKey", &e))?,
+                };
+                let mut identity =
+                    Identity::new(username.as_str(), spec.groups.iter().map(String::as_str))
+                        .and_then(|i| i.with_kubeconfig_name(&kc.name_any()))
+                        .map_err(|e| invalid("username/groups", &e))?;
+                identity
+                    .add_group(format!("{UID_GROUP_PREFIX}{uid}"))
+                    .map_err(|e| invalid("metadata.uid", &e))?;
+                let signer = match signer {
+                    ResolvedSigner::Ca(ca) => json!({"ca": ca.certificate_pem()}),
+                    ResolvedSigner::Csr { signer_name } => json!({"csr": signer_name}),
+                    ResolvedSigner::Token { .. } => json!(null),
+                };
+                let user = identity.username.clone();
+                (
+                    Credential::Certificate {
+                        identity,
+                        algorithm,
+                    },
+                    user,
+                    signer,
+                )
+            }
+            (None, Some(sa), ResolvedSigner::Token { audiences }) => {
+                if validity < MIN_TOKEN_LIFETIME {
+                    return Err(invalid(
+                        "validity",
+                        &"a ServiceAccount token lives at least 10m (the TokenRequest API's minimum)",
+                    ));
+                }
+                (
+                    Credential::Token {
+                        service_account: sa.name.clone(),
+                        audiences: audiences.clone(),
+                    },
+                    format!("system:serviceaccount:{namespace}:{}", sa.name),
+                    json!({"token": audiences}),
+                )
+            }
+            (None, Some(_), _) => {
+                return Err(mismatch(
+                    "spec.serviceAccountRef asks for a token, but the authority's signer makes certificates: use an authority whose signer is serviceAccountToken",
+                ));
+            }
+            (None, None, _) => {
+                return Err(invalid("username", &"set username or serviceAccountRef"));
+            }
         };
-        let mut identity = Identity::new(
-            spec.username.as_str(),
-            spec.groups.iter().map(String::as_str),
-        )
-        .and_then(|i| i.with_kubeconfig_name(&kc.name_any()))
-        .map_err(|e| invalid("username/groups", &e))?;
-        identity
-            .add_group(format!("{UID_GROUP_PREFIX}{uid}"))
-            .map_err(|e| invalid("metadata.uid", &e))?;
         let kubeconfig_keys = spec
             .secret_ref
             .kubeconfig_keys
             .clone()
             .unwrap_or_else(|| vec!["kubeconfig".into(), "value".into()]);
-        let certificate_keys = spec.secret_ref.certificate_keys.unwrap_or(true);
+        let certificate_keys = spec.secret_ref.certificate_keys.unwrap_or(true)
+            && matches!(credential, Credential::Certificate { .. });
         let inputs = json!({
-            "identity": identity,
-            "algorithm": algorithm.name(),
+            "credential": match &credential {
+                Credential::Certificate { identity, algorithm } => json!({"identity": identity, "algorithm": algorithm.name()}),
+                Credential::Token { service_account, .. } => json!({"serviceAccount": service_account}),
+            },
             "validity": validity.as_secs(),
             "renewBefore": renew_before.map(|d| d.as_secs()),
             "kubeconfigKeys": kubeconfig_keys,
             "certificateKeys": certificate_keys,
             "server": authority.server,
             "serverCA": authority.server_ca_pem,
-            "signer": authority.ca.certificate_pem(),
+            "signer": signer,
         });
         Ok(Self {
-            identity,
-            algorithm,
+            credential,
+            user_name,
             validity,
             renew_before,
             kubeconfig_keys,
@@ -150,12 +223,12 @@ impl Desired {
     }
 }
 
-/// Why a new certificate is issued.
+/// Why a new credential is issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteReason {
     /// There is no Secret yet.
     Issue,
-    /// The certificate is due for renewal (or expired).
+    /// The credential is due for renewal (or expired).
     Renew,
     /// The Secret was edited or damaged.
     Repair,
@@ -177,9 +250,9 @@ impl WriteReason {
 /// What to do with the Secret.
 #[derive(Debug)]
 pub enum SecretPlan {
-    /// It holds a good certificate, due for renewal at the given time.
+    /// It holds a good credential, due for renewal at the given time.
     Keep {
-        certificate: CertificateInfo,
+        held: Held,
         renew_at: OffsetDateTime,
     },
     Write(WriteReason, String),
@@ -221,100 +294,117 @@ pub fn plan_secret(
     if annotations.get(DATA_ANNOTATION) != Some(&data_digest(&data)) {
         return SecretPlan::Write(WriteReason::Repair, "the Secret's data was edited".into());
     }
-    let certificate = data
-        .get(
-            desired
-                .kubeconfig_keys
-                .first()
-                .map(String::as_str)
-                .unwrap_or("kubeconfig"),
-        )
-        .and_then(|v| std::str::from_utf8(&v.0).ok())
-        .and_then(|yaml| kc_file::parse(yaml).ok())
-        .and_then(|parsed| parsed.client_certificate_pem)
-        .and_then(|pem| parse_certificates(&pem).ok())
-        .and_then(|ders| ders.first().and_then(|der| inspect_certificate(der).ok()));
-    let Some(certificate) = certificate else {
+    let Some(held) = held_in(desired, &data) else {
         return SecretPlan::Write(
             WriteReason::Repair,
             "the Secret holds no readable kubeconfig".into(),
         );
     };
-    let renew_at = renewal_time(
-        certificate.not_before,
-        certificate.not_after,
-        desired.renew_before,
-        uid,
-    );
-    if now >= renew_at || !certificate.is_valid_at(now) {
+    let renew_at = renewal_time(held.not_before, held.not_after, desired.renew_before, uid);
+    if now >= renew_at || now >= held.not_after || now < held.not_before {
         return SecretPlan::Write(
             WriteReason::Renew,
-            format!("the certificate expires at {}", certificate.not_after),
+            format!("the {} expires at {}", held.kind(), held.not_after),
         );
     }
-    SecretPlan::Keep {
-        certificate,
-        renew_at,
+    SecretPlan::Keep { held, renew_at }
+}
+
+/// The credential in a Secret's kubeconfig, if it is readable and of the desired kind.
+fn held_in(desired: &Desired, data: &BTreeMap<String, ByteString>) -> Option<Held> {
+    let key = desired
+        .kubeconfig_keys
+        .first()
+        .map(String::as_str)
+        .unwrap_or("kubeconfig");
+    let parsed = kc_file::parse(std::str::from_utf8(&data.get(key)?.0).ok()?).ok()?;
+    match desired.credential {
+        Credential::Certificate { .. } => {
+            let der = parse_certificates(&parsed.client_certificate_pem?).ok()?;
+            Some(Held::from(inspect_certificate(der.first()?).ok()?))
+        }
+        Credential::Token { .. } => credential::token_held(&parsed.token?),
     }
 }
 
-/// The Secret holding a freshly issued certificate. Pure.
+/// The Secret holding a freshly issued credential. Pure.
 pub fn build_secret(
     kc: &Kubeconfig,
     uid: &str,
     desired: &Desired,
-    issued: &IssuedCertificate,
-    ca: &CertificateAuthority,
+    issued: &Issued,
+    ca_pem: &str,
 ) -> Result<Secret, Problem> {
     let namespace = kc.namespace().unwrap_or_default();
-    let context = format!("{}@{}", desired.identity.username, namespace);
+    let context = format!("{}@{}", desired.user_name, namespace);
+    let credential = match &issued.credential {
+        IssuedCredential::Certificate {
+            certificate_pem,
+            private_key_pem,
+        } => FileCredential::ClientCertificate {
+            certificate_pem,
+            private_key_pem,
+        },
+        IssuedCredential::Token(token) => FileCredential::Token(token),
+    };
     let yaml = kc_file::render(&FileSpec {
         cluster_name: "cluster",
-        user_name: &desired.identity.username,
+        user_name: &desired.user_name,
         context_name: &context,
         server: &desired.server,
         certificate_authority_pem: Some(&desired.server_ca_pem),
         namespace: None,
-        credential: Credential::ClientCertificate {
-            certificate_pem: &issued.certificate_pem,
-            private_key_pem: &issued.private_key_pem,
-        },
+        credential,
     })
     .map_err(|e| Problem::new("InvalidAuthority", e.to_string()))?;
     let mut data = BTreeMap::new();
     for key in &desired.kubeconfig_keys {
         data.insert(key.clone(), ByteString(yaml.clone().into_bytes()));
     }
-    if desired.certificate_keys {
+    if let (
+        true,
+        IssuedCredential::Certificate {
+            certificate_pem,
+            private_key_pem,
+        },
+    ) = (desired.certificate_keys, &issued.credential)
+    {
         data.insert(
             "tls.crt".into(),
-            ByteString(issued.certificate_pem.clone().into_bytes()),
+            ByteString(certificate_pem.clone().into_bytes()),
         );
         data.insert(
             "tls.key".into(),
-            ByteString(issued.private_key_pem.clone().into_bytes()),
+            ByteString(private_key_pem.clone().into_bytes()),
         );
-        data.insert(
-            "ca.crt".into(),
-            ByteString(ca.certificate_pem().as_bytes().to_vec()),
-        );
+        data.insert("ca.crt".into(), ByteString(ca_pem.as_bytes().to_vec()));
     }
-    let mut annotations = owner_annotation(kc);
+    let mut secret = secret_shell(kc, uid, &desired.secret_name);
+    let annotations = secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new);
     annotations.insert(INPUTS_ANNOTATION.into(), desired.inputs_digest.clone());
     annotations.insert(DATA_ANNOTATION.into(), data_digest(&data));
-    Ok(Secret {
+    secret.data = Some(data);
+    Ok(secret)
+}
+
+/// The Secret's metadata (name, labels, owner) without data: what exists before a token bound
+/// to it can be requested.
+pub fn secret_shell(kc: &Kubeconfig, uid: &str, name: &str) -> Secret {
+    Secret {
         metadata: ObjectMeta {
-            name: Some(desired.secret_name.clone()),
-            namespace: Some(namespace),
+            name: Some(name.to_string()),
+            namespace: kc.namespace(),
             labels: Some(owned_labels(uid)),
-            annotations: Some(annotations),
+            annotations: Some(owner_annotation(kc)),
             owner_references: Some(vec![owner_reference(kc, uid)]),
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".into()),
-        data: Some(data),
         ..Secret::default()
-    })
+    }
 }
 
 /// The bindings to create or update, and those to delete.
@@ -527,11 +617,11 @@ fn data_digest(data: &BTreeMap<String, ByteString>) -> String {
     digest(&bytes)
 }
 
-/// The certificate a Secret ends up holding, or the problem that stopped it.
+/// The credential a Secret ends up holding, or the problem that stopped it.
 pub enum Outcome {
     /// `written` names what was done to the Secret in this reconcile; `None` when it was kept.
     Ready {
-        certificate: CertificateInfo,
+        held: Held,
         renew_at: OffsetDateTime,
         written: Option<WriteReason>,
         message: String,
@@ -550,14 +640,10 @@ pub fn status(kc: &Kubeconfig, outcome: &Outcome, now: OffsetDateTime) -> Kubeco
         } => ("True", w.as_str(), message.clone()),
         Outcome::Ready {
             written: None,
-            certificate,
+            held,
             message,
             ..
-        } => (
-            "True",
-            kept_reason(kc, &certificate.serial),
-            message.clone(),
-        ),
+        } => ("True", kept_reason(kc, &held.id), message.clone()),
         Outcome::NotReady(p) => ("False", p.reason, p.message.clone()),
     };
     let transition = previous
@@ -580,15 +666,16 @@ pub fn status(kc: &Kubeconfig, outcome: &Outcome, now: OffsetDateTime) -> Kubeco
         ..previous.clone()
     };
     match outcome {
-        Outcome::Ready {
-            certificate,
-            renew_at,
-            ..
-        } => {
+        Outcome::Ready { held, renew_at, .. } => {
             status.secret_name = Some(kc.spec.secret_ref.name.clone());
-            status.serial_number = Some(certificate.serial.clone());
-            status.not_before = Some(to_time(certificate.not_before));
-            status.not_after = Some(to_time(certificate.not_after));
+            let id = Some(held.id.clone()).filter(|id| !id.is_empty());
+            (status.serial_number, status.token_id) = if held.is_token {
+                (None, id)
+            } else {
+                (id, None)
+            };
+            status.not_before = Some(to_time(held.not_before));
+            status.not_after = Some(to_time(held.not_after));
             status.renewal_time = Some(to_time(*renew_at));
         }
         Outcome::NotReady(_) => status.renewal_time = None,
@@ -633,11 +720,11 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
 
     let outcome = match found {
         Err(problem) => Outcome::NotReady(problem),
-        Ok(found) => match authority::load(&found, ctx).await? {
+        Ok(found) => match authority::load(&found, &namespace, ctx).await? {
             Err(problem) => Outcome::NotReady(problem),
             Ok(resolved) => match Desired::from_spec(&kc, &uid, &resolved) {
                 Err(problem) => Outcome::NotReady(problem),
-                Ok(desired) => apply_secret(&kc, &uid, &desired, &resolved.ca, ctx, now).await?,
+                Ok(desired) => apply_secret(&kc, &uid, &desired, &resolved, ctx, now).await?,
             },
         },
     };
@@ -694,6 +781,9 @@ fn requeue_for(outcome: &Outcome) -> Action {
                 .unwrap_or(Duration::ZERO);
             Action::requeue(wait.max(Duration::from_millis(100)))
         }
+        Outcome::NotReady(p) if p.reason == credential::CSR_PENDING => {
+            Action::requeue(credential::CSR_RETRY)
+        }
         Outcome::NotReady(_) => Action::requeue(RETRY_PROBLEM),
     }
 }
@@ -702,23 +792,14 @@ async fn apply_secret(
     kc: &Kubeconfig,
     uid: &str,
     desired: &Desired,
-    ca: &CertificateAuthority,
+    resolved: &Resolved,
     ctx: &Context,
     now: OffsetDateTime,
 ) -> Result<Outcome> {
     let namespace = kc.namespace().unwrap_or_default();
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
-    let read_live = || async {
-        secrets
-            .get_opt(&desired.secret_name)
-            .await
-            .map_err(Error::kube(format!(
-                "reading Secret {}",
-                desired.secret_name
-            )))
-    };
     // The cache answers most reconciles. It can lag behind our own last write, so a plan to
-    // write is checked against the live object first: no certificate is issued twice.
+    // write is checked against the live object first: nothing is issued twice.
     let cached = ctx
         .secrets
         .get(&ObjectRef::new(&desired.secret_name).within(&namespace));
@@ -726,33 +807,39 @@ async fn apply_secret(
     let plan = match cached_plan {
         Some(plan) if !matches!(plan, SecretPlan::Write(..)) => plan,
         // Not cached (perhaps not ours), or the cache says write: ask the live object, once.
-        _ => plan_secret(desired, uid, read_live().await?.as_ref(), now),
+        _ => {
+            let live = secrets
+                .get_opt(&desired.secret_name)
+                .await
+                .map_err(Error::kube(format!(
+                    "reading Secret {}",
+                    desired.secret_name
+                )))?;
+            plan_secret(desired, uid, live.as_ref(), now)
+        }
     };
+    let ready_message = format!("Secret {} holds a valid kubeconfig", desired.secret_name);
     let (reason, why) = match plan {
-        SecretPlan::Keep {
-            certificate,
-            renew_at,
-        } => {
+        SecretPlan::Keep { held, renew_at } => {
             return Ok(Outcome::Ready {
-                certificate,
+                held,
                 renew_at,
                 written: None,
-                message: format!("Secret {} holds a valid kubeconfig", desired.secret_name),
+                message: ready_message,
             });
         }
         SecretPlan::Conflict(problem) => return Ok(Outcome::NotReady(problem)),
         SecretPlan::Write(reason, why) => (reason, why),
     };
-    let issued = match ca.issue(&desired.identity, desired.algorithm, desired.validity, now) {
+    let issued = match credential::issue(kc, uid, desired, &resolved.signer, ctx, now).await? {
         Ok(issued) => issued,
-        Err(e) => {
-            return Ok(Outcome::NotReady(Problem::new(
-                "IssueFailed",
-                e.to_string(),
-            )));
-        }
+        Err(problem) => return Ok(Outcome::NotReady(problem)),
     };
-    let secret = match build_secret(kc, uid, desired, &issued, ca) {
+    let ca_pem = match &resolved.signer {
+        ResolvedSigner::Ca(ca) => ca.certificate_pem(),
+        _ => desired.server_ca_pem.as_str(),
+    };
+    let secret = match build_secret(kc, uid, desired, &issued, ca_pem) {
         Ok(secret) => secret,
         Err(problem) => return Ok(Outcome::NotReady(problem)),
     };
@@ -767,15 +854,21 @@ async fn apply_secret(
             "writing Secret {}",
             desired.secret_name
         )))?;
+    let held = issued.held;
+    let what = match &desired.credential {
+        Credential::Certificate { .. } => format!(
+            "a certificate for {} (serial {})",
+            desired.user_name, held.id
+        ),
+        Credential::Token { .. } => format!("a token for {}", desired.user_name),
+    };
     let message = format!(
-        "{} a certificate for {} (serial {}, valid until {}) into Secret {}: {why}",
+        "{} {what}, valid until {}, into Secret {}: {why}",
         reason.as_str(),
-        desired.identity.username,
-        issued.serial,
-        issued.not_after,
+        held.not_after,
         desired.secret_name
     );
-    info!(reason = reason.as_str(), serial = %issued.serial, "{message}");
+    info!(reason = reason.as_str(), id = %held.id, "{message}");
     publish(
         ctx,
         kc,
@@ -785,41 +878,24 @@ async fn apply_secret(
         "Issue",
     )
     .await;
-    let certificate = CertificateInfo {
-        identity: issued.identity.clone(),
-        serial: issued.serial.clone(),
-        issuer: ca.subject().to_string(),
-        subject: String::new(),
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-        is_ca: false,
-    };
-    let renew_at = renewal_time(
-        issued.not_before,
-        issued.not_after,
-        desired.renew_before,
-        uid,
-    );
-    let mut message = format!("Secret {} holds a valid kubeconfig", desired.secret_name);
-    if issued.clamped_to_ca {
-        message += &format!(
-            "; the validity was cut to the CA's expiry at {}",
-            ca.not_after()
-        );
-    }
+    let renew_at = renewal_time(held.not_before, held.not_after, desired.renew_before, uid);
     Ok(Outcome::Ready {
-        certificate,
+        held,
         renew_at,
         written: Some(reason),
-        message,
+        message: match issued.note {
+            Some(note) => format!("{ready_message}; {note}"),
+            None => ready_message,
+        },
     })
 }
 
-/// The Ready reason of a certificate that is kept: what was last done to it, as the current
-/// status says (when it is about the same certificate), else `Issued`.
-fn kept_reason(kc: &Kubeconfig, serial: &str) -> &'static str {
+/// The Ready reason of a credential that is kept: what was last done to it, as the current
+/// status says (when it is about the same credential), else `Issued`.
+fn kept_reason(kc: &Kubeconfig, id: &str) -> &'static str {
     let status = kc.status.as_ref();
-    let same_certificate = status.and_then(|s| s.serial_number.as_deref()) == Some(serial);
+    let same_certificate =
+        status.is_some_and(|s| s.serial_number.as_deref().or(s.token_id.as_deref()) == Some(id));
     let previous = status.and_then(|s| {
         s.conditions
             .iter()
@@ -983,6 +1059,7 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubeconfig_authority_pki::CertificateAuthority;
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
     const UID: &str = "0b7e1c5e-0000-4000-8000-000000000001";
@@ -1017,7 +1094,7 @@ mod tests {
         Resolved {
             server: "https://api.example:6443".into(),
             server_ca_pem: ca.certificate_pem().into(),
-            ca: ca.clone(),
+            signer: ResolvedSigner::Ca(ca.clone()),
         }
     }
 
@@ -1028,23 +1105,50 @@ mod tests {
         ca: &CertificateAuthority,
         now: OffsetDateTime,
     ) -> Secret {
+        let Credential::Certificate {
+            identity,
+            algorithm,
+        } = &desired.credential
+        else {
+            panic!("a certificate")
+        };
         let issued = ca
-            .issue(&desired.identity, desired.algorithm, desired.validity, now)
+            .issue(identity, *algorithm, desired.validity, now)
             .unwrap();
-        build_secret(kc, UID, desired, &issued, ca).unwrap()
+        let issued = Issued {
+            held: Held {
+                id: issued.serial,
+                not_before: issued.not_before,
+                not_after: issued.not_after,
+                is_token: false,
+            },
+            note: None,
+            credential: IssuedCredential::Certificate {
+                certificate_pem: issued.certificate_pem,
+                private_key_pem: issued.private_key_pem,
+            },
+        };
+        build_secret(kc, UID, desired, &issued, ca.certificate_pem()).unwrap()
     }
 
     #[test]
     fn the_identity_is_unique_to_the_object() {
         let ca = make_ca("a");
         let desired = Desired::from_spec(&kubeconfig(base_spec()), UID, &resolved(&ca)).unwrap();
-        assert_eq!(desired.identity.username, "susan");
+        let Credential::Certificate {
+            identity,
+            algorithm,
+        } = &desired.credential
+        else {
+            panic!("a certificate")
+        };
+        assert_eq!(identity.username, "susan");
         assert_eq!(
-            desired.identity.groups,
+            identity.groups,
             ["dev", "kubeconfig:susan", &format!("kubeconfig-uid:{UID}")]
         );
         assert_eq!(desired.kubeconfig_keys, ["kubeconfig", "value"]);
-        assert_eq!(desired.algorithm, KeyAlgorithm::EcdsaP256);
+        assert_eq!(*algorithm, KeyAlgorithm::EcdsaP256);
     }
 
     #[test]
@@ -1081,14 +1185,11 @@ mod tests {
         ));
 
         let secret = written(&kc, &desired, &ca, now);
-        let SecretPlan::Keep {
-            renew_at,
-            certificate,
-        } = plan_secret(&desired, UID, Some(&secret), now)
+        let SecretPlan::Keep { renew_at, held } = plan_secret(&desired, UID, Some(&secret), now)
         else {
             panic!("a fresh Secret is kept")
         };
-        assert_eq!(certificate.identity, desired.identity);
+        assert!(!held.is_token && held.not_after > now + Duration::from_secs(23 * 3600));
         assert!(
             renew_at > now + Duration::from_secs(15 * 3600)
                 && renew_at <= now + Duration::from_secs(16 * 3600 + 300)
@@ -1235,13 +1336,12 @@ mod tests {
         let mut kc = kubeconfig(base_spec());
         let desired = Desired::from_spec(&kc, UID, &resolved(&ca)).unwrap();
         let t0 = OffsetDateTime::now_utc();
-        let issued = ca
-            .issue(&desired.identity, desired.algorithm, desired.validity, t0)
-            .unwrap();
-        let certificate =
-            inspect_certificate(&parse_certificates(&issued.certificate_pem).unwrap()[0]).unwrap();
+        let secret = written(&kc, &desired, &ca, t0);
+        let SecretPlan::Keep { held, .. } = plan_secret(&desired, UID, Some(&secret), t0) else {
+            panic!("kept")
+        };
         let ready = Outcome::Ready {
-            certificate: certificate.clone(),
+            held: held.clone(),
             renew_at: t0,
             written: Some(WriteReason::Issue),
             message: "ok".into(),
@@ -1250,10 +1350,11 @@ mod tests {
         assert_eq!(first.conditions[0].status, "True");
         assert_eq!(first.conditions[0].reason, "Issued");
         assert_eq!(first.observed_generation, Some(2));
-        assert_eq!(first.serial_number.as_deref(), Some(issued.serial.as_str()));
+        assert_eq!(first.serial_number.as_deref(), Some(held.id.as_str()));
+        assert_eq!(first.token_id, None);
         kc.status = Some(first.clone());
         let kept = Outcome::Ready {
-            certificate,
+            held,
             renew_at: t0,
             written: None,
             message: "ok".into(),

@@ -1,6 +1,7 @@
 //! Reconcilers, one module per resource: observe -> decide (pure) -> apply -> report.
 
 pub mod authority;
+pub mod credential;
 pub mod kubeconfig;
 pub mod policy;
 
@@ -42,6 +43,9 @@ pub struct Context {
     /// Used by Kubeconfigs that name no authority.
     pub default_authority: Option<AuthorityRef>,
     pub ca_cache: Mutex<HashMap<SecretKey, (String, Arc<CertificateAuthority>)>>,
+    /// CSRs waiting for their signer, by Kubeconfig UID (the key stays in memory; after a
+    /// restart a new request is made).
+    pub pending_csrs: Mutex<HashMap<String, credential::PendingCsr>>,
 }
 
 impl Context {

@@ -92,14 +92,18 @@ pub fn check(
         }
     }
 
-    name_allowed(
-        "username",
-        &spec.username,
-        policy.allowed_usernames.as_deref(),
-        &policy.forbidden_usernames,
-        "Usernames",
-    )
-    .map_err(violation)?;
+    // A ServiceAccount token's identity is the ServiceAccount of the Kubeconfig's own namespace;
+    // the username and group rules are for certificates.
+    if let Some(username) = &spec.username {
+        name_allowed(
+            "username",
+            username,
+            policy.allowed_usernames.as_deref(),
+            &policy.forbidden_usernames,
+            "Usernames",
+        )
+        .map_err(violation)?;
+    }
     for group in &spec.groups {
         name_allowed(
             "group",

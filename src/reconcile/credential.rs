@@ -1,0 +1,492 @@
+//! Issuing the credential a Kubeconfig asks for: a certificate signed here, a certificate
+//! signed through the CSR API, or a ServiceAccount token from the TokenRequest API.
+
+use std::time::Duration;
+
+use base64::Engine;
+use k8s_openapi::{
+    ByteString,
+    api::{
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+        certificates::v1::{
+            CertificateSigningRequest, CertificateSigningRequestCondition,
+            CertificateSigningRequestSpec,
+        },
+        core::v1::{Secret, ServiceAccount},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use kubeconfig_authority_pki::{
+    CertificateInfo, CertificateRequest, Identity, KeyAlgorithm, inspect_certificate,
+    parse_certificates,
+};
+use time::OffsetDateTime;
+
+use super::{
+    Context, Error, Result,
+    authority::{Problem, ResolvedSigner},
+    kubeconfig::{Credential, Desired, secret_shell},
+};
+use crate::api::{FIELD_MANAGER, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig};
+
+/// What a Secret holds, as far as renewal and status care.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    /// The certificate's serial number (hex), or the token's ID (`jti`).
+    pub id: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub is_token: bool,
+}
+
+impl Held {
+    pub fn kind(&self) -> &'static str {
+        if self.is_token {
+            "token"
+        } else {
+            "certificate"
+        }
+    }
+}
+
+impl From<CertificateInfo> for Held {
+    fn from(info: CertificateInfo) -> Self {
+        Self {
+            id: info.serial,
+            not_before: info.not_before,
+            not_after: info.not_after,
+            is_token: false,
+        }
+    }
+}
+
+/// The secret half of a new credential. No `Debug`: it must never be printed.
+pub enum IssuedCredential {
+    Certificate {
+        certificate_pem: String,
+        private_key_pem: String,
+    },
+    Token(String),
+}
+
+/// A new credential.
+pub struct Issued {
+    pub credential: IssuedCredential,
+    pub held: Held,
+    /// Something the person should know (the validity was cut short).
+    pub note: Option<String>,
+}
+
+/// The times and ID of a ServiceAccount token, from its claims (the token is not verified:
+/// it is the one the API server gave this controller).
+pub fn token_held(token: &str) -> Option<Held> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let time = |name: &str| {
+        claims[name]
+            .as_i64()
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+    };
+    Some(Held {
+        id: claims["jti"].as_str().unwrap_or_default().to_string(),
+        not_before: time("nbf").or_else(|| time("iat"))?,
+        not_after: time("exp")?,
+        is_token: true,
+    })
+}
+
+/// Issues the desired credential with the resolved signer. `Ok(Err(problem))` when it cannot
+/// be issued now (a CSR not yet signed is one such problem).
+pub async fn issue(
+    kc: &Kubeconfig,
+    uid: &str,
+    desired: &Desired,
+    signer: &ResolvedSigner,
+    ctx: &Context,
+    now: OffsetDateTime,
+) -> Result<Result<Issued, Problem>> {
+    match (&desired.credential, signer) {
+        (
+            Credential::Certificate {
+                identity,
+                algorithm,
+            },
+            ResolvedSigner::Ca(ca),
+        ) => Ok(
+            match ca.issue(identity, *algorithm, desired.validity, now) {
+                Ok(issued) => Ok(Issued {
+                    held: Held {
+                        id: issued.serial.clone(),
+                        not_before: issued.not_before,
+                        not_after: issued.not_after,
+                        is_token: false,
+                    },
+                    note: issued.clamped_to_ca.then(|| {
+                        format!(
+                            "the validity was cut to the CA's expiry at {}",
+                            ca.not_after()
+                        )
+                    }),
+                    credential: IssuedCredential::Certificate {
+                        certificate_pem: issued.certificate_pem,
+                        private_key_pem: issued.private_key_pem,
+                    },
+                }),
+                Err(e) => Err(Problem::new("IssueFailed", e.to_string())),
+            },
+        ),
+        (
+            Credential::Certificate {
+                identity,
+                algorithm,
+            },
+            ResolvedSigner::Csr { signer_name },
+        ) => through_csr(kc, uid, desired, identity, *algorithm, signer_name, ctx).await,
+        (
+            Credential::Token {
+                service_account,
+                audiences,
+            },
+            ResolvedSigner::Token { .. },
+        ) => token(kc, uid, desired, service_account, audiences, ctx).await,
+        _ => Ok(Err(Problem::new(
+            "SignerMismatch",
+            "the Kubeconfig's credential does not match its authority's signer",
+        ))),
+    }
+}
+
+/// A token bound to the kubeconfig Secret: deleting the Secret (and so the Kubeconfig)
+/// invalidates it at once. The Secret is created first, empty, when it does not exist yet.
+async fn token(
+    kc: &Kubeconfig,
+    uid: &str,
+    desired: &Desired,
+    service_account: &str,
+    audiences: &[String],
+    ctx: &Context,
+) -> Result<Result<Issued, Problem>> {
+    let namespace = kc.namespace().unwrap_or_default();
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
+    let shell = secrets
+        .patch(
+            &desired.secret_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret_shell(kc, uid, &desired.secret_name)),
+        )
+        .await
+        .map_err(Error::kube(format!(
+            "writing Secret {}",
+            desired.secret_name
+        )))?;
+    let request = TokenRequest {
+        metadata: ObjectMeta::default(),
+        spec: TokenRequestSpec {
+            audiences: audiences.to_vec(),
+            expiration_seconds: Some(desired.validity.as_secs() as i64),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Secret".into()),
+                name: Some(desired.secret_name.clone()),
+                uid: shell.uid(),
+            }),
+        },
+        status: None,
+    };
+    let answer = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &namespace)
+        .create_subresource::<_, TokenRequest>(
+            "token",
+            service_account,
+            &PostParams::default(),
+            &request,
+        )
+        .await;
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            return Ok(Err(Problem::new(
+                "ServiceAccountNotFound",
+                format!(
+                    "ServiceAccount {namespace}/{service_account} does not exist; create it or fix spec.serviceAccountRef"
+                ),
+            )));
+        }
+        Err(e) => {
+            return Err(Error::Kube {
+                action: format!("requesting a token for ServiceAccount {service_account}"),
+                source: e,
+            });
+        }
+    };
+    let Some(token) = answer.status.map(|s| s.token) else {
+        return Ok(Err(Problem::new(
+            "IssueFailed",
+            "the TokenRequest API answered without a token",
+        )));
+    };
+    let Some(held) = token_held(&token) else {
+        return Ok(Err(Problem::new(
+            "IssueFailed",
+            "the token the API server issued has no readable expiry",
+        )));
+    };
+    // The API server may grant less than asked (its --service-account-max-token-expiration).
+    let asked = desired.validity.as_secs() as i64;
+    let granted = (held.not_after - held.not_before).whole_seconds();
+    let note = (granted + 60 < asked)
+        .then(|| format!("the API server granted {granted}s of the {asked}s asked for"));
+    Ok(Ok(Issued {
+        credential: IssuedCredential::Token(token),
+        held,
+        note,
+    }))
+}
+
+/// A CSR waiting for its certificate, with the key that stays here.
+pub struct PendingCsr {
+    pub name: String,
+    pub private_key_pem: String,
+    pub inputs_digest: String,
+}
+
+/// The generateName of the CSRs the controller creates; each is deleted once its certificate
+/// is taken (or it failed).
+const CSR_PREFIX: &str = "kubeconfig-";
+
+/// A certificate through the CSR API: create a request with a key generated here, approve it,
+/// and take the certificate once the signer has issued it (the reconcile is requeued while it
+/// waits; a CSR watch brings it back sooner).
+#[allow(clippy::too_many_arguments)]
+async fn through_csr(
+    kc: &Kubeconfig,
+    uid: &str,
+    desired: &Desired,
+    identity: &Identity,
+    algorithm: KeyAlgorithm,
+    signer_name: &str,
+    ctx: &Context,
+) -> Result<Result<Issued, Problem>> {
+    let api = Api::<CertificateSigningRequest>::all(ctx.client.clone());
+    let pending = ctx
+        .pending_csrs
+        .lock()
+        .ok()
+        .and_then(|mut p| p.remove(uid))
+        .filter(|p| p.inputs_digest == desired.inputs_digest);
+    if let Some(pending) = pending {
+        let csr = api
+            .get_opt(&pending.name)
+            .await
+            .map_err(Error::kube(format!("reading CSR {}", pending.name)))?;
+        if let Some(csr) = csr {
+            let conditions = csr
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let failed = conditions
+                .iter()
+                .find(|c| (c.type_ == "Denied" || c.type_ == "Failed") && c.status == "True");
+            if let Some(c) = failed {
+                delete_csr(&api, &pending.name).await?;
+                return Ok(Err(Problem::new(
+                    if c.type_ == "Denied" {
+                        "CSRDenied"
+                    } else {
+                        "CSRFailed"
+                    },
+                    format!(
+                        "CertificateSigningRequest {} was {} by {signer_name}: {} {}; a new request is made when the spec or authority changes",
+                        pending.name,
+                        c.type_.to_lowercase(),
+                        c.reason.clone().unwrap_or_default(),
+                        c.message.clone().unwrap_or_default()
+                    ),
+                )));
+            }
+            let certificate = csr
+                .status
+                .as_ref()
+                .and_then(|s| s.certificate.as_ref())
+                .filter(|c| !c.0.is_empty());
+            if let Some(certificate) = certificate {
+                let pem = String::from_utf8_lossy(&certificate.0).into_owned();
+                delete_csr(&api, &pending.name).await?;
+                let info = parse_certificates(&pem)
+                    .ok()
+                    .and_then(|ders| ders.first().and_then(|d| inspect_certificate(d).ok()));
+                let Some(info) = info else {
+                    return Ok(Err(Problem::new(
+                        "CSRFailed",
+                        format!("the signer {signer_name} returned no readable certificate"),
+                    )));
+                };
+                let note = (info.identity != *identity).then(|| {
+                    format!(
+                        "the signer issued the identity {} with groups {:?}",
+                        info.identity.username, info.identity.groups
+                    )
+                });
+                return Ok(Ok(Issued {
+                    held: Held::from(info),
+                    note,
+                    credential: IssuedCredential::Certificate {
+                        certificate_pem: pem,
+                        private_key_pem: pending.private_key_pem,
+                    },
+                }));
+            }
+            let name = pending.name.clone();
+            if let Ok(mut p) = ctx.pending_csrs.lock() {
+                p.insert(uid.to_string(), pending);
+            }
+            return Ok(Err(waiting(&name, signer_name)));
+        }
+    }
+
+    // A new request.
+    let new = match CertificateRequest::create(identity, algorithm) {
+        Ok(new) => new,
+        Err(e) => return Ok(Err(Problem::new("IssueFailed", e.to_string()))),
+    };
+    let mut usages = vec!["client auth".to_string(), "digital signature".to_string()];
+    if algorithm.is_rsa() {
+        usages.push("key encipherment".into());
+    }
+    let csr = CertificateSigningRequest {
+        metadata: ObjectMeta {
+            generate_name: Some(CSR_PREFIX.into()),
+            labels: Some(
+                [
+                    (KUBECONFIG_UID_LABEL.to_string(), uid.to_string()),
+                    (
+                        crate::api::MANAGED_BY_LABEL.to_string(),
+                        crate::api::MANAGED_BY.to_string(),
+                    ),
+                ]
+                .into(),
+            ),
+            annotations: Some(
+                [(
+                    KUBECONFIG_ANNOTATION.to_string(),
+                    format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any()),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: CertificateSigningRequestSpec {
+            request: ByteString(new.request_pem.into_bytes()),
+            signer_name: signer_name.to_string(),
+            expiration_seconds: Some(desired.validity.as_secs().max(600) as i32),
+            usages: Some(usages),
+            ..CertificateSigningRequestSpec::default()
+        },
+        status: None,
+    };
+    let created = api
+        .create(&PostParams::default(), &csr)
+        .await
+        .map_err(Error::kube("creating a CertificateSigningRequest"))?;
+    let name = created.name_any();
+    let mut approved = created;
+    approved
+        .status
+        .get_or_insert_with(Default::default)
+        .conditions
+        .get_or_insert_with(Vec::new)
+        .push(CertificateSigningRequestCondition {
+            type_: "Approved".into(),
+            status: "True".into(),
+            reason: Some("KubeconfigAuthorityApproved".into()),
+            message: Some(format!(
+                "approved by kubeconfig-authority for Kubeconfig {}/{}, whose authority's policy allows it",
+                kc.namespace().unwrap_or_default(),
+                kc.name_any()
+            )),
+            ..CertificateSigningRequestCondition::default()
+        });
+    match api
+        .replace_subresource("approval", &name, &PostParams::default(), &approved)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            delete_csr(&api, &name).await?;
+            return Ok(Err(Problem::new(
+                "CSRApprovalRefused",
+                format!(
+                    "the controller may not approve requests for signer {signer_name} ({}); grant it the verb approve on signers/{signer_name}",
+                    status.message
+                ),
+            )));
+        }
+        Err(e) => {
+            return Err(Error::Kube {
+                action: format!("approving CertificateSigningRequest {name}"),
+                source: e,
+            });
+        }
+    }
+    if let Ok(mut p) = ctx.pending_csrs.lock() {
+        p.insert(
+            uid.to_string(),
+            PendingCsr {
+                name: name.clone(),
+                private_key_pem: new.private_key_pem,
+                inputs_digest: desired.inputs_digest.clone(),
+            },
+        );
+    }
+    Ok(Err(waiting(&name, signer_name)))
+}
+
+/// The reason while a CSR waits for its signer.
+pub const CSR_PENDING: &str = "CSRPending";
+
+fn waiting(name: &str, signer_name: &str) -> Problem {
+    Problem::new(
+        CSR_PENDING,
+        format!(
+            "CertificateSigningRequest {name} is approved and waits for signer {signer_name} to issue it; if this lasts, check that the signer runs (kube-controller-manager signs kubernetes.io/kube-apiserver-client)"
+        ),
+    )
+}
+
+async fn delete_csr(api: &Api<CertificateSigningRequest>, name: &str) -> Result<()> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube {
+            action: format!("deleting CSR {name}"),
+            source: e,
+        }),
+    }
+}
+
+/// How soon to look again at a Kubeconfig whose CSR waits.
+pub const CSR_RETRY: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_claims_give_the_lifetime_and_id() {
+        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"iat":1700000000,"exp":1700000600,"jti":"abc"}"#);
+        let held = token_held(&format!("eyJhbGciOiJSUzI1NiJ9.{claims}.sig")).unwrap();
+        assert_eq!(held.id, "abc");
+        assert_eq!((held.not_after - held.not_before).whole_seconds(), 600);
+        assert!(held.is_token);
+        assert!(token_held("not-a-token").is_none());
+        assert!(token_held("a.b.c").is_none());
+    }
+}
