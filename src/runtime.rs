@@ -3,8 +3,9 @@
 //!
 //! Watches (each a reflector whose cache the reconciler reads):
 //! - Kubeconfigs (the controller's own);
-//! - Secrets labelled as managed by this controller (owned by their Kubeconfig): an edit or a
-//!   deletion is repaired;
+//! - Secrets labelled as managed by this controller (a Kubeconfig's Secret and its copies, each
+//!   naming its Kubeconfig in an annotation): an edit or a deletion is repaired;
+//! - CertificateSigningRequests the controller made: a signature is taken at once;
 //! - ClusterRoleBindings and RoleBindings labelled as managed: mapped back through their
 //!   annotation, so a deleted or edited binding is restored;
 //! - Authorities and ClusterAuthorities: their Kubeconfigs are looked at again;
@@ -17,7 +18,8 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{Namespace, Secret},
+    certificates::v1::CertificateSigningRequest,
+    core::v1::{Namespace, Secret, ServiceAccount},
     rbac::v1::{ClusterRoleBinding, RoleBinding},
 };
 use kube::{
@@ -41,7 +43,7 @@ use crate::{
     reconcile::{
         Context, Error,
         authority::{authority_ref, refers_to, secrets_of},
-        kubeconfig,
+        kubeconfig, onboarding,
     },
 };
 
@@ -64,7 +66,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         Api::<ClusterRoleBinding>::all(client.clone()),
         managed.clone(),
     );
-    let (rbs, rb_events) = reflect(Api::<RoleBinding>::all(client.clone()), managed);
+    let (rbs, rb_events) = reflect(Api::<RoleBinding>::all(client.clone()), managed.clone());
     let (authorities, authority_events) = reflect(Api::<Authority>::all(client.clone()), all());
     let (cluster_authorities, cluster_authority_events) =
         reflect(Api::<ClusterAuthority>::all(client.clone()), all());
@@ -72,6 +74,13 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         all(),
     );
+    // The CSRs the controller made: a signature (or a denial) brings their Kubeconfig back.
+    let csr_events = watcher(
+        Api::<PartialObjectMeta<CertificateSigningRequest>>::all(client.clone()),
+        managed.clone(),
+    )
+    .default_backoff()
+    .touched_objects();
     let secret_meta_events = watcher(
         Api::<kube::core::PartialObjectMeta<Secret>>::all(client.clone()),
         all(),
@@ -86,8 +95,8 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         instance: std::env::var("POD_NAME").ok(),
     };
     let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
-        client,
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        client: client.clone(),
         kubeconfigs: kubeconfigs.clone(),
         authorities: authorities.clone(),
         cluster_authorities: cluster_authorities.clone(),
@@ -158,7 +167,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         }
     };
 
-    // A namespace's labels decide which ClusterAuthorities serve it.
+    // A namespace's labels decide which ClusterAuthorities serve it, and where copies go.
     let by_namespace = {
         let kubeconfigs = kubeconfigs.clone();
         move |n: PartialObjectMeta<Namespace>| {
@@ -166,7 +175,10 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
             kubeconfigs
                 .state()
                 .into_iter()
-                .filter(|kc| kc.namespace().as_deref() == Some(namespace.as_str()))
+                .filter(|kc| {
+                    kc.namespace().as_deref() == Some(namespace.as_str())
+                        || kc.spec.distribution.is_some()
+                })
                 .map(|kc| ObjectRef::from_obj(&*kc))
                 .collect::<Vec<_>>()
         }
@@ -185,9 +197,42 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         });
     }
 
+    // ServiceAccounts that ask for a kubeconfig by annotation, and the Kubeconfigs made for
+    // them (owned by the ServiceAccount).
+    let onboarding = Controller::new(Api::<ServiceAccount>::all(client.clone()), all())
+        .owns(
+            Api::<Kubeconfig>::all(client.clone()),
+            watcher::Config::default().labels(onboarding::SERVICE_ACCOUNT_LABEL),
+        )
+        .shutdown_on_signal()
+        .run(
+            onboarding::reconcile,
+            |sa, error: &Error, _| {
+                warn!(serviceaccount = %format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any()), reason = error.reason(), "{error}");
+                Action::requeue(Duration::from_secs(5))
+            },
+            Arc::new(onboarding::Context {
+                client: client.clone(),
+                recorder: Recorder::new(client.clone(), reporter.clone()),
+                default_authority: options.default_authority.clone(),
+            }),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                match e {
+                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                    other => warn!("onboarding failed: {other}"),
+                }
+            }
+        });
+
     info!("starting the Kubeconfig controller");
-    controller
-        .owns_stream(secret_events)
+    let kubeconfig_controller = controller
+        // Managed Secrets and their copies in other namespaces name their Kubeconfig.
+        .watches_stream(secret_events, |s: Secret| owner_of(s.annotations()))
+        .watches_stream(csr_events, |c: PartialObjectMeta<CertificateSigningRequest>| {
+            owner_of(c.annotations())
+        })
         .watches_stream(crb_events, |b: ClusterRoleBinding| {
             owner_of(b.annotations())
         })
@@ -206,7 +251,8 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
                 }
             }
         })
-        .await;
+        ;
+    futures::future::join(kubeconfig_controller, onboarding).await;
     info!("stopped");
     Ok(())
 }

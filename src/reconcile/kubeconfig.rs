@@ -11,6 +11,7 @@ use base64::Engine;
 use k8s_openapi::{
     ByteString,
     api::{
+        certificates::v1::CertificateSigningRequest,
         core::v1::Secret,
         rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject},
     },
@@ -39,6 +40,7 @@ use super::{
     Context, Error, Result,
     authority::{self, Problem, Resolved, ResolvedSigner},
     credential::{self, Held, Issued, IssuedCredential},
+    distribution::{self, Distributed},
     policy,
 };
 use crate::api::{
@@ -606,7 +608,7 @@ fn digest(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..18])
 }
 
-fn data_digest(data: &BTreeMap<String, ByteString>) -> String {
+pub fn data_digest(data: &BTreeMap<String, ByteString>) -> String {
     let mut bytes = Vec::new();
     for (k, v) in data {
         bytes.extend_from_slice(&(k.len() as u64).to_be_bytes());
@@ -630,8 +632,29 @@ pub enum Outcome {
 }
 
 /// The status to write. Keeps a condition's lastTransitionTime while its status holds. Pure.
-pub fn status(kc: &Kubeconfig, outcome: &Outcome, now: OffsetDateTime) -> KubeconfigStatus {
+pub fn status(
+    kc: &Kubeconfig,
+    outcome: &Outcome,
+    distributed: Option<&Distributed>,
+    now: OffsetDateTime,
+) -> KubeconfigStatus {
     let previous = kc.status.clone().unwrap_or_default();
+    let condition = |type_: &str, ready: &str, reason: &str, message: String| {
+        let transition = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == ready)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| to_time(now));
+        Condition {
+            type_: type_.into(),
+            status: ready.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: kc.metadata.generation,
+            last_transition_time: transition,
+        }
+    };
     let (ready, reason, message) = match outcome {
         Outcome::Ready {
             written: Some(w),
@@ -646,25 +669,36 @@ pub fn status(kc: &Kubeconfig, outcome: &Outcome, now: OffsetDateTime) -> Kubeco
         } => ("True", kept_reason(kc, &held.id), message.clone()),
         Outcome::NotReady(p) => ("False", p.reason, p.message.clone()),
     };
-    let transition = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == ready)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| to_time(now));
-    let condition = Condition {
-        type_: "Ready".into(),
-        status: ready.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: kc.metadata.generation,
-        last_transition_time: transition,
-    };
+    let mut conditions = vec![condition("Ready", ready, reason, message)];
+    if let Some(d) = distributed.filter(|_| kc.spec.distribution.is_some()) {
+        conditions.push(match (&d.problem, d.conflicts.as_slice()) {
+            (Some(p), _) => condition(DISTRIBUTED, "False", p.reason, p.message.clone()),
+            (None, []) => condition(
+                DISTRIBUTED,
+                "True",
+                "Distributed",
+                format!("{} matching namespaces hold a current copy", d.copies),
+            ),
+            (None, conflicts) => condition(
+                DISTRIBUTED,
+                "False",
+                "SecretConflict",
+                format!(
+                    "Secret {} exists in namespace(s) {} and was not created by this controller: left untouched; delete it there or exclude the namespace",
+                    kc.spec.secret_ref.name,
+                    conflicts.join(", ")
+                ),
+            ),
+        });
+    }
     let mut status = KubeconfigStatus {
-        conditions: vec![condition],
+        conditions,
         observed_generation: kc.metadata.generation,
         ..previous.clone()
     };
+    if let Some(d) = distributed {
+        status.distributed_copies = Some(d.copies).filter(|n| *n > 0);
+    }
     match outcome {
         Outcome::Ready { held, renew_at, .. } => {
             status.secret_name = Some(kc.spec.secret_ref.name.clone());
@@ -682,6 +716,9 @@ pub fn status(kc: &Kubeconfig, outcome: &Outcome, now: OffsetDateTime) -> Kubeco
     }
     status
 }
+
+/// The condition type about `spec.distribution`.
+pub const DISTRIBUTED: &str = "Distributed";
 
 fn to_time(t: OffsetDateTime) -> Time {
     Time(
@@ -718,22 +755,25 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     // (the CA, the Secret) is wrong.
     let rbac_problem = apply_bindings(&kc, &uid, found.is_ok(), ctx).await?;
 
-    let outcome = match found {
-        Err(problem) => Outcome::NotReady(problem),
+    let (outcome, data) = match found {
+        Err(problem) => (Outcome::NotReady(problem), None),
         Ok(found) => match authority::load(&found, &namespace, ctx).await? {
-            Err(problem) => Outcome::NotReady(problem),
+            Err(problem) => (Outcome::NotReady(problem), None),
             Ok(resolved) => match Desired::from_spec(&kc, &uid, &resolved) {
-                Err(problem) => Outcome::NotReady(problem),
+                Err(problem) => (Outcome::NotReady(problem), None),
                 Ok(desired) => apply_secret(&kc, &uid, &desired, &resolved, ctx, now).await?,
             },
         },
     };
+    // Copies follow a Secret that holds a valid credential.
+    let primary = data.filter(|_| matches!(outcome, Outcome::Ready { .. }));
+    let distributed = distribution::apply(&kc, &uid, primary.as_ref(), ctx).await?;
     let outcome = match (outcome, rbac_problem) {
         (Outcome::Ready { .. }, Some(problem)) => Outcome::NotReady(problem),
         (outcome, _) => outcome,
     };
     let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
-    let mut new_status = status(&kc, &outcome, now);
+    let mut new_status = status(&kc, &outcome, distributed.as_ref(), now);
     if kc.status.as_ref() != Some(&new_status) {
         // The cached object may lag behind our last status write: compare with the live one.
         if let Some(live) = api
@@ -741,7 +781,7 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
             .await
             .map_err(Error::kube("reading the Kubeconfig"))?
         {
-            new_status = status(&live, &outcome, now);
+            new_status = status(&live, &outcome, distributed.as_ref(), now);
             if live.status.as_ref() == Some(&new_status) {
                 return Ok(requeue_for(&outcome));
             }
@@ -795,7 +835,7 @@ async fn apply_secret(
     resolved: &Resolved,
     ctx: &Context,
     now: OffsetDateTime,
-) -> Result<Outcome> {
+) -> Result<(Outcome, Option<SecretData>)> {
     let namespace = kc.namespace().unwrap_or_default();
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
     // The cache answers most reconciles. It can lag behind our own last write, so a plan to
@@ -803,9 +843,12 @@ async fn apply_secret(
     let cached = ctx
         .secrets
         .get(&ObjectRef::new(&desired.secret_name).within(&namespace));
-    let cached_plan = cached.map(|c| plan_secret(desired, uid, Some(&c), now));
-    let plan = match cached_plan {
-        Some(plan) if !matches!(plan, SecretPlan::Write(..)) => plan,
+    let cached_plan = cached.map(|c| {
+        let plan = plan_secret(desired, uid, Some(&c), now);
+        (plan, c.data.clone())
+    });
+    let (plan, data) = match cached_plan {
+        Some((plan, data)) if !matches!(plan, SecretPlan::Write(..)) => (plan, data),
         // Not cached (perhaps not ours), or the cache says write: ask the live object, once.
         _ => {
             let live = secrets
@@ -815,25 +858,27 @@ async fn apply_secret(
                     "reading Secret {}",
                     desired.secret_name
                 )))?;
-            plan_secret(desired, uid, live.as_ref(), now)
+            let plan = plan_secret(desired, uid, live.as_ref(), now);
+            (plan, live.and_then(|l| l.data))
         }
     };
     let ready_message = format!("Secret {} holds a valid kubeconfig", desired.secret_name);
     let (reason, why) = match plan {
         SecretPlan::Keep { held, renew_at } => {
-            return Ok(Outcome::Ready {
+            let outcome = Outcome::Ready {
                 held,
                 renew_at,
                 written: None,
                 message: ready_message,
-            });
+            };
+            return Ok((outcome, data));
         }
-        SecretPlan::Conflict(problem) => return Ok(Outcome::NotReady(problem)),
+        SecretPlan::Conflict(problem) => return Ok((Outcome::NotReady(problem), None)),
         SecretPlan::Write(reason, why) => (reason, why),
     };
     let issued = match credential::issue(kc, uid, desired, &resolved.signer, ctx, now).await? {
         Ok(issued) => issued,
-        Err(problem) => return Ok(Outcome::NotReady(problem)),
+        Err(problem) => return Ok((Outcome::NotReady(problem), None)),
     };
     let ca_pem = match &resolved.signer {
         ResolvedSigner::Ca(ca) => ca.certificate_pem(),
@@ -841,7 +886,7 @@ async fn apply_secret(
     };
     let secret = match build_secret(kc, uid, desired, &issued, ca_pem) {
         Ok(secret) => secret,
-        Err(problem) => return Ok(Outcome::NotReady(problem)),
+        Err(problem) => return Ok((Outcome::NotReady(problem), None)),
     };
     secrets
         .patch(
@@ -879,7 +924,7 @@ async fn apply_secret(
     )
     .await;
     let renew_at = renewal_time(held.not_before, held.not_after, desired.renew_before, uid);
-    Ok(Outcome::Ready {
+    let outcome = Outcome::Ready {
         held,
         renew_at,
         written: Some(reason),
@@ -887,8 +932,12 @@ async fn apply_secret(
             Some(note) => format!("{ready_message}; {note}"),
             None => ready_message,
         },
-    })
+    };
+    Ok((outcome, secret.data))
 }
+
+/// A Secret's data.
+type SecretData = BTreeMap<String, ByteString>;
 
 /// The Ready reason of a credential that is kept: what was last done to it, as the current
 /// status says (when it is about the same credential), else `Issued`.
@@ -983,7 +1032,7 @@ fn binding_failure(what: &str, e: kube::Error) -> Result<String> {
     }
 }
 
-async fn delete_ignoring_absent<K>(api: Api<K>, name: &str) -> Result<()>
+pub(super) async fn delete_ignoring_absent<K>(api: Api<K>, name: &str) -> Result<()>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -1022,6 +1071,33 @@ async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
             &b.name_any(),
         )
         .await?;
+    }
+    // CSRs still waiting (a signed one is deleted when its certificate is taken).
+    if let Ok(mut pending) = ctx.pending_csrs.lock() {
+        pending.remove(&uid);
+    }
+    let csrs = Api::<CertificateSigningRequest>::all(ctx.client.clone());
+    for csr in csrs
+        .list_metadata(&selector)
+        .await
+        .map_err(Error::kube("listing CertificateSigningRequests"))?
+    {
+        delete_ignoring_absent(csrs.clone(), &csr.name_any()).await?;
+    }
+    // Copies in other namespaces (spec.distribution).
+    for copy in Api::<Secret>::all(ctx.client.clone())
+        .list_metadata(&selector)
+        .await
+        .map_err(Error::kube("listing Secrets"))?
+    {
+        let ns = copy.namespace().unwrap_or_default();
+        if ns != namespace {
+            delete_ignoring_absent(
+                Api::<Secret>::namespaced(ctx.client.clone(), &ns),
+                &copy.name_any(),
+            )
+            .await?;
+        }
     }
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
     let secret_name = &kc.spec.secret_ref.name;
@@ -1346,7 +1422,7 @@ mod tests {
             written: Some(WriteReason::Issue),
             message: "ok".into(),
         };
-        let first = status(&kc, &ready, t0);
+        let first = status(&kc, &ready, None, t0);
         assert_eq!(first.conditions[0].status, "True");
         assert_eq!(first.conditions[0].reason, "Issued");
         assert_eq!(first.observed_generation, Some(2));
@@ -1360,7 +1436,7 @@ mod tests {
             message: "ok".into(),
         };
         assert_eq!(
-            status(&kc, &kept, t0 + Duration::from_secs(60)),
+            status(&kc, &kept, None, t0 + Duration::from_secs(60)),
             first,
             "nothing changed, nothing to write"
         );
@@ -1368,7 +1444,7 @@ mod tests {
             "CASecretNotFound",
             "the CA Secret x/y does not exist",
         ));
-        let failed = status(&kc, &problem, t0 + Duration::from_secs(60));
+        let failed = status(&kc, &problem, None, t0 + Duration::from_secs(60));
         assert_eq!(
             (
                 failed.conditions[0].status.as_str(),

@@ -2,7 +2,9 @@
 
 pub mod authority;
 pub mod credential;
+pub mod distribution;
 pub mod kubeconfig;
+pub mod onboarding;
 pub mod policy;
 
 use std::{
