@@ -11,15 +11,16 @@
 //! - Authorities and ClusterAuthorities: their Kubeconfigs are looked at again;
 //! - the metadata of all Namespaces: a change of labels re-checks the namespace selectors of
 //!   the authorities its Kubeconfigs use;
-//! - the metadata of all Secrets: a change to a CA Secret (or CA bundle Secret) brings back the
-//!   Kubeconfigs of every authority that reads it. Only metadata is kept for these.
+//! - the metadata of all Secrets and ConfigMaps: a change to a CA Secret, a CA bundle or a
+//!   kubeconfig Secret brings back the Kubeconfigs of every authority that reads it, and the
+//!   cluster CA ConfigMap `kube-root-ca.crt` those of its namespace. Only metadata is kept.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
     certificates::v1::CertificateSigningRequest,
-    core::v1::{Namespace, Secret, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, Secret, ServiceAccount},
     rbac::v1::{ClusterRoleBinding, RoleBinding},
 };
 use kube::{
@@ -42,7 +43,7 @@ use crate::{
     },
     reconcile::{
         Context, Error,
-        authority::{authority_ref, refers_to, secrets_of},
+        authority::{ROOT_CA_CONFIG_MAP, authority_ref, config_maps_of, refers_to, secrets_of},
         kubeconfig, onboarding,
     },
 };
@@ -81,12 +82,15 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     )
     .default_backoff()
     .touched_objects();
-    let secret_meta_events = watcher(
-        Api::<kube::core::PartialObjectMeta<Secret>>::all(client.clone()),
+    let config_map_events = watcher(
+        Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
         all(),
     )
     .default_backoff()
     .touched_objects();
+    let secret_meta_events = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), all())
+        .default_backoff()
+        .touched_objects();
 
     let controller = Controller::new(Api::<Kubeconfig>::all(client.clone()), all());
     let kubeconfigs = controller.store();
@@ -134,15 +138,14 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
             )
         }
     };
-    let by_secret = {
+    // A change to an object some authority reads (a CA Secret, a CA bundle, a kubeconfig
+    // Secret) brings back the Kubeconfigs of those authorities.
+    let dependents = {
         let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
-        move |s: kube::core::PartialObjectMeta<Secret>| {
-            let key = (s.namespace().unwrap_or_default(), s.name_any());
-            let reads =
-                |config: &AuthorityConfig, ns: Option<&str>| secrets_of(config, ns).contains(&key);
+        move |key: (String, String), reads: ReadsFn| {
             let mut out = Vec::new();
             for a in authorities.state() {
-                if reads(&a.spec.config, a.namespace().as_deref()) {
+                if reads(&a.spec.config, a.namespace().as_deref()).contains(&key) {
                     out.extend(users_of(
                         &kubeconfigs,
                         default.as_ref(),
@@ -153,7 +156,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
                 }
             }
             for a in cluster_authorities.state() {
-                if reads(&a.spec.config, None) {
+                if reads(&a.spec.config, None).contains(&key) {
                     out.extend(users_of(
                         &kubeconfigs,
                         default.as_ref(),
@@ -162,6 +165,34 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
                         &a.name_any(),
                     ));
                 }
+            }
+            out
+        }
+    };
+    let by_secret = {
+        let dependents = dependents.clone();
+        move |s: PartialObjectMeta<Secret>| {
+            dependents(
+                (s.namespace().unwrap_or_default(), s.name_any()),
+                secrets_of,
+            )
+        }
+    };
+    let by_config_map = {
+        let kubeconfigs = kubeconfigs.clone();
+        move |c: PartialObjectMeta<ConfigMap>| {
+            let namespace = c.namespace().unwrap_or_default();
+            let mut out = dependents((namespace.clone(), c.name_any()), config_maps_of);
+            // The cluster's CA, published in every namespace: the default CA bundle of token
+            // and CSR authorities, read in the Kubeconfig's own namespace.
+            if c.name_any() == ROOT_CA_CONFIG_MAP {
+                out.extend(
+                    kubeconfigs
+                        .state()
+                        .into_iter()
+                        .filter(|kc| kc.namespace().as_deref() == Some(namespace.as_str()))
+                        .map(|kc| ObjectRef::from_obj(&*kc)),
+                );
             }
             out
         }
@@ -230,9 +261,10 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let kubeconfig_controller = controller
         // Managed Secrets and their copies in other namespaces name their Kubeconfig.
         .watches_stream(secret_events, |s: Secret| owner_of(s.annotations()))
-        .watches_stream(csr_events, |c: PartialObjectMeta<CertificateSigningRequest>| {
-            owner_of(c.annotations())
-        })
+        .watches_stream(
+            csr_events,
+            |c: PartialObjectMeta<CertificateSigningRequest>| owner_of(c.annotations()),
+        )
         .watches_stream(crb_events, |b: ClusterRoleBinding| {
             owner_of(b.annotations())
         })
@@ -240,6 +272,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         .watches_stream(authority_events, by_authority)
         .watches_stream(cluster_authority_events, by_cluster_authority)
         .watches_stream(secret_meta_events, by_secret)
+        .watches_stream(config_map_events, by_config_map)
         .watches_stream(namespace_events, by_namespace)
         .shutdown_on_signal()
         .run(kubeconfig::reconcile, error_policy, context)
@@ -250,8 +283,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
                     other => warn!("reconcile failed: {other}"),
                 }
             }
-        })
-        ;
+        });
     futures::future::join(kubeconfig_controller, onboarding).await;
     info!("stopped");
     Ok(())
@@ -287,6 +319,9 @@ fn error_policy(kc: Arc<Kubeconfig>, error: &Error, _ctx: Arc<Context>) -> Actio
     warn!(kubeconfig = %format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any()), reason = error.reason(), "{error}");
     Action::requeue(Duration::from_secs(5))
 }
+
+/// The objects (namespace, name) an authority reads, of one kind.
+type ReadsFn = fn(&AuthorityConfig, Option<&str>) -> Vec<(String, String)>;
 
 /// The Kubeconfig an object's annotation names.
 fn owner_of(

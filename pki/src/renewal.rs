@@ -20,7 +20,8 @@ pub fn max_jitter(renew_before: Duration) -> Duration {
 /// `renew_before` defaults to a third of the lifetime; a value that is not shorter than the
 /// lifetime falls back to that default too (a certificate would otherwise be due at once).
 /// `jitter_key` (for example the object's UID) picks the jitter: the same key gives the same
-/// time. The result is never after `not_after - renew_before` and never before `not_before`.
+/// time. The result is never after `not_after - renew_before`, and never earlier than halfway
+/// from `not_before` to that point.
 pub fn renewal_time(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
@@ -33,7 +34,9 @@ pub fn renewal_time(
         Some(rb) if rb < lifetime && !rb.is_zero() => rb,
         _ => default,
     };
-    let window = max_jitter(renew_before);
+    // The jitter never eats more than half of the time before the renewal point, so that a
+    // renewBefore close to the lifetime cannot make a fresh credential due at once.
+    let window = max_jitter(renew_before).min((lifetime - renew_before) / 2);
     let jitter = window.mul_f64(fraction(jitter_key));
     (not_after - renew_before - jitter).max(not_before)
 }
@@ -103,6 +106,8 @@ mod tests {
             let effective = match rb { Some(r) if r < lifetime && !r.is_zero() => r, _ => lifetime / 3 };
             prop_assert!(at <= end - effective);
             prop_assert!(at >= end - effective - max_jitter(effective) - Duration::from_nanos(1));
+            // Halfway to the renewal point at the earliest: never due at once.
+            prop_assert!(at >= T0 + (lifetime - effective) / 2 - Duration::from_nanos(1));
         }
     }
 }

@@ -54,7 +54,7 @@ fn parse_authority_ref(s: &str) -> Result<AuthorityRef, String> {
 
 pub fn run(args: RunArgs) -> Result<(), CliError> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube=warn".into());
+        .unwrap_or_else(|_| "info,kube_client=warn,kube_runtime=warn".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -88,6 +88,30 @@ pub fn secrets_of(config: &AuthorityConfig, own_namespace: Option<&str>) -> Vec<
         .collect()
 }
 
+/// The ConfigMaps (namespace, name) an authority reads: its CA bundle ConfigMap.
+pub fn config_maps_of(
+    config: &AuthorityConfig,
+    own_namespace: Option<&str>,
+) -> Vec<(String, String)> {
+    config
+        .ca_bundle
+        .as_ref()
+        .and_then(|b| b.config_map_ref.as_ref())
+        .and_then(|r| {
+            let ns = r
+                .namespace
+                .clone()
+                .or_else(|| own_namespace.map(String::from))?;
+            Some((ns, r.name.clone()))
+        })
+        .into_iter()
+        .collect()
+}
+
+/// The ConfigMap kube-controller-manager publishes the cluster's CA in, in every namespace:
+/// the default CA bundle of token and CSR authorities.
+pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+
 /// An authority found in the caches: its settings, the namespace it may read from (an
 /// Authority's own; none for a ClusterAuthority), and how to name it in messages.
 pub struct Found {
@@ -282,7 +306,7 @@ pub async fn load(
             (None, ResolvedSigner::Ca(ca)) => ca.certificate_pem().to_string(),
             // The cluster's own CA, which kube-controller-manager publishes in every namespace.
             (None, _) => attempt!(
-                config_map_key(ctx, namespace, "kube-root-ca.crt", "ca.crt")
+                config_map_key(ctx, namespace, ROOT_CA_CONFIG_MAP, "ca.crt")
                     .await?
                     .ok_or_else(|| Problem::new(
                         "CABundleNotFound",

@@ -396,28 +396,8 @@ async fn through_csr(
         .await
         .map_err(Error::kube("creating a CertificateSigningRequest"))?;
     let name = created.name_any();
-    let mut approved = created;
-    approved
-        .status
-        .get_or_insert_with(Default::default)
-        .conditions
-        .get_or_insert_with(Vec::new)
-        .push(CertificateSigningRequestCondition {
-            type_: "Approved".into(),
-            status: "True".into(),
-            reason: Some("KubeconfigAuthorityApproved".into()),
-            message: Some(format!(
-                "approved by kubeconfig-authority for Kubeconfig {}/{}, whose authority's policy allows it",
-                kc.namespace().unwrap_or_default(),
-                kc.name_any()
-            )),
-            ..CertificateSigningRequestCondition::default()
-        });
-    match api
-        .replace_subresource("approval", &name, &PostParams::default(), &approved)
-        .await
-    {
-        Ok(_) => {}
+    match approve(&api, created, kc).await {
+        Ok(()) => {}
         Err(kube::Error::Api(status)) if status.code == 403 => {
             delete_csr(&api, &name).await?;
             return Ok(Err(Problem::new(
@@ -429,6 +409,7 @@ async fn through_csr(
             )));
         }
         Err(e) => {
+            delete_csr(&api, &name).await?;
             return Err(Error::Kube {
                 action: format!("approving CertificateSigningRequest {name}"),
                 source: e,
@@ -446,6 +427,44 @@ async fn through_csr(
         );
     }
     Ok(Err(waiting(&name, signer_name)))
+}
+
+/// Adds the Approved condition; on a conflict (the CSR changed meanwhile) reads it again and
+/// retries once.
+async fn approve(
+    api: &Api<CertificateSigningRequest>,
+    mut csr: CertificateSigningRequest,
+    kc: &Kubeconfig,
+) -> Result<(), kube::Error> {
+    for attempt in 0..2 {
+        let name = csr.name_any();
+        csr.status
+            .get_or_insert_with(Default::default)
+            .conditions
+            .get_or_insert_with(Vec::new)
+            .push(CertificateSigningRequestCondition {
+                type_: "Approved".into(),
+                status: "True".into(),
+                reason: Some("KubeconfigAuthorityApproved".into()),
+                message: Some(format!(
+                    "approved by kubeconfig-authority for Kubeconfig {}/{}, whose authority's policy allows it",
+                    kc.namespace().unwrap_or_default(),
+                    kc.name_any()
+                )),
+                ..CertificateSigningRequestCondition::default()
+            });
+        match api
+            .replace_subresource("approval", &name, &PostParams::default(), &csr)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt == 0 => {
+                csr = api.get(&name).await?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The reason while a CSR waits for its signer.

@@ -5,7 +5,9 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -213,7 +215,10 @@ mod tests {
     }
 
     fn tenant(ns: &str, tenant: &str) -> (String, BTreeMap<String, String>) {
-        (ns.into(), BTreeMap::from([("tenant".into(), tenant.into())]))
+        (
+            ns.into(),
+            BTreeMap::from([("tenant".into(), tenant.into())]),
+        )
     }
 
     #[test]
@@ -228,7 +233,11 @@ mod tests {
         let data = BTreeMap::from([("kubeconfig".to_string(), ByteString(b"v1".to_vec()))]);
         let plan = plan_copies(&kc, "u1", Some(&data), &namespaces, &[]).unwrap();
         let targets: Vec<_> = plan.write.iter().map(|s| s.namespace().unwrap()).collect();
-        assert_eq!(targets, ["oil-b", "oil-c"], "not its own namespace, not gas");
+        assert_eq!(
+            targets,
+            ["oil-b", "oil-c"],
+            "not its own namespace, not gas"
+        );
         assert_eq!(plan.write[0].labels()[KUBECONFIG_UID_LABEL], "u1");
         assert!(plan.write[0].owner_references().is_empty());
 
@@ -240,9 +249,16 @@ mod tests {
         let rotated = BTreeMap::from([("kubeconfig".to_string(), ByteString(b"v2".to_vec()))]);
         let plan = plan_copies(&kc, "u1", Some(&rotated), &namespaces, &observed).unwrap();
         assert_eq!(plan.write.len(), 2);
-        let moved = [tenant("oil-a", "oil"), tenant("oil-b", "oil"), tenant("oil-c", "gas")];
+        let moved = [
+            tenant("oil-a", "oil"),
+            tenant("oil-b", "oil"),
+            tenant("oil-c", "gas"),
+        ];
         let plan = plan_copies(&kc, "u1", Some(&data), &moved, &observed).unwrap();
-        assert_eq!(plan.delete, [("oil-c".to_string(), "flux-kubeconfig".to_string())]);
+        assert_eq!(
+            plan.delete,
+            [("oil-c".to_string(), "flux-kubeconfig".to_string())]
+        );
         // No primary yet: nothing is written, stale copies still go.
         let plan = plan_copies(&kc, "u1", None, &moved, &observed).unwrap();
         assert!(plan.write.is_empty() && plan.delete.len() == 1);

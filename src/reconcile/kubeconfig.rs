@@ -61,19 +61,25 @@ pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action>
     let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
     let span =
         tracing::info_span!("reconcile", kubeconfig = %format!("{namespace}/{}", kc.name_any()));
-    finalizer(&api, FINALIZER, kc, |event| async {
+    let result = finalizer(&api, FINALIZER, kc, |event| async {
         match event {
             FinalizerEvent::Apply(kc) => apply(kc, &ctx).await,
             FinalizerEvent::Cleanup(kc) => cleanup(kc, &ctx).await,
         }
     })
     .instrument(span)
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        other => Error::Finalizer(other.to_string()),
-    })
+    .await;
+    use kube::runtime::finalizer::Error as FinalizerError;
+    match result {
+        Ok(action) => Ok(action),
+        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => Err(e),
+        // Removed already by an earlier reconcile of the same deletion (the cache lagged): the
+        // object is gone, nothing is left to do.
+        Err(FinalizerError::RemoveFinalizer(kube::Error::Api(status))) if status.code == 404 => {
+            Ok(Action::await_change())
+        }
+        Err(other) => Err(Error::Finalizer(other.to_string())),
+    }
 }
 
 /// The credential a Kubeconfig asks for.

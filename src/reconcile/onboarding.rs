@@ -113,7 +113,8 @@ pub fn desired(sa: &ServiceAccount, authority: &AuthorityRef) -> serde_json::Val
 pub async fn reconcile(sa: Arc<ServiceAccount>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = sa.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let uid = sa.uid().ok_or(Error::MissingMetadata("uid"))?;
-    let span = tracing::info_span!("onboard", serviceaccount = %format!("{namespace}/{}", sa.name_any()));
+    let span =
+        tracing::info_span!("onboard", serviceaccount = %format!("{namespace}/{}", sa.name_any()));
     async {
         let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
         let name = kubeconfig_name(&sa.name_any());
@@ -196,18 +197,33 @@ mod tests {
             name: "proxy".into(),
         };
         assert_eq!(wanted(&sa(json!({})), Some(&default)), Ok(None));
-        let own = wanted(&sa(json!({AUTHORITY_ANNOTATION: "tokens"})), None).unwrap().unwrap();
-        assert_eq!((own.kind, own.name.as_str()), (AuthorityKind::Authority, "tokens"));
-        let cluster = wanted(&sa(json!({AUTHORITY_ANNOTATION: "ClusterAuthority/x"})), None)
+        let own = wanted(&sa(json!({AUTHORITY_ANNOTATION: "tokens"})), None)
             .unwrap()
             .unwrap();
+        assert_eq!(
+            (own.kind, own.name.as_str()),
+            (AuthorityKind::Authority, "tokens")
+        );
+        let cluster = wanted(
+            &sa(json!({AUTHORITY_ANNOTATION: "ClusterAuthority/x"})),
+            None,
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(cluster.kind, AuthorityKind::ClusterAuthority);
         assert!(wanted(&sa(json!({AUTHORITY_ANNOTATION: "Role/x"})), None).is_err());
         let capsule = sa(json!({CAPSULE_FLUX_ANNOTATION: "true"}));
         assert_eq!(wanted(&capsule, Some(&default)), Ok(Some(default.clone())));
-        assert!(wanted(&capsule, None).unwrap_err().contains("--default-authority"));
+        assert!(
+            wanted(&capsule, None)
+                .unwrap_err()
+                .contains("--default-authority")
+        );
         assert_eq!(
-            wanted(&sa(json!({CAPSULE_FLUX_ANNOTATION: "false"})), Some(&default)),
+            wanted(
+                &sa(json!({CAPSULE_FLUX_ANNOTATION: "false"})),
+                Some(&default)
+            ),
             Ok(None)
         );
     }

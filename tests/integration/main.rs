@@ -6,5 +6,6 @@ mod support;
 
 mod cli;
 mod control_plane;
+mod gitops;
 mod kubeconfig;
 mod security;

@@ -507,7 +507,8 @@ impl ControlPlane {
             ),
             (
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info,kube=warn".into()),
+                std::env::var("RUST_LOG")
+                    .unwrap_or_else(|_| "info,kube_client=warn,kube_runtime=warn".into()),
             ),
         ];
         let process = Process::spawn(binary, &all, &envs, &log).expect("start the controller");

@@ -1,0 +1,541 @@
+//! GitOps credentials against the real control plane: rotating ServiceAccount-token
+//! kubeconfigs bound to their Secret, copies across a tenant's namespaces, onboarding by
+//! annotation, certificates through the CSR API, and an authority that takes its server from a
+//! kubeconfig Secret.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::{
+    authentication::v1::SelfSubjectReview,
+    certificates::v1::CertificateSigningRequest,
+    core::v1::{Namespace, Secret, ServiceAccount},
+    rbac::v1::{ClusterRole, ClusterRoleBinding},
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, Patch, PatchParams, PostParams},
+};
+use kubeconfig_authority::api::{Authority, Kubeconfig};
+use kubeconfig_authority_pki::kubeconfig as kc_file;
+use serde_json::{Value, json};
+
+use crate::{
+    control_plane::whoami,
+    kubeconfig::{
+        apply, delete_and_wait, eventually, kubeconfig_of, plane, secret, wait_condition,
+        wait_ready,
+    },
+    support::{CONTROLLER_USER, client_from_kubeconfig},
+};
+
+async fn service_account(admin: &Client, ns: &str, name: &str, annotations: Value) {
+    let sa: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}}))
+            .unwrap();
+    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&sa),
+        )
+        .await
+        .unwrap();
+}
+
+async fn authority(admin: &Client, ns: &str, name: &str, spec: Value) {
+    let a: Authority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    Api::<Authority>::namespaced(admin.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&a),
+        )
+        .await
+        .unwrap();
+}
+
+/// A namespace with a ServiceAccount `flux` and an Authority `tokens` that makes token
+/// kubeconfigs for this API server (its CA from the namespace's kube-root-ca.crt).
+async fn token_setup(prefix: &str) -> (Client, String) {
+    let plane = plane();
+    let ns = plane.namespace(prefix).await;
+    let admin = plane.admin().await;
+    service_account(&admin, &ns, "flux", json!({})).await;
+    authority(
+        &admin,
+        &ns,
+        "tokens",
+        json!({"server": plane.server, "signer": {"serviceAccountToken": {}}}),
+    )
+    .await;
+    (admin, ns)
+}
+
+fn token_of(kubeconfig: &str) -> String {
+    kc_file::parse(kubeconfig).unwrap().token.expect("a token")
+}
+
+fn token_id(kc: &Kubeconfig) -> String {
+    kc.status
+        .as_ref()
+        .and_then(|s| s.token_id.clone())
+        .unwrap_or_default()
+}
+
+/// The API server's answer to a SelfSubjectReview with this kubeconfig.
+async fn review_code(kubeconfig: &str) -> Result<SelfSubjectReview, kube::Error> {
+    let review: SelfSubjectReview = serde_json::from_value(json!({})).unwrap();
+    Api::<SelfSubjectReview>::all(client_from_kubeconfig(kubeconfig).await)
+        .create(&PostParams::default(), &review)
+        .await
+}
+
+/// A token kubeconfig asked for 10 minutes. The renewal point is configurable with
+/// `renewBefore` (the default is a third of the lifetime, so at most 80% of it passes before a
+/// renewal); the test sets it to 9m40s so that the rotation comes within about 20 seconds
+/// instead of the 6m40s a default would take.
+#[tokio::test]
+async fn token_kubeconfigs_authenticate_rotate_and_die_with_their_secret() {
+    let (admin, ns) = token_setup("token").await;
+    apply(
+        &admin,
+        &ns,
+        "flux",
+        json!({
+            "authorityRef": {"name": "tokens"},
+            "serviceAccountRef": {"name": "flux"},
+            "validity": "10m",
+            "renewBefore": "9m40s",
+            "secretRef": {"name": "flux-kubeconfig"},
+        }),
+    )
+    .await;
+    let kc = wait_ready(&admin, &ns, "flux").await;
+    let status = kc.status.clone().unwrap();
+    let lifetime =
+        status.not_after.unwrap().0.as_second() - status.not_before.unwrap().0.as_second();
+    assert!(
+        (590..=600).contains(&lifetime),
+        "the API server granted {lifetime}s"
+    );
+    assert!(!token_id(&kc).is_empty() && status.serial_number.is_none());
+    let s = secret(&admin, &ns, "flux-kubeconfig").await.unwrap();
+    let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
+    assert_eq!(
+        keys,
+        ["kubeconfig", "value"],
+        "Capsule's key and Flux's default key"
+    );
+    let first = kubeconfig_of(&admin, &ns, "flux-kubeconfig").await;
+    let (user, groups) = whoami(client_from_kubeconfig(&first).await).await;
+    assert_eq!(user, format!("system:serviceaccount:{ns}:flux"));
+    assert!(groups.contains(&format!("system:serviceaccounts:{ns}")));
+
+    // Rotated in real time, before the renewal point has long passed.
+    let started = Instant::now();
+    let rotated = eventually(Duration::from_secs(40), "the token rotated", || {
+        let (admin, ns, old) = (admin.clone(), ns.clone(), token_id(&kc));
+        async move {
+            let kc = wait_ready(&admin, &ns, "flux").await;
+            if token_id(&kc) != old && kc.status.as_ref().unwrap().conditions[0].reason == "Renewed"
+            {
+                Ok(kc)
+            } else {
+                Err(format!("still {}", token_id(&kc)))
+            }
+        }
+    })
+    .await;
+    println!("rotated {:?} after Ready", started.elapsed());
+    let second = kubeconfig_of(&admin, &ns, "flux-kubeconfig").await;
+    assert_ne!(
+        token_of(&first),
+        token_of(&second),
+        "the Secret holds the new token"
+    );
+    assert!(token_id(&rotated) != token_id(&kc));
+    // Both tokens work until the old one expires.
+    for kubeconfig in [&first, &second] {
+        let (user, _) = whoami(client_from_kubeconfig(kubeconfig).await).await;
+        assert_eq!(user, format!("system:serviceaccount:{ns}:flux"));
+    }
+
+    // Deleting the Kubeconfig deletes the Secret the tokens are bound to: both stop working,
+    // as soon as the API server's cache of successful token authentications (10 s) lets go.
+    delete_and_wait(&admin, &ns, "flux").await;
+    assert!(secret(&admin, &ns, "flux-kubeconfig").await.is_none());
+    let deleted = Instant::now();
+    for kubeconfig in [&first, &second] {
+        eventually(Duration::from_secs(20), "the token refused", || async {
+            match review_code(kubeconfig).await {
+                Err(kube::Error::Api(s)) if s.code == 401 => Ok(()),
+                other => Err(format!("{:?}", other.map(|_| "accepted"))),
+            }
+        })
+        .await;
+    }
+    let refused = deleted.elapsed();
+    println!("tokens refused {refused:?} after the Kubeconfig was gone");
+    assert!(
+        refused < Duration::from_secs(12),
+        "within the API server's 10 s token cache"
+    );
+}
+
+async fn labelled_namespace(admin: &Client, prefix: &str, labels: Value) -> String {
+    let ns = plane().namespace(prefix).await;
+    label_namespace(admin, &ns, labels).await;
+    ns
+}
+
+async fn label_namespace(admin: &Client, ns: &str, labels: Value) {
+    Api::<Namespace>::all(admin.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": labels}})),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn copies_follow_a_tenant_s_namespaces_and_every_rotation() {
+    let (admin, ns) = token_setup("dist").await;
+    let tenant = format!("oil-{}", &ns[ns.len() - 6..]);
+    let mut members = Vec::new();
+    for i in 0..3 {
+        members.push(
+            labelled_namespace(
+                &admin,
+                &format!("dist-m{i}"),
+                json!({"capsule.clastix.io/tenant": tenant}),
+            )
+            .await,
+        );
+    }
+    let taken = labelled_namespace(
+        &admin,
+        "dist-taken",
+        json!({"capsule.clastix.io/tenant": tenant}),
+    )
+    .await;
+    let unmanaged: Secret = serde_json::from_value(
+        json!({"metadata": {"name": "flux-kubeconfig"}, "stringData": {"kubeconfig": "mine"}}),
+    )
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), &taken)
+        .create(&PostParams::default(), &unmanaged)
+        .await
+        .unwrap();
+
+    apply(
+        &admin,
+        &ns,
+        "flux",
+        json!({
+            "authorityRef": {"name": "tokens"},
+            "serviceAccountRef": {"name": "flux"},
+            "validity": "10m",
+            "renewBefore": "9m40s",
+            "secretRef": {"name": "flux-kubeconfig"},
+            "distribution": {"namespaceSelector": {"matchLabels": {"capsule.clastix.io/tenant": tenant}}},
+        }),
+    )
+    .await;
+    wait_ready(&admin, &ns, "flux").await;
+    let copies_match = |expected: Vec<String>| {
+        let (admin, ns) = (admin.clone(), ns.clone());
+        async move {
+            let primary = secret(&admin, &ns, "flux-kubeconfig")
+                .await
+                .ok_or("no primary")?
+                .data;
+            for m in &expected {
+                let copy = secret(&admin, m, "flux-kubeconfig")
+                    .await
+                    .ok_or(format!("no copy in {m}"))?;
+                if copy.data != primary {
+                    return Err(format!("the copy in {m} differs"));
+                }
+            }
+            let kc = Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+                .get("flux")
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = kc.status.unwrap_or_default();
+            let distributed = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Distributed")
+                .cloned();
+            match (status.distributed_copies, distributed) {
+                (Some(n), Some(c)) if n as usize == expected.len() => Ok((c, token_id_of(&status))),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    };
+    let (condition, first_token) = eventually(Duration::from_secs(10), "three copies", || {
+        copies_match(members.clone())
+    })
+    .await;
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "SecretConflict")
+    );
+    assert!(condition.message.contains(&taken), "{}", condition.message);
+    let kept = secret(&admin, &taken, "flux-kubeconfig").await.unwrap();
+    assert_eq!(
+        kept.data.unwrap()["kubeconfig"].0,
+        b"mine",
+        "the unmanaged Secret is untouched"
+    );
+
+    // A rotation reaches every copy.
+    let rotated = eventually(Duration::from_secs(40), "rotation copied", || {
+        let check = copies_match(members.clone());
+        let first = first_token.clone();
+        async move {
+            let (_, token) = check.await?;
+            if token != first {
+                Ok(token)
+            } else {
+                Err("not rotated yet".into())
+            }
+        }
+    })
+    .await;
+    assert_ne!(rotated, first_token);
+
+    // Relabelled away: its copy goes.
+    label_namespace(
+        &admin,
+        &members[2],
+        json!({"capsule.clastix.io/tenant": "gas"}),
+    )
+    .await;
+    eventually(Duration::from_secs(10), "copy removed", || {
+        let (admin, gone) = (admin.clone(), members[2].clone());
+        async move {
+            match secret(&admin, &gone, "flux-kubeconfig").await {
+                None => Ok(()),
+                Some(_) => Err("still there".to_string()),
+            }
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(10), "two copies", || {
+        copies_match(members[..2].to_vec())
+    })
+    .await;
+
+    // The Kubeconfig goes: every copy goes, the unmanaged Secret stays.
+    delete_and_wait(&admin, &ns, "flux").await;
+    for m in &members {
+        assert!(
+            secret(&admin, m, "flux-kubeconfig").await.is_none(),
+            "copy in {m} removed"
+        );
+    }
+    assert!(secret(&admin, &taken, "flux-kubeconfig").await.is_some());
+}
+
+fn token_id_of(status: &kubeconfig_authority::api::KubeconfigStatus) -> String {
+    status.token_id.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn annotated_service_accounts_get_a_kubeconfig_without_writing_one() {
+    let (admin, ns) = token_setup("onboard").await;
+    service_account(
+        &admin,
+        &ns,
+        "ci",
+        json!({"kubeconfig-authority.dev/authority": "tokens"}),
+    )
+    .await;
+    let kc = eventually(Duration::from_secs(10), "a Kubeconfig made", || {
+        let (admin, ns) = (admin.clone(), ns.clone());
+        async move {
+            Api::<Kubeconfig>::namespaced(admin, &ns)
+                .get_opt("ci-kubeconfig")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not yet".to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        kc.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "ServiceAccount"
+    );
+    wait_ready(&admin, &ns, "ci-kubeconfig").await;
+    let kubeconfig = kubeconfig_of(&admin, &ns, "ci-kubeconfig").await;
+    let (user, _) = whoami(client_from_kubeconfig(&kubeconfig).await).await;
+    assert_eq!(user, format!("system:serviceaccount:{ns}:ci"));
+
+    // Capsule's Flux addon annotation uses the controller's default authority.
+    service_account(
+        &admin,
+        &ns,
+        "capsule-flux",
+        json!({"capsule.addon.fluxcd/enabled": "true"}),
+    )
+    .await;
+    let capsule = eventually(
+        Duration::from_secs(10),
+        "the Capsule addon's Kubeconfig",
+        || {
+            let (admin, ns) = (admin.clone(), ns.clone());
+            async move {
+                Api::<Kubeconfig>::namespaced(admin, &ns)
+                    .get_opt("capsule-flux-kubeconfig")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .ok_or_else(|| "not yet".to_string())
+            }
+        },
+    )
+    .await;
+    let aref = capsule.spec.authority_ref.unwrap();
+    assert_eq!(
+        (format!("{:?}", aref.kind).as_str(), aref.name.as_str()),
+        ("ClusterAuthority", "default-ca")
+    );
+    assert_eq!(capsule.spec.secret_ref.name, "capsule-flux-kubeconfig");
+
+    // Removing the annotations removes what was made.
+    for sa in ["ci", "capsule-flux"] {
+        service_account(&admin, &ns, sa, json!({})).await;
+    }
+    for name in ["ci-kubeconfig", "capsule-flux-kubeconfig"] {
+        eventually(Duration::from_secs(10), "removed", || {
+            let (admin, ns) = (admin.clone(), ns.clone());
+            async move {
+                let kc = Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match (kc, secret(&admin, &ns, name).await) {
+                    (None, None) => Ok(()),
+                    other => Err(format!("{:?}", (other.0.is_some(), other.1.is_some()))),
+                }
+            }
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn certificates_through_the_csr_api_without_holding_the_ca_key() {
+    let plane = plane();
+    let ns = plane.namespace("csr").await;
+    let admin = plane.admin().await;
+    // The server and CA come from a kubeconfig Secret shaped like Kamaji's admin kubeconfig.
+    let admin_kubeconfig = plane.kubeconfig_for("tcp-admin", &["system:masters"]);
+    let kamaji: Secret = serde_json::from_value(json!({"metadata": {"name": "tcp-admin-kubeconfig"}, "stringData": {"admin.svc": admin_kubeconfig}})).unwrap();
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &kamaji)
+        .await
+        .unwrap();
+    authority(
+        &admin,
+        &ns,
+        "csr",
+        json!({
+            "kubeconfigSecretRef": {"name": "tcp-admin-kubeconfig", "key": "admin.svc"},
+            "signer": {"certificateSigningRequest": {}},
+        }),
+    )
+    .await;
+    apply(&admin, &ns, "carol", json!({"authorityRef": {"name": "csr"}, "username": "carol", "groups": ["dev"], "validity": "1h", "secretRef": {"name": "carol-kubeconfig"}})).await;
+    let kc = wait_condition(&admin, &ns, "carol", "True", None, Duration::from_secs(20)).await;
+    assert!(kc.status.unwrap().serial_number.is_some());
+    let kubeconfig = kubeconfig_of(&admin, &ns, "carol-kubeconfig").await;
+    assert_eq!(kc_file::parse(&kubeconfig).unwrap().server, plane.server);
+    let (user, groups) = whoami(client_from_kubeconfig(&kubeconfig).await).await;
+    assert_eq!(user, "carol");
+    assert!(
+        groups.contains(&"dev".to_string()) && groups.contains(&"kubeconfig:carol".to_string()),
+        "{groups:?}"
+    );
+    // The signed request was cleaned up.
+    let uid = Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+        .get("carol")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let selector =
+        ListParams::default().labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
+    let csrs = Api::<CertificateSigningRequest>::all(admin.clone());
+    assert!(csrs.list(&selector).await.unwrap().items.is_empty());
+
+    // A signer nobody runs (the controller may approve for it): the condition says so, and the
+    // controller keeps serving the others.
+    let role: ClusterRole = serde_json::from_value(json!({"metadata": {"name": "approve-example-signers"},
+        "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "verbs": ["approve"], "resourceNames": ["example.com/*"]}]})).unwrap();
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(
+            "approve-example-signers",
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&role),
+        )
+        .await
+        .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({"metadata": {"name": "approve-example-signers"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "approve-example-signers"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": CONTROLLER_USER}]})).unwrap();
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .patch(
+            "approve-example-signers",
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&binding),
+        )
+        .await
+        .unwrap();
+    authority(
+        &admin,
+        &ns,
+        "nobody",
+        json!({"server": plane.server, "caBundle": {"inline": plane.ca_cert_pem},
+        "signer": {"certificateSigningRequest": {"signerName": "example.com/nobody"}}}),
+    )
+    .await;
+    apply(&admin, &ns, "dave", json!({"authorityRef": {"name": "nobody"}, "username": "dave", "validity": "1h", "secretRef": {"name": "dave-kubeconfig"}})).await;
+    let kc = wait_condition(
+        &admin,
+        &ns,
+        "dave",
+        "False",
+        Some("CSRPending"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let message = &kc.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains("example.com/nobody") && message.contains("check that the signer runs"),
+        "{message}"
+    );
+    assert!(secret(&admin, &ns, "dave-kubeconfig").await.is_none());
+    apply(&admin, &ns, "erin", json!({"authorityRef": {"name": "csr"}, "username": "erin", "validity": "1h", "secretRef": {"name": "erin-kubeconfig"}})).await;
+    wait_condition(&admin, &ns, "erin", "True", None, Duration::from_secs(20)).await;
+    // Its pending request goes with it.
+    let uid = Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+        .get("dave")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let selector =
+        ListParams::default().labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
+    assert_eq!(csrs.list(&selector).await.unwrap().items.len(), 1);
+    delete_and_wait(&admin, &ns, "dave").await;
+    assert!(csrs.list(&selector).await.unwrap().items.is_empty());
+}
