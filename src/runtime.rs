@@ -21,7 +21,7 @@ use futures::StreamExt;
 use k8s_openapi::api::{
     certificates::v1::CertificateSigningRequest,
     core::v1::{ConfigMap, Namespace, Secret, ServiceAccount},
-    rbac::v1::{ClusterRoleBinding, RoleBinding},
+    rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
     Api, Client, ResourceExt,
@@ -68,6 +68,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         managed.clone(),
     );
     let (rbs, rb_events) = reflect(Api::<RoleBinding>::all(client.clone()), managed.clone());
+    let (roles, role_events) = reflect(Api::<Role>::all(client.clone()), managed.clone());
     let (authorities, authority_events) = reflect(Api::<Authority>::all(client.clone()), all());
     let (cluster_authorities, cluster_authority_events) =
         reflect(Api::<ClusterAuthority>::all(client.clone()), all());
@@ -107,6 +108,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         secrets,
         cluster_role_bindings: crbs,
         role_bindings: rbs,
+        roles,
         namespaces,
         default_authority: options.default_authority.clone(),
         ca_cache: Default::default(),
@@ -269,6 +271,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
             owner_of(b.annotations())
         })
         .watches_stream(rb_events, |b: RoleBinding| owner_of(b.annotations()))
+        .watches_stream(role_events, |r: Role| owner_of(r.annotations()))
         .watches_stream(authority_events, by_authority)
         .watches_stream(cluster_authority_events, by_cluster_authority)
         .watches_stream(secret_meta_events, by_secret)

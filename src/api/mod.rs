@@ -127,6 +127,11 @@ pub struct ServiceAccountRef {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new(SUBDOMAIN_RULE).message(SUBDOMAIN_MESSAGE))]
     pub name: String,
+    /// Also let the ServiceAccount impersonate itself (a Role and a RoleBinding in this
+    /// namespace): Flux needs this when it uses this kubeconfig and impersonates the same
+    /// ServiceAccount. It grants nothing the ServiceAccount does not have.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impersonate_self: Option<bool>,
 }
 
 /// Where copies of the Secret go.

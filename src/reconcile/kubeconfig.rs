@@ -13,7 +13,7 @@ use k8s_openapi::{
     api::{
         certificates::v1::CertificateSigningRequest,
         core::v1::Secret,
-        rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject},
+        rbac::v1::{ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
     apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time},
 };
@@ -420,8 +420,11 @@ pub fn secret_shell(kc: &Kubeconfig, uid: &str, name: &str) -> Secret {
 pub struct BindingPlan {
     pub apply_cluster: Vec<ClusterRoleBinding>,
     pub apply_namespaced: Vec<RoleBinding>,
+    /// Roles the controller writes itself (self-impersonation of a ServiceAccount).
+    pub apply_roles: Vec<Role>,
     pub delete_cluster: Vec<String>,
     pub delete_namespaced: Vec<(String, String)>,
+    pub delete_roles: Vec<(String, String)>,
 }
 
 impl BindingPlan {
@@ -438,12 +441,20 @@ pub fn plan_bindings(
     allowed: bool,
     observed_cluster: &[Arc<ClusterRoleBinding>],
     observed_namespaced: &[Arc<RoleBinding>],
+    observed_roles: &[Arc<Role>],
 ) -> BindingPlan {
     let (want_cluster, want_namespaced) = if allowed {
         desired_bindings(kc, uid)
     } else {
         Default::default()
     };
+    let want_roles = if allowed {
+        desired_roles(kc, uid)
+    } else {
+        Vec::new()
+    };
+    let (apply_roles, delete_roles) =
+        plan_kind(want_roles, observed_roles, uid, |a, b| a.rules == b.rules);
     let (apply_cluster, delete_cluster) = plan_kind(want_cluster, observed_cluster, uid, |a, b| {
         a.role_ref == b.role_ref && a.subjects == b.subjects
     });
@@ -454,9 +465,51 @@ pub fn plan_bindings(
     BindingPlan {
         apply_cluster,
         apply_namespaced,
+        apply_roles,
         delete_cluster: delete_cluster.into_iter().map(|(_, name)| name).collect(),
         delete_namespaced,
+        delete_roles,
     }
+}
+
+/// With `serviceAccountRef.impersonateSelf`: the Role allowing the ServiceAccount to
+/// impersonate itself, in the Kubeconfig's namespace.
+pub fn desired_roles(kc: &Kubeconfig, uid: &str) -> Vec<Role> {
+    let Some(sa) = self_impersonating(kc) else {
+        return Vec::new();
+    };
+    vec![Role {
+        metadata: ObjectMeta {
+            name: Some(self_impersonation_name(kc)),
+            namespace: kc.namespace(),
+            labels: Some(owned_labels(uid)),
+            annotations: Some(owner_annotation(kc)),
+            ..ObjectMeta::default()
+        },
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec![String::new()]),
+            resources: Some(vec!["serviceaccounts".into()]),
+            verbs: vec!["impersonate".into()],
+            resource_names: Some(vec![sa.to_string()]),
+            ..PolicyRule::default()
+        }]),
+    }]
+}
+
+fn self_impersonating(kc: &Kubeconfig) -> Option<&str> {
+    kc.spec
+        .service_account_ref
+        .as_ref()
+        .filter(|sa| sa.impersonate_self == Some(true))
+        .map(|sa| sa.name.as_str())
+}
+
+fn self_impersonation_name(kc: &Kubeconfig) -> String {
+    binding_name(&[
+        &kc.namespace().unwrap_or_default(),
+        &kc.name_any(),
+        "impersonate-self",
+    ])
 }
 
 /// For one kind of binding: those wanted that are missing or differ (`same` compares role and
@@ -561,6 +614,23 @@ pub fn desired_bindings(kc: &Kubeconfig, uid: &str) -> (Vec<ClusterRoleBinding>,
         }) {
             namespaced.push(binding);
         }
+    }
+    if let Some(sa) = self_impersonating(kc) {
+        let role = self_impersonation_name(kc);
+        namespaced.push(RoleBinding {
+            metadata: meta(role.clone(), Some(namespace.clone())),
+            role_ref: RoleRef {
+                api_group: RBAC_GROUP.into(),
+                kind: "Role".into(),
+                name: role,
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                api_group: None,
+                name: sa.to_string(),
+                namespace: Some(namespace),
+            }]),
+        });
     }
     (cluster, namespaced)
 }
@@ -988,12 +1058,35 @@ async fn apply_bindings(
         .into_iter()
         .filter(|b| mine(b.labels()))
         .collect();
-    let plan = plan_bindings(kc, uid, allowed, &observed_cluster, &observed_namespaced);
+    let observed_roles: Vec<_> = ctx
+        .roles
+        .state()
+        .into_iter()
+        .filter(|b| mine(b.labels()))
+        .collect();
+    let plan = plan_bindings(
+        kc,
+        uid,
+        allowed,
+        &observed_cluster,
+        &observed_namespaced,
+        &observed_roles,
+    );
     if plan.is_empty() {
         return Ok(None);
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut failures = Vec::new();
+    // Roles before the bindings that refer to them.
+    for r in &plan.apply_roles {
+        let (ns, name) = (r.namespace().unwrap_or_default(), r.name_any());
+        if let Err(e) = Api::<Role>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &params, &Patch::Apply(r))
+            .await
+        {
+            failures.push(binding_failure(&format!("Role {ns}/{name}"), e)?);
+        }
+    }
     for b in &plan.apply_cluster {
         let name = b.name_any();
         if let Err(e) = Api::<ClusterRoleBinding>::all(ctx.client.clone())
@@ -1018,6 +1111,9 @@ async fn apply_bindings(
     for (ns, name) in &plan.delete_namespaced {
         delete_ignoring_absent(Api::<RoleBinding>::namespaced(ctx.client.clone(), ns), name)
             .await?;
+    }
+    for (ns, name) in &plan.delete_roles {
+        delete_ignoring_absent(Api::<Role>::namespaced(ctx.client.clone(), ns), name).await?;
     }
     Ok((!failures.is_empty()).then(|| Problem::new("RBACFailed", failures.join("; "))))
 }
@@ -1075,6 +1171,18 @@ async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
         delete_ignoring_absent(
             Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns),
             &b.name_any(),
+        )
+        .await?;
+    }
+    for r in Api::<Role>::all(ctx.client.clone())
+        .list_metadata(&selector)
+        .await
+        .map_err(Error::kube("listing Roles"))?
+    {
+        let ns = r.namespace().unwrap_or_default();
+        delete_ignoring_absent(
+            Api::<Role>::namespaced(ctx.client.clone(), &ns),
+            &r.name_any(),
         )
         .await?;
     }
@@ -1346,7 +1454,7 @@ mod tests {
                 "roleBindings": [{"namespace": "team-a", "clusterRole": "edit"}, {"namespace": "team-b", "role": "deployer"}],
             },
         }));
-        let plan = plan_bindings(&kc, UID, true, &[], &[]);
+        let plan = plan_bindings(&kc, UID, true, &[], &[], &[]);
         assert_eq!(plan.apply_cluster.len(), 1, "duplicates collapse");
         assert_eq!(
             plan.apply_cluster[0].name_any(),
@@ -1382,9 +1490,9 @@ mod tests {
         let (cluster, namespaced) = desired_bindings(&kc, UID);
         let cluster: Vec<_> = cluster.into_iter().map(Arc::new).collect();
         let mut namespaced: Vec<_> = namespaced.into_iter().map(Arc::new).collect();
-        assert!(plan_bindings(&kc, UID, true, &cluster, &namespaced).is_empty());
+        assert!(plan_bindings(&kc, UID, true, &cluster, &namespaced, &[]).is_empty());
         // Refused by the policy: every binding goes.
-        let refused = plan_bindings(&kc, UID, false, &cluster, &namespaced);
+        let refused = plan_bindings(&kc, UID, false, &cluster, &namespaced, &[]);
         assert_eq!(
             (
                 refused.delete_cluster.len(),
@@ -1400,7 +1508,7 @@ mod tests {
         let mut stale = (*namespaced[1]).clone();
         stale.metadata.name = Some("kubeconfig:team-a:susan:role:old".into());
         namespaced.push(Arc::new(stale));
-        let plan = plan_bindings(&kc, UID, true, &cluster, &namespaced);
+        let plan = plan_bindings(&kc, UID, true, &cluster, &namespaced, &[]);
         assert_eq!(plan.apply_namespaced.len(), 1);
         assert_eq!(
             plan.delete_namespaced,

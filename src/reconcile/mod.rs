@@ -14,7 +14,7 @@ use std::{
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Secret},
-    rbac::v1::{ClusterRoleBinding, RoleBinding},
+    rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
     Client,
@@ -40,6 +40,8 @@ pub struct Context {
     pub secrets: Store<Secret>,
     pub cluster_role_bindings: Store<ClusterRoleBinding>,
     pub role_bindings: Store<RoleBinding>,
+    /// Roles the controller writes (ServiceAccount self-impersonation).
+    pub roles: Store<Role>,
     /// The labels of every namespace (for the authorities' namespace selectors).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Used by Kubeconfigs that name no authority.
@@ -60,6 +62,7 @@ impl Context {
         let _ = self.secrets.wait_until_ready().await;
         let _ = self.cluster_role_bindings.wait_until_ready().await;
         let _ = self.role_bindings.wait_until_ready().await;
+        let _ = self.roles.wait_until_ready().await;
         let _ = self.namespaces.wait_until_ready().await;
     }
 }

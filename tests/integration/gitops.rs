@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 use crate::{
     control_plane::whoami,
     kubeconfig::{
-        apply, delete_and_wait, eventually, kubeconfig_of, plane, secret, wait_condition,
-        wait_ready,
+        apply, delete_and_wait, eventually, kubeconfig_of, plane, secret, until_code,
+        wait_condition, wait_ready,
     },
     support::{CONTROLLER_USER, client_from_kubeconfig},
 };
@@ -86,6 +86,13 @@ fn token_id(kc: &Kubeconfig) -> String {
         .unwrap_or_default()
 }
 
+/// The kubeconfig with its user impersonating `user` (kubectl's `--as`).
+fn impersonating(kubeconfig: &str, user: &str) -> String {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(kubeconfig).unwrap();
+    value["users"][0]["user"]["as"] = user.into();
+    serde_yaml::to_string(&value).unwrap()
+}
+
 /// The API server's answer to a SelfSubjectReview with this kubeconfig.
 async fn review_code(kubeconfig: &str) -> Result<SelfSubjectReview, kube::Error> {
     let review: SelfSubjectReview = serde_json::from_value(json!({})).unwrap();
@@ -107,7 +114,7 @@ async fn token_kubeconfigs_authenticate_rotate_and_die_with_their_secret() {
         "flux",
         json!({
             "authorityRef": {"name": "tokens"},
-            "serviceAccountRef": {"name": "flux"},
+            "serviceAccountRef": {"name": "flux", "impersonateSelf": true},
             "validity": "10m",
             "renewBefore": "9m40s",
             "secretRef": {"name": "flux-kubeconfig"},
@@ -134,6 +141,11 @@ async fn token_kubeconfigs_authenticate_rotate_and_die_with_their_secret() {
     let (user, groups) = whoami(client_from_kubeconfig(&first).await).await;
     assert_eq!(user, format!("system:serviceaccount:{ns}:flux"));
     assert!(groups.contains(&format!("system:serviceaccounts:{ns}")));
+
+    // Flux uses the kubeconfig and impersonates the same ServiceAccount: allowed by the Role
+    // impersonateSelf asks for.
+    let impersonating = impersonating(&first, &user);
+    until_code("self-impersonation", 200, || review_code(&impersonating)).await;
 
     // Rotated in real time, before the renewal point has long passed.
     let started = Instant::now();
@@ -163,6 +175,25 @@ async fn token_kubeconfigs_authenticate_rotate_and_die_with_their_secret() {
         let (user, _) = whoami(client_from_kubeconfig(kubeconfig).await).await;
         assert_eq!(user, format!("system:serviceaccount:{ns}:flux"));
     }
+
+    // Without impersonateSelf the Role goes, and so does the right.
+    apply(
+        &admin,
+        &ns,
+        "flux",
+        json!({
+            "authorityRef": {"name": "tokens"},
+            "serviceAccountRef": {"name": "flux"},
+            "validity": "10m",
+            "renewBefore": "9m40s",
+            "secretRef": {"name": "flux-kubeconfig"},
+        }),
+    )
+    .await;
+    until_code("self-impersonation revoked", 403, || {
+        review_code(&impersonating)
+    })
+    .await;
 
     // Deleting the Kubeconfig deletes the Secret the tokens are bound to: both stop working,
     // as soon as the API server's cache of successful token authentications (10 s) lets go.
