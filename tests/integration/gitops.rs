@@ -439,11 +439,35 @@ async fn annotated_service_accounts_get_a_kubeconfig_without_writing_one() {
     );
     assert_eq!(capsule.spec.secret_ref.name, "capsule-flux-kubeconfig");
 
-    // Removing the annotations removes what was made.
+    // Removing the annotations, or the ServiceAccount, removes what was made.
+    service_account(
+        &admin,
+        &ns,
+        "gone",
+        json!({"kubeconfig-authority.dev/authority": "tokens"}),
+    )
+    .await;
+    wait_condition(
+        &admin,
+        &ns,
+        "gone-kubeconfig",
+        "True",
+        None,
+        Duration::from_secs(10),
+    )
+    .await;
+    Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+        .delete("gone", &Default::default())
+        .await
+        .unwrap();
     for sa in ["ci", "capsule-flux"] {
         service_account(&admin, &ns, sa, json!({})).await;
     }
-    for name in ["ci-kubeconfig", "capsule-flux-kubeconfig"] {
+    for name in [
+        "ci-kubeconfig",
+        "capsule-flux-kubeconfig",
+        "gone-kubeconfig",
+    ] {
         eventually(Duration::from_secs(10), "removed", || {
             let (admin, ns) = (admin.clone(), ns.clone());
             async move {

@@ -672,11 +672,15 @@ async fn malformed_objects_are_refused_and_others_keep_being_served() {
     wait_ready(&admin, &ns, "fine").await;
 }
 
-/// Every word of 40 characters or more in `text` (PEM body lines, base64 values of a
-/// kubeconfig): what a leaked key or token would look like.
+/// Every base64 or JWT word of 40 characters or more in `text` (PEM body lines, base64
+/// values of a kubeconfig, tokens): what a leaked key or token would look like.
 fn secret_material(text: &str) -> Vec<String> {
     text.split_whitespace()
-        .filter(|w| w.len() >= 40 && !w.starts_with("-----"))
+        .filter(|w| {
+            w.len() >= 40
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+/=-_.".contains(c))
+        })
         .map(String::from)
         .collect()
 }
@@ -692,6 +696,32 @@ async fn keys_and_tokens_never_reach_logs_or_events() {
         &ns,
         "b",
         spec("b", json!({"privateKey": {"algorithm": "RSA"}})),
+    )
+    .await;
+    // A token kubeconfig too, and one for a ServiceAccount that does not exist.
+    let sa: k8s_openapi::api::core::v1::ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "flux"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &ns)
+        .patch("tokens", &PatchParams::apply("tests"), &Patch::Apply(json!({
+            "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority", "metadata": {"name": "tokens"},
+            "spec": {"server": plane().server, "signer": {"serviceAccountToken": {}}}})))
+        .await
+        .unwrap();
+    let token_spec = |sa: &str| json!({"authorityRef": {"name": "tokens"}, "serviceAccountRef": {"name": sa}, "validity": "10m", "secretRef": {"name": format!("{sa}-token")}});
+    apply(&admin, &ns, "t", token_spec("flux")).await;
+    apply(&admin, &ns, "t2", token_spec("nobody")).await;
+    wait_ready(&admin, &ns, "t").await;
+    wait_condition(
+        &admin,
+        &ns,
+        "t2",
+        "False",
+        Some("ServiceAccountNotFound"),
+        Duration::from_secs(10),
     )
     .await;
     wait_ready(&admin, &ns, "a").await;
@@ -748,6 +778,10 @@ async fn keys_and_tokens_never_reach_logs_or_events() {
     material.extend(secret_material(&ca.key_pem));
     material.extend(secret_material(&other.key_pem));
     assert!(material.len() > 10, "the scan has something to look for");
+    assert!(
+        material.iter().any(|m| m.starts_with("eyJ")),
+        "the scan includes the token"
+    );
 
     let events = Api::<Event>::namespaced(admin.clone(), &ns)
         .list(&ListParams::default())
