@@ -39,12 +39,12 @@ use tracing::{info, warn};
 use crate::{
     api::{
         Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority,
-        KUBECONFIG_ANNOTATION, Kubeconfig, MANAGED_BY, MANAGED_BY_LABEL,
+        KUBECONFIG_ANNOTATION, Kubeconfig, KubeconfigGenerator, MANAGED_BY, MANAGED_BY_LABEL,
     },
     reconcile::{
         Context, Error,
         authority::{ROOT_CA_CONFIG_MAP, authority_ref, config_maps_of, refers_to, secrets_of},
-        kubeconfig, onboarding,
+        generator, kubeconfig, onboarding,
     },
 };
 
@@ -109,7 +109,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         cluster_role_bindings: crbs,
         role_bindings: rbs,
         roles,
-        namespaces,
+        namespaces: namespaces.clone(),
         default_authority: options.default_authority.clone(),
         ca_cache: Default::default(),
         pending_csrs: Default::default(),
@@ -259,6 +259,35 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
             }
         });
 
+    // KubeconfigGenerators: the Kubeconfigs they own, and any change of their target kinds
+    // or of namespaces brings them back.
+    let (generator_context, generator_triggers) = generator::Context::new(
+        client.clone(),
+        namespaces,
+        context.kubeconfigs.clone(),
+        context.authorities.clone(),
+    );
+    let generators = Controller::new(Api::<KubeconfigGenerator>::all(client.clone()), all())
+        .owns(
+            Api::<Kubeconfig>::all(client.clone()),
+            watcher::Config::default().labels(generator::GENERATOR_LABEL),
+        )
+        .reconcile_all_on(generator_triggers)
+        .shutdown_on_signal()
+        .run(
+            generator::reconcile,
+            generator::error_policy,
+            Arc::new(generator_context),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                match e {
+                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                    other => warn!("generator failed: {other}"),
+                }
+            }
+        });
+
     info!("starting the Kubeconfig controller");
     let kubeconfig_controller = controller
         // Managed Secrets and their copies in other namespaces name their Kubeconfig.
@@ -287,7 +316,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
                 }
             }
         });
-    futures::future::join(kubeconfig_controller, onboarding).await;
+    futures::future::join3(kubeconfig_controller, onboarding, generators).await;
     info!("stopped");
     Ok(())
 }

@@ -24,7 +24,22 @@ pub const MAX_ROLE_BINDINGS: usize = 20;
 const IMPERSONATE_HINT: &str = "grant the requester the verb impersonate on it (core API group, resource users or groups, resourceNames naming it), or have someone who may create the Kubeconfig";
 const BIND_HINT: &str = "grant the requester the verb bind on it (API group rbac.authorization.k8s.io, resource clusterroles or roles, resourceNames naming it; in that namespace for a RoleBinding)";
 
+/// The username of the controller's ServiceAccount as `config/` installs it. Installing in
+/// another namespace means changing it here (and regenerating) or in the policies.
+pub const CONTROLLER_USER: &str =
+    "system:serviceaccount:kubeconfig-authority-system:kubeconfig-authority";
+
 fn policy(name: &str, purpose: &str, variables: Value, validations: Vec<Value>) -> Value {
+    policy_for("kubeconfigs", name, purpose, variables, validations)
+}
+
+fn policy_for(
+    resource: &str,
+    name: &str,
+    purpose: &str,
+    variables: Value,
+    validations: Vec<Value>,
+) -> Value {
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
@@ -38,7 +53,7 @@ fn policy(name: &str, purpose: &str, variables: Value, validations: Vec<Value>) 
                 "resourceRules": [{
                     "apiGroups": [super::GROUP],
                     "apiVersions": ["*"],
-                    "resources": ["kubeconfigs"],
+                    "resources": [resource],
                     "operations": ["CREATE", "UPDATE"],
                 }],
             },
@@ -47,6 +62,11 @@ fn policy(name: &str, purpose: &str, variables: Value, validations: Vec<Value>) 
             "matchConditions": [{
                 "name": "spec-changed",
                 "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
+            }, {
+                // The Kubeconfigs the controller makes itself: for a KubeconfigGenerator (whose
+                // author the generator policy checks) and for an annotated ServiceAccount.
+                "name": "not-the-controller",
+                "expression": format!("request.userInfo.username != '{CONTROLLER_USER}'"),
             }],
             "variables": variables,
             "validations": validations,
@@ -169,6 +189,26 @@ pub fn admission_objects() -> Vec<Value> {
             role_bindings,
         ),
         binding("kubeconfig-authority-role-bindings"),
+        // A generator mints identities computed from objects that do not exist yet: only who
+        // may impersonate any user and any group (and bind any ClusterRole, if it binds) may
+        // write one.
+        policy_for(
+            "kubeconfiggenerators",
+            "kubeconfig-authority-generators",
+            "Only who may impersonate anyone may write a KubeconfigGenerator.",
+            json!([]),
+            vec![
+                validation(
+                    format!("{users}.check('impersonate').allowed() && {groups}.check('impersonate').allowed()"),
+                    "'you may not write a KubeconfigGenerator: it can mint any identity, so it needs the verb impersonate on all users and all groups (no resourceNames)'".into(),
+                ),
+                validation(
+                    format!("!has(object.spec.authorization) || {rbac}.resource('clusterroles').check('bind').allowed()"),
+                    "'you may not write a KubeconfigGenerator that binds roles: that needs the verb bind on all clusterroles'".into(),
+                ),
+            ],
+        ),
+        binding("kubeconfig-authority-generators"),
     ]
 }
 

@@ -3,6 +3,7 @@
 pub mod authority;
 pub mod credential;
 pub mod distribution;
+pub mod generator;
 pub mod kubeconfig;
 pub mod onboarding;
 pub mod policy;

@@ -51,8 +51,7 @@ pub struct ControlPlane {
 static SHARED_DIR: OnceLock<PathBuf> = OnceLock::new();
 
 /// The username of the controller's ServiceAccount in `config/`.
-pub const CONTROLLER_USER: &str =
-    "system:serviceaccount:kubeconfig-authority-system:kubeconfig-authority";
+pub use kubeconfig_authority::api::admission::CONTROLLER_USER;
 
 /// One control plane per test binary, started on first use.
 pub fn shared() -> &'static ControlPlane {

@@ -1,0 +1,366 @@
+//! KubeconfigGenerator against the real control plane: Kamaji-shaped TenantControlPlanes (a
+//! CRD with the fields used, and `<tcp>-ca` / `<tcp>-admin-kubeconfig` Secrets shaped like
+//! Kamaji's, pointing at the test control plane), one working kubeconfig per object.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::{
+    api::core::v1::{Namespace, Secret},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client,
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
+};
+use kubeconfig_authority::api::{Authority, Kubeconfig, KubeconfigGenerator};
+use serde_json::{Value, json};
+
+use crate::{
+    control_plane::whoami,
+    kubeconfig::{eventually, kubeconfig_of, plane},
+    support::client_from_kubeconfig,
+};
+
+async fn install_tenant_control_plane_crd(admin: &Client) {
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "metadata": {"name": "tenantcontrolplanes.kamaji.clastix.io"},
+        "spec": {
+            "group": "kamaji.clastix.io",
+            "names": {"kind": "TenantControlPlane", "plural": "tenantcontrolplanes", "singular": "tenantcontrolplane", "shortNames": ["tcp"]},
+            "scope": "Namespaced",
+            "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                "subresources": {"status": {}},
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {
+                    "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                    "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}}}],
+        },
+    }))
+    .unwrap();
+    let api = Api::<CustomResourceDefinition>::all(admin.clone());
+    api.patch(
+        "tenantcontrolplanes.kamaji.clastix.io",
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the TenantControlPlane CRD served",
+        || {
+            let api = api.clone();
+            async move {
+                let crd = api
+                    .get("tenantcontrolplanes.kamaji.clastix.io")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    Ok(())
+                } else {
+                    Err("not established".into())
+                }
+            }
+        },
+    )
+    .await;
+}
+
+fn tcp_api(admin: &Client, ns: &str) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("kamaji.clastix.io", "v1alpha1", "TenantControlPlane");
+    Api::namespaced_with(
+        admin.clone(),
+        ns,
+        &ApiResource::from_gvk_with_plural(&gvk, "tenantcontrolplanes"),
+    )
+}
+
+/// A TenantControlPlane and the two Secrets Kamaji writes for it; `ca_key` replaces the CA key
+/// (to break it).
+async fn tenant_control_plane(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    labels: Value,
+    ca_key: Option<&str>,
+) {
+    let plane = plane();
+    let params = PatchParams::apply("tests").force();
+    let secrets = Api::<Secret>::namespaced(admin.clone(), ns);
+    let ca: Secret = serde_json::from_value(json!({"metadata": {"name": format!("{name}-ca")},
+        "stringData": {"ca.crt": plane.ca.cert_pem, "ca.key": ca_key.unwrap_or(&plane.ca.key_pem)}})).unwrap();
+    secrets
+        .patch(&format!("{name}-ca"), &params, &Patch::Apply(&ca))
+        .await
+        .unwrap();
+    let admin_kubeconfig = plane.kubeconfig_for("kubernetes-admin", &["system:masters"]);
+    let kubeconfigs: Secret = serde_json::from_value(
+        json!({"metadata": {"name": format!("{name}-admin-kubeconfig")},
+        "stringData": {"admin.conf": admin_kubeconfig, "admin.svc": admin_kubeconfig}}),
+    )
+    .unwrap();
+    secrets
+        .patch(
+            &format!("{name}-admin-kubeconfig"),
+            &params,
+            &Patch::Apply(&kubeconfigs),
+        )
+        .await
+        .unwrap();
+    let tcp: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "kamaji.clastix.io/v1alpha1", "kind": "TenantControlPlane",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"controlPlane": {"deployment": {"replicas": 1}}, "kubernetes": {"version": "v1.35.4"}},
+    }))
+    .unwrap();
+    tcp_api(admin, ns)
+        .patch(name, &params, &Patch::Apply(&tcp))
+        .await
+        .unwrap();
+}
+
+async fn label_namespace(admin: &Client, ns: &str, labels: Value) {
+    Api::<Namespace>::all(admin.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": labels}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until the generator's status shows these counts and errors (and is current).
+async fn counts(
+    admin: &Client,
+    name: &str,
+    resources: i32,
+    available: i32,
+    errors: &[String],
+) -> Duration {
+    let started = Instant::now();
+    let api = Api::<KubeconfigGenerator>::all(admin.clone());
+    eventually(
+        Duration::from_secs(20),
+        &format!("{resources} resources, {available} available, errors {errors:?}"),
+        || {
+            let api = api.clone();
+            async move {
+                let g = api.get(name).await.map_err(|e| e.to_string())?;
+                let s = g.status.unwrap_or_default();
+                let got: Vec<String> = s.errors.iter().map(|e| e.resource.clone()).collect();
+                if s.resources == resources
+                    && s.available_resources == available
+                    && got == errors
+                    && s.observed_generation == g.metadata.generation
+                {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} resources, {} available, errors {:?}",
+                        s.resources, s.available_resources, s.errors
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+async fn kubeconfig_exists(admin: &Client, ns: &str, name: &str) -> bool {
+    Api::<Kubeconfig>::namespaced(admin.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// Waits until a Kubeconfig and its Secret are gone (its finalizer runs first).
+async fn gone(admin: &Client, ns: &str, name: &str) {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{ns}/{name} gone"),
+        || async {
+            let secret = Api::<Secret>::namespaced(admin.clone(), ns)
+                .get_opt(name)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !kubeconfig_exists(admin, ns, name).await && secret.is_none() {
+                Ok(())
+            } else {
+                Err("still there".to_string())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_generator_keeps_one_kubeconfig_per_tenant_control_plane() {
+    let plane = plane();
+    let admin = plane.admin().await;
+    install_tenant_control_plane_crd(&admin).await;
+    let a = plane.namespace("gen-a").await;
+    let b = plane.namespace("gen-b").await;
+    let c = plane.namespace("gen-c").await;
+    let env = format!("prod-{}", &a[a.len() - 6..]);
+    label_namespace(&admin, &a, json!({"environment": env})).await;
+    label_namespace(&admin, &b, json!({"environment": env})).await;
+    tenant_control_plane(&admin, &a, "alpha", json!({"team": "red"}), None).await;
+    tenant_control_plane(&admin, &b, "bravo", json!({"team": "blue"}), None).await;
+    tenant_control_plane(&admin, &c, "charlie", json!({"team": "green"}), None).await;
+
+    let name = format!("tenant-{}", &a[a.len() - 6..]);
+    let generator: KubeconfigGenerator = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "KubeconfigGenerator",
+        "metadata": {"name": name},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"environment": env}},
+            "target": {"selector": {"matchExpressions": [{"key": "excluded", "operator": "DoesNotExist"}]}},
+            "user": {"fromDefinition": "metadata.name"},
+            "groups": [{"stringValue": "customer-admins"}, {"fromDefinition": "metadata.labels['team']"}],
+            "controlPlaneEndpointFrom": "admin.conf",
+            "validity": "1h",
+        },
+    }))
+    .unwrap();
+    Api::<KubeconfigGenerator>::all(admin.clone())
+        .patch(
+            &name,
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&generator),
+        )
+        .await
+        .unwrap();
+    let took = counts(&admin, &name, 2, 2, &[]).await;
+    println!("two kubeconfigs Ready {took:?} after the generator was applied");
+
+    // Each works, with the user and groups from stringValue and fromDefinition.
+    for (ns, tcp, team) in [(&a, "alpha", "red"), (&b, "bravo", "blue")] {
+        let kubeconfig = kubeconfig_of(&admin, ns, &format!("{tcp}-{name}")).await;
+        let (user, groups) = whoami(client_from_kubeconfig(&kubeconfig).await).await;
+        assert_eq!(user, tcp);
+        assert!(
+            groups.contains(&"customer-admins".to_string()) && groups.contains(&team.to_string()),
+            "{groups:?}"
+        );
+    }
+    assert!(
+        !kubeconfig_exists(&admin, &c, &format!("charlie-{name}")).await,
+        "not in a selected namespace"
+    );
+
+    // New objects get theirs within seconds.
+    tenant_control_plane(&admin, &a, "delta", json!({"team": "red"}), None).await;
+    tenant_control_plane(&admin, &b, "echo", json!({"team": "blue"}), None).await;
+    let took = counts(&admin, &name, 4, 4, &[]).await;
+    println!("new objects Ready {took:?} after they were created");
+
+    // Relabelled out of the selector, and deleted: theirs go.
+    tcp_api(&admin, &a)
+        .patch(
+            "delta",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"excluded": "true"}}})),
+        )
+        .await
+        .unwrap();
+    tcp_api(&admin, &b)
+        .delete("echo", &Default::default())
+        .await
+        .unwrap();
+    counts(&admin, &name, 2, 2, &[]).await;
+    gone(&admin, &a, &format!("delta-{name}")).await;
+    gone(&admin, &b, &format!("echo-{name}")).await;
+
+    // A broken CA Secret: that object is in errors, the others stay Ready.
+    tenant_control_plane(
+        &admin,
+        &a,
+        "foxtrot",
+        json!({"team": "red"}),
+        Some("not a key"),
+    )
+    .await;
+    counts(&admin, &name, 3, 2, &[format!("{a}/foxtrot")]).await;
+    let g = Api::<KubeconfigGenerator>::all(admin.clone())
+        .get(&name)
+        .await
+        .unwrap();
+    let message = &g.status.unwrap().errors[0].message;
+    assert!(message.starts_with("CASecretInvalid"), "{message}");
+
+    // A namespace leaves the namespace selector: its kubeconfigs go.
+    label_namespace(&admin, &a, json!({"environment": null})).await;
+    counts(&admin, &name, 1, 1, &[]).await;
+    gone(&admin, &a, &format!("alpha-{name}")).await;
+    gone(&admin, &a, &format!("foxtrot-{name}")).await;
+    assert!(
+        Api::<Authority>::namespaced(admin.clone(), &a)
+            .get_opt(&format!("alpha-{name}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Writing a generator needs the right to impersonate anyone: someone who may only write
+    // generators is refused.
+    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": "write-generators"},
+        "rules": [{"apiGroups": ["kubeconfig-authority.dev"], "resources": ["kubeconfiggenerators"], "verbs": ["create", "update", "patch"]}],
+    }))
+    .unwrap();
+    let params = PatchParams::apply("tests").force();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
+        .patch("write-generators", &params, &Patch::Apply(&role))
+        .await
+        .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "write-generators"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "write-generators"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "generator-author"}],
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(admin.clone())
+        .patch("write-generators", &params, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    let author = Api::<KubeconfigGenerator>::all(plane.client_for("generator-author", &[]).await);
+    let mut attempt = generator.clone();
+    attempt.metadata.name = Some(format!("{name}-2"));
+    let message = eventually(Duration::from_secs(10), "the generator guard", || {
+        let (author, attempt) = (author.clone(), attempt.clone());
+        async move {
+            let dry = kube::api::PostParams {
+                dry_run: true,
+                ..Default::default()
+            };
+            match author.create(&dry, &attempt).await {
+                Err(kube::Error::Api(s)) if s.message.contains("impersonate") => Ok(s.message),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(message.contains("can mint any identity"), "{message}");
+
+    // The generator goes: everything it made goes.
+    Api::<KubeconfigGenerator>::all(admin.clone())
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
+    gone(&admin, &b, &format!("bravo-{name}")).await;
+    assert!(
+        Api::<Authority>::namespaced(admin.clone(), &b)
+            .get_opt(&format!("bravo-{name}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
