@@ -55,7 +55,12 @@ pub struct Options {
     pub default_authority: Option<AuthorityRef>,
     /// Where to answer `/livez` and `/readyz`, if anywhere.
     pub health_addr: Option<std::net::SocketAddr>,
+    /// How many Kubeconfigs are reconciled at once (0: no limit).
+    pub concurrency: u16,
 }
+
+/// Enough to keep the API server busy without queueing thousands of requests in it.
+pub const DEFAULT_CONCURRENCY: u16 = 32;
 
 /// Runs the controller until SIGTERM or Ctrl-C; in-flight reconciles finish first.
 pub async fn run(client: Client, options: Options) -> Result<(), Error> {
@@ -89,11 +94,11 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     )
     .default_backoff()
     .touched_objects();
-    let secret_meta_events = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), all())
-        .default_backoff()
-        .touched_objects();
+    let (secret_metadata, secret_meta_events) =
+        reflect(Api::<PartialObjectMeta<Secret>>::all(client.clone()), all());
 
-    let controller = Controller::new(Api::<Kubeconfig>::all(client.clone()), all());
+    let controller = Controller::new(Api::<Kubeconfig>::all(client.clone()), all())
+        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
     let kubeconfigs = controller.store();
     let reporter = Reporter {
         controller: "kubeconfig-authority".into(),
@@ -110,6 +115,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         role_bindings: rbs,
         roles,
         namespaces: namespaces.clone(),
+        secret_metadata,
         default_authority: options.default_authority.clone(),
         ca_cache: Default::default(),
         pending_csrs: Default::default(),
@@ -246,6 +252,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
             },
             Arc::new(onboarding::Context {
                 client: client.clone(),
+                kubeconfigs: kubeconfigs.clone(),
                 recorder: Recorder::new(client.clone(), reporter.clone()),
                 default_authority: options.default_authority.clone(),
             }),
@@ -341,9 +348,13 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    let events = reflector::reflector(writer, watcher(api, config))
-        .default_backoff()
-        .touched_objects();
+    // managedFields are never read and are often the larger part of an object's metadata.
+    let events = reflector::reflector(
+        writer,
+        watcher(api, config).modify(|o| o.meta_mut().managed_fields = None),
+    )
+    .default_backoff()
+    .touched_objects();
     (store, events)
 }
 

@@ -26,6 +26,13 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "LOG_FORMAT")]
     log_format: LogFormat,
+    /// How many Kubeconfigs are reconciled at once (0: no limit).
+    #[arg(long, default_value_t = runtime::DEFAULT_CONCURRENCY)]
+    concurrency: u16,
+    /// A client-side limit on requests per second to the API server, to protect a busy one.
+    /// Default: none (the API server's own flow control decides).
+    #[arg(long, value_name = "QPS")]
+    qps: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -65,16 +72,28 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| CliError::Usage(format!("starting the async runtime: {e}")))?;
     runtime.block_on(async {
-        let client = Client::try_default().await.map_err(|e| {
+        let connect = |e: &dyn std::fmt::Display| {
             CliError::Usage(format!(
                 "connecting to the cluster (current kubeconfig or in-cluster config): {e}"
             ))
-        })?;
+        };
+        let config = kube::Config::infer().await.map_err(|e| connect(&e))?;
+        let builder = kube::client::ClientBuilder::try_from(config).map_err(|e| connect(&e))?;
+        let client = match args.qps {
+            Some(qps) if qps > 0 => builder
+                .with_layer(&tower::limit::RateLimitLayer::new(
+                    qps,
+                    std::time::Duration::from_secs(1),
+                ))
+                .build(),
+            _ => builder.build(),
+        };
         runtime::run(
             client,
             runtime::Options {
                 default_authority: args.default_authority,
                 health_addr: args.health_addr,
+                concurrency: args.concurrency,
             },
         )
         .await

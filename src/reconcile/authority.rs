@@ -354,6 +354,25 @@ async fn load_ca(
     described: &str,
 ) -> Result<Result<Arc<CertificateAuthority>, Problem>> {
     let what = format!("the CA Secret {namespace}/{name} of {described}");
+    let now = OffsetDateTime::now_utc();
+    let key = (namespace.to_string(), name.to_string());
+    let cached = ctx
+        .ca_cache
+        .lock()
+        .ok()
+        .and_then(|cache| cache.get(&key).cloned());
+    // The metadata watch knows the Secret's current resourceVersion: when the parsed CA is of
+    // that version, the Secret is not read again.
+    let known_version = ctx
+        .secret_metadata
+        .get(&ObjectRef::new(name).within(namespace))
+        .and_then(|m| m.resource_version());
+    if let Some((cached_version, ca)) = &cached
+        && known_version.as_ref() == Some(cached_version)
+        && ca.not_after() > now
+    {
+        return Ok(Ok(ca.clone()));
+    }
     let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
         .get_opt(name)
         .await
@@ -364,14 +383,7 @@ async fn load_ca(
             format!("{what} does not exist; create it with tls.crt/tls.key or ca.crt/ca.key"),
         )));
     };
-    let now = OffsetDateTime::now_utc();
-    let key = (namespace.to_string(), name.to_string());
     let version = secret.resource_version().unwrap_or_default();
-    let cached = ctx
-        .ca_cache
-        .lock()
-        .ok()
-        .and_then(|cache| cache.get(&key).cloned());
     if let Some((cached_version, ca)) = cached
         && cached_version == version
         && ca.not_after() > now

@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, warn};
 
-use super::{Error, Result, kubeconfig::delete_ignoring_absent};
+use super::{Error, Result, filled, kubeconfig::delete_ignoring_absent};
 use crate::api::{
     Authority, AuthorityKind, FIELD_MANAGER, GeneratorError, GeneratorTarget, KAMAJI_API_VERSION,
     KAMAJI_KIND, Kubeconfig, KubeconfigGenerator, KubeconfigGeneratorSpec,
@@ -324,8 +324,8 @@ pub async fn reconcile(generator: Arc<KubeconfigGenerator>, ctx: Arc<Context>) -
         match event {
             FinalizerEvent::Apply(generator) => generate(generator, &ctx).await,
             FinalizerEvent::Cleanup(generator) => {
-                let _ = ctx.kubeconfigs.wait_until_ready().await;
-                let _ = ctx.authorities.wait_until_ready().await;
+                filled(&ctx.kubeconfigs).await;
+                filled(&ctx.authorities).await;
                 remove_except(&generator, &ctx, &HashSet::new()).await?;
                 info!("removed everything the generator made");
                 Ok(Action::await_change())
@@ -380,9 +380,9 @@ async fn remove_except(
 }
 
 async fn generate(generator: Arc<KubeconfigGenerator>, ctx: &Context) -> Result<Action> {
-    let _ = ctx.namespaces.wait_until_ready().await;
-    let _ = ctx.kubeconfigs.wait_until_ready().await;
-    let _ = ctx.authorities.wait_until_ready().await;
+    filled(&ctx.namespaces).await;
+    filled(&ctx.kubeconfigs).await;
+    filled(&ctx.authorities).await;
     let target = generator.spec.target.clone().unwrap_or_default();
     let resource = match ctx.resource(&target).await {
         Ok(r) => r,

@@ -54,16 +54,73 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 /// again anyway (its watches usually bring it back sooner).
 const RETRY_PROBLEM: Duration = Duration::from_secs(300);
 
-/// Entry point: the finalizer helper adds the finalizer first, and runs [`cleanup`] on
-/// deletion.
+/// Whether a Kubeconfig makes anything the garbage collector cannot remove by ownerReference
+/// (cluster-scoped or other-namespace bindings and copies, Roles): only then does it carry the
+/// finalizer. Its Secret is owned by it, and the tokens bound to that Secret die with it.
+pub fn needs_finalizer(kc: &Kubeconfig) -> bool {
+    let spec = &kc.spec;
+    let binds = spec.authorization.as_ref().is_some_and(|a| {
+        !a.role_bindings.is_empty()
+            || a.cluster_role_bindings
+                .as_ref()
+                .is_some_and(|c| !c.cluster_roles.is_empty())
+    });
+    let copies = kc
+        .status
+        .as_ref()
+        .and_then(|s| s.distributed_copies)
+        .is_some_and(|n| n > 0);
+    // A CSR waiting for its signer is cluster-scoped: it is deleted by cleanup.
+    let csr_pending = kc.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == credential::CSR_PENDING)
+    });
+    binds
+        || spec.distribution.is_some()
+        || copies
+        || csr_pending
+        || self_impersonating(kc).is_some()
+}
+
+/// Entry point. With a finalizer (see [`needs_finalizer`]) the finalizer helper adds it first
+/// and runs [`cleanup`] on deletion; without one, a deleted object is left to the garbage
+/// collector, and a plain issuance costs one write fewer.
 pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
     let span =
         tracing::info_span!("reconcile", kubeconfig = %format!("{namespace}/{}", kc.name_any()));
+    let has_finalizer = kc.finalizers().iter().any(|f| f == FINALIZER);
+    if !has_finalizer && !needs_finalizer(&kc) {
+        if kc.meta().deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        return apply(kc, &ctx).instrument(span).await;
+    }
     let result = finalizer(&api, FINALIZER, kc, |event| async {
         match event {
-            FinalizerEvent::Apply(kc) => apply(kc, &ctx).await,
+            FinalizerEvent::Apply(kc) => {
+                let action = apply(kc.clone(), &ctx).await?;
+                if needs_finalizer(&kc) {
+                    return Ok(action);
+                }
+                // Nothing outside the garbage collector's reach is left (this apply removed
+                // it): the finalizer goes.
+                let live = api
+                    .get_opt(&kc.name_any())
+                    .await
+                    .map_err(Error::kube("reading the Kubeconfig"))?;
+                if let Some(live) = live.filter(|l| !needs_finalizer(l) && l.uid() == kc.uid()) {
+                    let rest: Vec<&String> =
+                        live.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+                    let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": live.resource_version()}});
+                    api.patch(&live.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(Error::kube("removing the finalizer"))?;
+                }
+                Ok(action)
+            }
             FinalizerEvent::Cleanup(kc) => cleanup(kc, &ctx).await,
         }
     })

@@ -43,6 +43,8 @@ pub struct Context {
     pub role_bindings: Store<RoleBinding>,
     /// Roles the controller writes (ServiceAccount self-impersonation).
     pub roles: Store<Role>,
+    /// The metadata of every Secret (to know a CA Secret's resourceVersion without reading it).
+    pub secret_metadata: Store<PartialObjectMeta<Secret>>,
     /// The labels of every namespace (for the authorities' namespace selectors).
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// Used by Kubeconfigs that name no authority.
@@ -57,14 +59,35 @@ impl Context {
     /// Waits until every cache has been filled once, so that a reconcile never mistakes a cache
     /// still loading for an object that does not exist.
     pub async fn caches_ready(&self) {
-        // An error here means the watch was dropped: the controller is shutting down.
-        let _ = self.authorities.wait_until_ready().await;
-        let _ = self.cluster_authorities.wait_until_ready().await;
-        let _ = self.secrets.wait_until_ready().await;
-        let _ = self.cluster_role_bindings.wait_until_ready().await;
-        let _ = self.role_bindings.wait_until_ready().await;
-        let _ = self.roles.wait_until_ready().await;
-        let _ = self.namespaces.wait_until_ready().await;
+        filled(&self.authorities).await;
+        filled(&self.cluster_authorities).await;
+        filled(&self.secrets).await;
+        filled(&self.cluster_role_bindings).await;
+        filled(&self.role_bindings).await;
+        filled(&self.roles).await;
+        filled(&self.namespaces).await;
+        filled(&self.secret_metadata).await;
+    }
+}
+
+/// Waits until a store has been filled once. A waiter registered before the fill is not
+/// always woken (observed with two controllers sharing stores), so the wait is retried.
+pub async fn filled<K>(store: &Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            store.wait_until_ready(),
+        )
+        .await
+        {
+            // An error means the watch was dropped: the controller is shutting down.
+            Ok(_) => return,
+            Err(_) => continue,
+        }
     }
 }
 

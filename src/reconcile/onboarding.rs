@@ -14,6 +14,7 @@ use kube::{
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder},
+        reflector::{ObjectRef, Store},
     },
 };
 use serde_json::json;
@@ -34,6 +35,8 @@ pub const DEFAULT_VALIDITY: &str = "1h";
 
 pub struct Context {
     pub client: kube::Client,
+    /// The Kubeconfig controller's cache.
+    pub kubeconfigs: Store<Kubeconfig>,
     pub recorder: Recorder,
     pub default_authority: Option<AuthorityRef>,
 }
@@ -118,10 +121,10 @@ pub async fn reconcile(sa: Arc<ServiceAccount>, ctx: Arc<Context>) -> Result<Act
     async {
         let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
         let name = kubeconfig_name(&sa.name_any());
-        let existing = api
-            .get_opt(&name)
-            .await
-            .map_err(Error::kube(format!("reading Kubeconfig {name}")))?;
+        super::filled(&ctx.kubeconfigs).await;
+        let existing = ctx
+            .kubeconfigs
+            .get(&ObjectRef::new(&name).within(&namespace));
         let ours = existing.as_ref().map(|kc| {
             kc.owner_references()
                 .iter()
@@ -141,7 +144,7 @@ pub async fn reconcile(sa: Arc<ServiceAccount>, ctx: Arc<Context>) -> Result<Act
             }
             (Ok(Some(authority)), _) => {
                 let object = desired(&sa, &authority);
-                let changed = existing.is_none_or(|kc| {
+                let changed = existing.as_ref().is_none_or(|kc| {
                     serde_json::to_value(&kc.spec).ok().as_ref() != Some(&object["spec"])
                 });
                 if changed {

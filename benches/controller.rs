@@ -1,0 +1,593 @@
+//! The controller against the local control plane, measured against what the API server itself
+//! can do. `cargo bench --bench controller` (or `make bench`) runs the full scale and prints a
+//! table; `cargo test` runs the same code at a tiny scale, as a check that it works.
+//!
+//! Every figure is taken in the same run as its baseline: a plain client writing Secrets of the
+//! same size as the controller's, at the best concurrency found. Figures go to
+//! `target/bench/controller.json`.
+
+#[path = "../tests/support/mod.rs"]
+#[allow(dead_code)]
+mod support;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use kubeconfig_authority::api::{Authority, Kubeconfig};
+use serde_json::json;
+use support::{ControlPlane, Process};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kubeconfig-authority");
+
+struct Scale {
+    single: usize,
+    bulk: Vec<usize>,
+    /// validity and renewBefore of the largest bulk batch, which is also the renewal storm.
+    storm_validity: &'static str,
+    storm_renew_before: &'static str,
+    probe: usize,
+    settle: Duration,
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> Result<(), Error> {
+    let full = std::env::args().any(|a| a == "--bench");
+    let scale = if full {
+        Scale {
+            single: 200,
+            bulk: vec![1_000, 10_000],
+            storm_validity: "6m",
+            storm_renew_before: "3m",
+            probe: 1_000,
+            settle: Duration::from_secs(10),
+        }
+    } else {
+        Scale {
+            single: 5,
+            bulk: vec![20],
+            storm_validity: "40s",
+            storm_renew_before: "30s",
+            probe: 50,
+            settle: Duration::from_secs(2),
+        }
+    };
+    let plane = ControlPlane::start()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(&plane, &scale, full))
+}
+
+/// What the bench records from its watch of Kubeconfigs.
+#[derive(Default)]
+struct Seen {
+    /// First time each Kubeconfig was Ready, and its scheduled renewal then.
+    ready: HashMap<String, (Instant, Option<i64>, Option<i64>)>,
+    /// First time each was Renewed.
+    renewed: HashMap<String, Instant>,
+}
+
+async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Error> {
+    plane.install_crds().await;
+    plane.install_controller_rbac().await;
+    let admin = plane.admin().await;
+    let ns = plane.namespace("bench").await;
+    let ca_secret: Secret = serde_json::from_value(json!({"metadata": {"name": "ca"},
+        "stringData": {"ca.crt": plane.ca.cert_pem, "ca.key": plane.ca.key_pem}}))?;
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &ca_secret)
+        .await?;
+    let authority: Authority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+        "metadata": {"name": "ca"},
+        "spec": {"server": plane.server, "signer": {"caSecretRef": {"name": "ca"}}},
+    }))?;
+    Api::<Authority>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &authority)
+        .await?;
+    let mut report = Report::default();
+
+    // Baseline: a plain client writing Secrets of the controller's size.
+    let data = secret_like_ours(plane)?;
+    let mut best = (0usize, 0.0f64);
+    for concurrency in [8, 32, 64, 128] {
+        let started = Instant::now();
+        write_secrets(
+            &admin,
+            &ns,
+            &format!("probe-{concurrency}"),
+            scale.probe,
+            concurrency,
+            &data,
+        )
+        .await?;
+        let rate = scale.probe as f64 / started.elapsed().as_secs_f64();
+        report.line(
+            &format!("baseline probe: {concurrency} at once"),
+            format!("{rate:.0} Secrets/s"),
+        );
+        if rate > best.1 {
+            best = (concurrency, rate);
+        }
+    }
+    let concurrency = best.0;
+    let mut baseline = HashMap::new();
+    for &n in &scale.bulk {
+        let started = Instant::now();
+        write_secrets(&admin, &ns, &format!("base-{n}"), n, concurrency, &data).await?;
+        let took = started.elapsed();
+        report.line(
+            &format!("baseline: {n} Secrets, {concurrency} at once"),
+            format!(
+                "{:.2} s ({:.0}/s)",
+                took.as_secs_f64(),
+                n as f64 / took.as_secs_f64()
+            ),
+        );
+        baseline.insert(n, took);
+    }
+    // The baseline's Secrets go, so that they weigh on nothing that follows.
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("bench=baseline"),
+        )
+        .await?;
+
+    // The controller, built in release mode, as a separate process.
+    let health = support::free_port()?;
+    let mut controller = start_controller(plane, health, "1")?;
+    wait_ready(health).await?;
+    let pid = controller.child.id();
+
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    tokio::spawn(watch(admin.clone(), ns.clone(), seen.clone()));
+
+    // Single-object latency, one at a time.
+    let mut latencies = Vec::new();
+    for i in 0..scale.single {
+        let name = format!("single-{i}");
+        let started = Instant::now();
+        create(&admin, &ns, &name, "24h", None).await?;
+        until(Duration::from_secs(10), || {
+            seen.lock().is_ok_and(|s| s.ready.contains_key(&name))
+        })
+        .await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    let p = |q: f64| {
+        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    report.line("single object: apply to Ready, p50", ms(p(0.50)));
+    report.line("single object: apply to Ready, p99", ms(p(0.99)));
+    report.figure("single_p50_ms", p(0.50).as_secs_f64() * 1e3);
+    report.figure("single_p99_ms", p(0.99).as_secs_f64() * 1e3);
+
+    // Bulk: N at once; the last batch is also the renewal storm.
+    let last = *scale.bulk.last().unwrap_or(&0);
+    for &n in &scale.bulk {
+        let storm = n == last;
+        let (validity, renew_before) = if storm {
+            (scale.storm_validity, Some(scale.storm_renew_before))
+        } else {
+            ("24h", None)
+        };
+        let writes_before = api_writes(&admin).await?;
+        let cpu_before = cpu_seconds(pid);
+        let started = Instant::now();
+        futures::stream::iter(0..n)
+            .map(|i| {
+                let (admin, ns) = (admin.clone(), ns.clone());
+                async move { create(&admin, &ns, &format!("bulk{n}-{i}"), validity, renew_before).await }
+            })
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<_>>()
+            .await?;
+        let prefix = format!("bulk{n}-");
+        until(Duration::from_secs(600), || {
+            seen.lock()
+                .is_ok_and(|s| s.ready.keys().filter(|k| k.starts_with(&prefix)).count() == n)
+        })
+        .await?;
+        let took = started.elapsed();
+        let cpu = cpu_seconds(pid) - cpu_before;
+        // Writes during the batch, less the bench's own N creates.
+        let writes = api_writes(&admin).await? - writes_before - n as f64;
+        let ratio = took.as_secs_f64() / baseline[&n].as_secs_f64();
+        report.line(
+            &format!("bulk {n}: all Ready"),
+            format!("{:.2} s = {ratio:.2}x the baseline", took.as_secs_f64()),
+        );
+        report.line(
+            &format!("bulk {n}: API writes per Kubeconfig"),
+            format!("{:.2}", writes / n as f64),
+        );
+        report.line(
+            &format!("bulk {n}: controller CPU per Kubeconfig"),
+            format!("{:.3} ms", cpu * 1e3 / n as f64),
+        );
+        report.figure(&format!("bulk_{n}_ratio"), ratio);
+        report.figure(&format!("bulk_{n}_writes_per_object"), writes / n as f64);
+        report.figure(&format!("bulk_{n}_cpu_ms_per_object"), cpu * 1e3 / n as f64);
+    }
+    let (rss, peak) = memory(pid);
+    report.line(
+        &format!(
+            "controller memory at {} Kubeconfigs: resident, peak",
+            scale.single + scale.bulk.iter().sum::<usize>()
+        ),
+        format!("{rss:.1} MiB, {peak:.1} MiB"),
+    );
+    report.figure("rss_mib", rss);
+    report.figure("peak_rss_mib", peak);
+
+    // Restart: nothing is reissued; synced = /readyz answers.
+    controller.stop(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writes_before = api_writes(&admin).await?;
+    let started = Instant::now();
+    let mut controller = start_controller(plane, health, "2")?;
+    if let Err(e) = wait_ready(health).await {
+        let log =
+            std::fs::read_to_string(plane.dir.path().join("controller-2.log")).unwrap_or_default();
+        let alive = controller.child.try_wait();
+        let out = std::process::Command::new("ss")
+            .args(["-ltnp"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        return Err(format!(
+            "{e} (exit: {alive:?}; listening: {out}); its log ends with: {}",
+            &log[log.len().saturating_sub(2000)..]
+        )
+        .into());
+    }
+    let synced = started.elapsed();
+    tokio::time::sleep(scale.settle).await;
+    let writes = api_writes(&admin).await? - writes_before;
+    let (rss, _) = memory(controller.child.id());
+    let pid = controller.child.id();
+    report.line("restart: synced (/readyz) after", ms(synced));
+    report.line(
+        &format!(
+            "restart: API writes in the {} s after",
+            scale.settle.as_secs()
+        ),
+        format!("{writes:.0}"),
+    );
+    report.line(
+        "restart: resident memory once synced",
+        format!("{rss:.1} MiB"),
+    );
+    report.figure("restart_synced_ms", synced.as_secs_f64() * 1e3);
+    report.figure("restart_writes", writes);
+
+    // The renewal storm: the last batch, issued together with a short validity.
+    let prefix = format!("bulk{last}-");
+    let deadline = Duration::from_secs(if full { 600 } else { 90 });
+    let cpu_before = cpu_seconds(pid);
+    until(deadline, || {
+        seen.lock()
+            .is_ok_and(|s| s.renewed.keys().filter(|k| k.starts_with(&prefix)).count() == last)
+    })
+    .await?;
+    let cpu = cpu_seconds(pid) - cpu_before;
+    let seen = seen.lock().map_err(|_| "poisoned")?;
+    let epoch = std::time::SystemTime::now();
+    let now_unix = epoch.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+    let to_unix = |t: Instant| now_unix - t.elapsed().as_secs_f64();
+    let mut delays = Vec::new();
+    let mut expired = 0;
+    let mut times = Vec::new();
+    for (name, renewed) in seen.renewed.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+        let Some((_, Some(scheduled), Some(not_after))) = seen.ready.get(name) else {
+            continue;
+        };
+        let at = to_unix(*renewed);
+        times.push(at);
+        delays.push(at - *scheduled as f64);
+        if at > *not_after as f64 {
+            expired += 1;
+        }
+    }
+    delays.sort_by(f64::total_cmp);
+    times.sort_by(f64::total_cmp);
+    let q = |v: &[f64], q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+    report.line(
+        &format!("renewal storm: {last} renewed, spread over"),
+        format!(
+            "{:.1} s",
+            times.last().unwrap_or(&0.0) - times.first().unwrap_or(&0.0)
+        ),
+    );
+    report.line(
+        "renewal storm: after the scheduled time, p50 / p99",
+        format!("{:.2} s / {:.2} s", q(&delays, 0.5), q(&delays, 0.99)),
+    );
+    report.line(
+        "renewal storm: renewed after expiry (late)",
+        format!("{expired}"),
+    );
+    report.line(
+        "renewal storm: controller CPU per renewal",
+        format!("{:.3} ms", cpu * 1e3 / last as f64),
+    );
+    report.figure("storm_delay_p99_s", q(&delays, 0.99));
+    report.figure("storm_expired", expired as f64);
+    controller.stop(Duration::from_secs(10));
+
+    report.print_and_save(full)?;
+    Ok(())
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn start_controller(plane: &ControlPlane, health: u16, run: &str) -> Result<Process, Error> {
+    let log = plane.dir.path().join(format!("controller-{run}.log"));
+    let args = vec![
+        "run".to_string(),
+        "--health-addr".into(),
+        format!("127.0.0.1:{health}"),
+    ];
+    let envs = [
+        (
+            "KUBECONFIG",
+            plane
+                .dir
+                .path()
+                .join("controller.kubeconfig")
+                .display()
+                .to_string(),
+        ),
+        ("RUST_LOG", "warn".to_string()),
+    ];
+    Ok(Process::spawn(Path::new(BIN), &args, &envs, &log)?)
+}
+
+async fn wait_ready(port: u16) -> Result<(), Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await?;
+            if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err("the controller did not become ready".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn until(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<(), Error> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("not done within {timeout:?}").into());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// Records when each Kubeconfig is first Ready (with its schedule) and first Renewed.
+async fn watch(admin: Client, ns: String, seen: Arc<Mutex<Seen>>) {
+    let stream = watcher(
+        Api::<Kubeconfig>::namespaced(admin, &ns),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .applied_objects();
+    let mut stream = std::pin::pin!(stream);
+    while let Some(Ok(kc)) = stream.next().await {
+        let Some(status) = &kc.status else { continue };
+        let Some(ready) = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "True")
+        else {
+            continue;
+        };
+        let now = Instant::now();
+        let Ok(mut seen) = seen.lock() else { return };
+        let name = kc.name_any();
+        seen.ready.entry(name.clone()).or_insert((
+            now,
+            status.renewal_time.as_ref().map(|t| t.0.as_second()),
+            status.not_after.as_ref().map(|t| t.0.as_second()),
+        ));
+        if ready.reason == "Renewed" {
+            seen.renewed.entry(name).or_insert(now);
+        }
+    }
+}
+
+async fn create(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    validity: &str,
+    renew_before: Option<&str>,
+) -> Result<(), Error> {
+    let kc: Kubeconfig = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
+        "metadata": {"name": name},
+        "spec": {"authorityRef": {"name": "ca"}, "username": name, "groups": ["bench"],
+            "validity": validity, "renewBefore": renew_before, "secretRef": {"name": name}},
+    }))?;
+    Api::<Kubeconfig>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &kc)
+        .await?;
+    Ok(())
+}
+
+/// The data of a Secret like the controller's (a real kubeconfig, certificate and key).
+fn secret_like_ours(
+    plane: &ControlPlane,
+) -> Result<std::collections::BTreeMap<String, ByteString>, Error> {
+    let (cert, key) = support::TestCa::leaf_pair();
+    let kubeconfig = plane.kubeconfig_for("bench-user", &["bench"]);
+    Ok([
+        ("kubeconfig", kubeconfig.clone()),
+        ("value", kubeconfig),
+        ("tls.crt", cert),
+        ("tls.key", key),
+        ("ca.crt", plane.ca.cert_pem.clone()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect())
+}
+
+async fn write_secrets(
+    admin: &Client,
+    ns: &str,
+    prefix: &str,
+    n: usize,
+    concurrency: usize,
+    data: &std::collections::BTreeMap<String, ByteString>,
+) -> Result<(), Error> {
+    let api = Api::<Secret>::namespaced(admin.clone(), ns);
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            let secret = Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(format!("{prefix}-{i}")),
+                    labels: Some([("bench".to_string(), "baseline".to_string())].into()),
+                    ..Default::default()
+                },
+                data: Some(data.clone()),
+                ..Default::default()
+            };
+            async move { api.create(&PostParams::default(), &secret).await.map(drop) }
+        })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    Ok(())
+}
+
+/// Writes the API server has served since it started (from its own metrics).
+async fn api_writes(admin: &Client) -> Result<f64, Error> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = admin.request_text(request).await?;
+    let mut total = 0.0;
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+    {
+        let write = [
+            "\"POST\"",
+            "\"PUT\"",
+            "\"PATCH\"",
+            "\"APPLY\"",
+            "\"DELETE\"",
+            "\"DELETECOLLECTION\"",
+        ]
+        .iter()
+        .any(|v| line.contains(&format!("verb={v}")));
+        // Leases and the API server's own bookkeeping are not the controller's.
+        let own = line.contains("resource=\"leases\"");
+        if write && !own {
+            total += line
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+        }
+    }
+    Ok(total)
+}
+
+/// User plus system CPU seconds of a process.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split(' ').collect())
+        .unwrap_or_default();
+    // After the command: state is field 3, utime 14, stime 15 (1-based over the whole line).
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(14) + ticks(15)) / hz.max(1.0)
+}
+
+/// Resident and peak resident memory of a process, in MiB.
+fn memory(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+#[derive(Default)]
+struct Report {
+    lines: Vec<(String, String)>,
+    figures: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Report {
+    fn line(&mut self, what: &str, value: String) {
+        println!("{what:<58} {value}");
+        self.lines.push((what.to_string(), value));
+    }
+
+    fn figure(&mut self, key: &str, value: f64) {
+        self.figures.insert(key.to_string(), json!(value));
+    }
+
+    fn print_and_save(&self, full: bool) -> Result<(), Error> {
+        println!("\n| measurement | figure |\n|---|---|");
+        for (what, value) in &self.lines {
+            println!("| {what} | {value} |");
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join(if full {
+            "controller.json"
+        } else {
+            "controller-smoke.json"
+        });
+        let lines: Vec<_> = self
+            .lines
+            .iter()
+            .map(|(k, v)| json!({"measurement": k, "figure": v}))
+            .collect();
+        std::fs::write(
+            &file,
+            serde_json::to_string_pretty(&json!({"figures": self.figures, "table": lines}))?,
+        )?;
+        println!("\nwritten to {}", file.display());
+        Ok(())
+    }
+}
