@@ -7,7 +7,6 @@
 //! `target/bench/controller.json`.
 
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::{
