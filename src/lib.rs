@@ -3,5 +3,6 @@
 
 pub mod api;
 pub mod cli;
+pub mod metrics;
 pub mod reconcile;
 pub mod runtime;

@@ -38,7 +38,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::{
-        Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority,
+        Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority, FIELD_MANAGER,
         KUBECONFIG_ANNOTATION, Kubeconfig, KubeconfigGenerator, MANAGED_BY, MANAGED_BY_LABEL,
     },
     reconcile::{
@@ -53,10 +53,12 @@ use crate::{
 pub struct Options {
     /// The authority of Kubeconfigs that name none.
     pub default_authority: Option<AuthorityRef>,
-    /// Where to answer `/livez` and `/readyz`, if anywhere.
+    /// Where to answer `/livez`, `/readyz` and `/metrics`, if anywhere.
     pub health_addr: Option<std::net::SocketAddr>,
     /// How many Kubeconfigs are reconciled at once (0: no limit).
     pub concurrency: u16,
+    /// Lead through a Lease, so that several replicas can run.
+    pub leader_election: Option<LeaderElection>,
 }
 
 /// Enough to keep the API server busy without queueing thousands of requests in it.
@@ -119,6 +121,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         default_authority: options.default_authority.clone(),
         ca_cache: Default::default(),
         pending_csrs: Default::default(),
+        metrics: crate::metrics::Metrics::new(kubeconfigs.clone()),
     });
 
     let default = options.default_authority.clone();
@@ -223,17 +226,16 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         }
     };
 
+    let health = Arc::new(Health::default());
     if let Some(addr) = options.health_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Startup(format!("listening on {addr} for health checks: {e}")))?;
-        let ready = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        tokio::spawn(serve_health(listener, ready.clone()));
-        let context = context.clone();
-        tokio::spawn(async move {
-            context.caches_ready().await;
-            ready.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
+        tokio::spawn(serve_http(
+            listener,
+            health.clone(),
+            context.metrics.clone(),
+        ));
     }
 
     // ServiceAccounts that ask for a kubeconfig by annotation, and the Kubeconfigs made for
@@ -314,7 +316,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         .watches_stream(config_map_events, by_config_map)
         .watches_stream(namespace_events, by_namespace)
         .shutdown_on_signal()
-        .run(kubeconfig::reconcile, error_policy, context)
+        .run(kubeconfig::reconcile, error_policy, context.clone())
         .for_each(|result| async move {
             if let Err(e) = result {
                 match e {
@@ -323,9 +325,137 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
                 }
             }
         });
-    futures::future::join3(kubeconfig_controller, onboarding, generators).await;
+    let controllers = futures::future::join3(kubeconfig_controller, onboarding, generators);
+
+    let Some(election) = options.leader_election else {
+        lead(&context, &health);
+        controllers.await;
+        info!("stopped");
+        return Ok(());
+    };
+    // Several replicas: one leads (reconciles), the others are ready and idle.
+    health.set(HealthState::Follower);
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease)
+        .with_namespace(&election.namespace)
+        .with_identity(&election.identity)
+        .with_duration(LEASE_SECONDS)
+        .with_grace(LEASE_GRACE_SECONDS)
+        .with_field_manager(FIELD_MANAGER)
+        .build()
+        .await
+        .map_err(|e| Error::Startup(format!("leader election: {e}")))?;
+    let (mut leader, lease_task) = manager.watch().await;
+    info!(identity = %election.identity, lease = %format!("{}/{}", election.namespace, election.lease), "waiting to lead");
+    while !*leader.borrow_and_update() {
+        tokio::select! {
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    return Err(Error::Startup("leader election stopped".into()));
+                }
+            }
+            () = terminated() => {
+                info!("stopped before leading");
+                return Ok(());
+            }
+        }
+    }
+    info!(identity = %election.identity, "leading");
+    lead(&context, &health);
+    let mut watch = leader.clone();
+    let lost = async move {
+        while *watch.borrow_and_update() {
+            if watch.changed().await.is_err() {
+                break;
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        _ = controllers => Ok(()),
+        () = lost => Err(Error::Startup("lost the leader lease; exiting so that another replica leads".into())),
+    };
+    context.metrics.leader.set(0);
+    // Closing the channel makes the lease task release the lease.
+    drop(leader);
+    if let Ok(Err(e)) = lease_task.await {
+        warn!("releasing the lease: {e}");
+    }
     info!("stopped");
-    Ok(())
+    outcome
+}
+
+/// How long a lease is held without renewal, and how long before its end it is renewed: a
+/// replica that dies is replaced within about `LEASE_SECONDS`.
+const LEASE_SECONDS: u64 = 10;
+const LEASE_GRACE_SECONDS: u64 = 3;
+
+/// Leader election settings.
+#[derive(Debug, Clone)]
+pub struct LeaderElection {
+    pub namespace: String,
+    pub lease: String,
+    pub identity: String,
+}
+
+/// Marks this replica as leader: ready once its caches are filled.
+fn lead(context: &Arc<Context>, health: &Arc<Health>) {
+    context.metrics.leader.set(1);
+    health.set(HealthState::Syncing);
+    let (context, health) = (context.clone(), health.clone());
+    tokio::spawn(async move {
+        context.caches_ready().await;
+        health.set(HealthState::Synced);
+    });
+}
+
+/// SIGTERM or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// What `/readyz` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum HealthState {
+    Starting = 0,
+    /// Another replica leads: ready, and idle.
+    Follower = 1,
+    /// Leading, caches still filling.
+    Syncing = 2,
+    /// Leading, caches filled.
+    Synced = 3,
+}
+
+#[derive(Debug, Default)]
+pub struct Health(std::sync::atomic::AtomicU8);
+
+impl Health {
+    fn set(&self, state: HealthState) {
+        self.0
+            .store(state as u8, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn answer(&self) -> (&'static str, &'static str) {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => ("200 OK", "ok: follower, idle"),
+            3 => ("200 OK", "ok: leader, caches synced"),
+            2 => (
+                "503 Service Unavailable",
+                "leader, caches are not synced yet",
+            ),
+            _ => ("503 Service Unavailable", "starting"),
+        }
+    }
 }
 
 /// A reflector over `api`: the cache the reconciler reads, and the stream of the objects it saw
@@ -358,7 +488,8 @@ where
     (store, events)
 }
 
-fn error_policy(kc: Arc<Kubeconfig>, error: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(kc: Arc<Kubeconfig>, error: &Error, ctx: Arc<Context>) -> Action {
+    crate::metrics::Metrics::count(&ctx.metrics.failures, error.reason());
     warn!(kubeconfig = %format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any()), reason = error.reason(), "{error}");
     Action::requeue(Duration::from_secs(5))
 }
@@ -393,20 +524,22 @@ fn users_of(
         .collect()
 }
 
-/// `/livez` answers 200 while the process runs; `/readyz` answers 200 once every cache has been
-/// filled. A deliberately small HTTP/1.0 responder for the kubelet's probes.
-async fn serve_health(
+/// `/livez` answers 200 while the process runs; `/readyz` 200 once this replica leads with
+/// its caches filled, or follows (idle); `/metrics` the Prometheus metrics (OpenMetrics). A
+/// deliberately small HTTP/1.0 responder for probes and scrapes.
+async fn serve_http(
     listener: tokio::net::TcpListener,
-    ready: Arc<std::sync::atomic::AtomicBool>,
+    health: Arc<Health>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
             continue;
         };
-        let ready = ready.clone();
+        let (health, metrics) = (health.clone(), metrics.clone());
         tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
+            let mut buf = [0u8; 2048];
             let n = match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
             {
                 Ok(Ok(n)) => n,
@@ -414,14 +547,22 @@ async fn serve_health(
             };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("");
-            let (code, body) = match path {
-                "/livez" => ("200 OK", "ok"),
-                "/readyz" if ready.load(std::sync::atomic::Ordering::Relaxed) => ("200 OK", "ok"),
-                "/readyz" => ("503 Service Unavailable", "caches are not synced yet"),
-                _ => ("404 Not Found", "not found"),
+            let text = "text/plain";
+            let (code, content_type, body) = match path {
+                "/livez" => ("200 OK", text, "ok".to_string()),
+                "/readyz" => {
+                    let (code, body) = health.answer();
+                    (code, text, body.to_string())
+                }
+                "/metrics" => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    metrics.render(),
+                ),
+                _ => ("404 Not Found", text, "not found".to_string()),
             };
             let response = format!(
-                "HTTP/1.0 {code}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                "HTTP/1.0 {code}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
                 body.len()
             );
             let _ = stream.write_all(response.as_bytes()).await;

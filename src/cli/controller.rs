@@ -29,6 +29,24 @@ pub struct RunArgs {
     /// How many Kubeconfigs are reconciled at once (0: no limit).
     #[arg(long, default_value_t = runtime::DEFAULT_CONCURRENCY)]
     concurrency: u16,
+    /// Lead through a Lease so that several replicas can run (one reconciles, the others wait
+    /// ready and idle). `--leader-elect=false` for a single replica without a Lease.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// The namespace of the Lease.
+    #[arg(
+        long,
+        env = "POD_NAMESPACE",
+        default_value = "kubeconfig-authority-system"
+    )]
+    leader_election_namespace: String,
+    /// The name of the Lease.
+    #[arg(long, default_value = "kubeconfig-authority")]
+    leader_election_lease: String,
+    /// The log level and filters, as RUST_LOG takes them (for example `debug` or
+    /// `info,kubeconfig_authority=debug`). Default: RUST_LOG, else `info`.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
     /// A client-side limit on requests per second to the API server, to protect a busy one.
     /// Default: none (the API server's own flow control decides).
     #[arg(long, value_name = "QPS")]
@@ -39,6 +57,19 @@ pub struct RunArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// This replica's name in the Lease: the Pod's name, else the host's, with a random suffix.
+fn identity() -> String {
+    let base = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "kubeconfig-authority".into());
+    let mut bytes = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    format!(
+        "{base}-{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 fn parse_authority_ref(s: &str) -> Result<AuthorityRef, String> {
@@ -60,8 +91,12 @@ fn parse_authority_ref(s: &str) -> Result<AuthorityRef, String> {
 }
 
 pub fn run(args: RunArgs) -> Result<(), CliError> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,kube_client=warn,kube_runtime=warn".into());
+    let filter = match &args.log_level {
+        Some(level) => tracing_subscriber::EnvFilter::try_new(level)
+            .map_err(|e| CliError::Usage(format!("--log-level {level:?}: {e}")))?,
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,kube_client=warn,kube_runtime=warn".into()),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -94,6 +129,11 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
                 default_authority: args.default_authority,
                 health_addr: args.health_addr,
                 concurrency: args.concurrency,
+                leader_election: args.leader_elect.then(|| runtime::LeaderElection {
+                    namespace: args.leader_election_namespace.clone(),
+                    lease: args.leader_election_lease.clone(),
+                    identity: identity(),
+                }),
             },
         )
         .await

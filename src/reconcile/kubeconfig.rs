@@ -91,6 +91,7 @@ pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action>
     let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
     let span =
         tracing::info_span!("reconcile", kubeconfig = %format!("{namespace}/{}", kc.name_any()));
+    let _timer = crate::metrics::ReconcileTimer::start(&ctx.metrics);
     let has_finalizer = kc.finalizers().iter().any(|f| f == FINALIZER);
     if !has_finalizer && !needs_finalizer(&kc) {
         if kc.meta().deletion_timestamp.is_some() {
@@ -931,6 +932,7 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     if let Outcome::NotReady(problem) = &outcome {
         // Reported once per change of reason (the status patch above happened because of it).
         warn!(reason = problem.reason, "{}", problem.message);
+        crate::metrics::Metrics::count(&ctx.metrics.failures, problem.reason);
         publish(
             ctx,
             &kc,
@@ -1047,6 +1049,7 @@ async fn apply_secret(
         desired.secret_name
     );
     info!(reason = reason.as_str(), id = %held.id, "{message}");
+    crate::metrics::Metrics::count(&ctx.metrics.issued, reason.as_str());
     publish(
         ctx,
         kc,

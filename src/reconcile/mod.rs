@@ -53,6 +53,7 @@ pub struct Context {
     /// CSRs waiting for their signer, by Kubeconfig UID (the key stays in memory; after a
     /// restart a new request is made).
     pub pending_csrs: Mutex<HashMap<String, credential::PendingCsr>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Context {

@@ -9,4 +9,5 @@ mod control_plane;
 mod generator;
 mod gitops;
 mod kubeconfig;
+mod operations;
 mod security;

@@ -365,6 +365,16 @@ impl ControlPlane {
     /// Applies every object of a multi-document YAML file of the repository (server-side apply,
     /// as a user would), whatever its kind.
     pub async fn apply_manifests(&self, relative_path: &str) {
+        self.apply_file(relative_path, false).await;
+    }
+
+    /// Applies every object of a file with a server-side dry run (validation, admission and
+    /// defaulting, nothing stored); returns how many objects it held.
+    pub async fn dry_run_manifests(&self, relative_path: &str) -> usize {
+        self.apply_file(relative_path, true).await
+    }
+
+    async fn apply_file(&self, relative_path: &str, dry_run: bool) -> usize {
         use kube::{
             api::{DynamicObject, GroupVersionKind},
             discovery::{Scope, pinned_kind},
@@ -373,9 +383,12 @@ impl ControlPlane {
         let text = std::fs::read_to_string(Path::new(REPO).join(relative_path))
             .unwrap_or_else(|e| panic!("read {relative_path}: {e}"));
         let client = self.admin().await;
-        let params = kube::api::PatchParams::apply("kubeconfig-authority-tests").force();
+        let mut params = kube::api::PatchParams::apply("kubeconfig-authority-tests").force();
+        params.dry_run = dry_run;
+        let mut count = 0;
         for document in serde_yaml::Deserializer::from_str(&text) {
             let object = DynamicObject::deserialize(document).expect("a Kubernetes object");
+            count += 1;
             let types = object.types.clone().expect("apiVersion and kind");
             let gvk = GroupVersionKind::try_from(&types).expect("a valid apiVersion");
             let (resource, capabilities) = pinned_kind(&client, &gvk)
@@ -394,6 +407,7 @@ impl ControlPlane {
                     panic!("apply {} {name} from {relative_path}: {e}", types.kind)
                 });
         }
+        count
     }
 
     /// Waits until the escalation guard refuses a request it must refuse (admission policies
@@ -474,6 +488,7 @@ impl ControlPlane {
             "config/rbac/service_account.yaml",
             "config/rbac/cluster_role.yaml",
             "config/rbac/cluster_role_binding.yaml",
+            "config/rbac/leader_election.yaml",
         ] {
             self.apply_manifests(file).await;
         }

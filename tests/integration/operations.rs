@@ -1,0 +1,261 @@
+//! Operations against the real control plane: two replicas with leader election (a control
+//! plane of their own, so that the shared controller is not disturbed), health and metrics, and
+//! every manifest in `config/` applied with a server-side dry run.
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+};
+use kubeconfig_authority::api::{Authority, Kubeconfig};
+use serde_json::json;
+
+use crate::{
+    kubeconfig::{BIN, eventually, plane, wait_ready},
+    support::{ControlPlane, Process, free_port},
+};
+
+/// `GET path` on a controller's HTTP port: (status line, body).
+async fn get(port: u16, path: &str) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
+fn replica(plane: &ControlPlane, name: &str, port: u16) -> Process {
+    let args = vec![
+        "run".to_string(),
+        "--health-addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    let envs = [
+        (
+            "KUBECONFIG",
+            plane
+                .dir
+                .path()
+                .join("controller.kubeconfig")
+                .display()
+                .to_string(),
+        ),
+        ("POD_NAME", name.to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ];
+    Process::spawn(
+        Path::new(BIN),
+        &args,
+        &envs,
+        &plane.dir.path().join(format!("{name}.log")),
+    )
+    .expect("start a replica")
+}
+
+async fn role(port: u16) -> String {
+    match get(port, "/readyz").await {
+        Some((status, body)) if status.contains("200") => body,
+        other => format!("{other:?}"),
+    }
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn a_second_replica_takes_over_within_fifteen_seconds_without_double_issuance() {
+    let plane = std::thread::spawn(ControlPlane::start)
+        .join()
+        .unwrap()
+        .unwrap();
+    plane.install_crds().await;
+    plane.install_controller_rbac().await;
+    let admin = plane.admin().await;
+    let ns = plane.namespace("ha").await;
+    let ca: Secret = serde_json::from_value(json!({"metadata": {"name": "ca"},
+        "stringData": {"ca.crt": plane.ca.cert_pem, "ca.key": plane.ca.key_pem}}))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &ca)
+        .await
+        .unwrap();
+    let authority: Authority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority", "metadata": {"name": "ca"},
+        "spec": {"server": plane.server, "signer": {"caSecretRef": {"name": "ca"}}}}))
+    .unwrap();
+    Api::<Authority>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &authority)
+        .await
+        .unwrap();
+    let create = |name: &'static str| {
+        let (admin, ns) = (admin.clone(), ns.clone());
+        async move {
+            let kc: Kubeconfig = serde_json::from_value(json!({
+                "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig", "metadata": {"name": name},
+                "spec": {"authorityRef": {"name": "ca"}, "username": name, "validity": "1h", "secretRef": {"name": name}}}))
+            .unwrap();
+            Api::<Kubeconfig>::namespaced(admin, &ns)
+                .create(&PostParams::default(), &kc)
+                .await
+                .unwrap();
+        }
+    };
+
+    let (port_a, port_b) = (free_port().unwrap(), free_port().unwrap());
+    let mut a = replica(&plane, "replica-a", port_a);
+    eventually(Duration::from_secs(20), "replica a leads", || async {
+        let r = role(port_a).await;
+        if r.contains("leader") { Ok(()) } else { Err(r) }
+    })
+    .await;
+    let mut b = replica(&plane, "replica-b", port_b);
+    eventually(Duration::from_secs(20), "replica b follows", || async {
+        let r = role(port_b).await;
+        if r.contains("follower") {
+            Ok(())
+        } else {
+            Err(r)
+        }
+    })
+    .await;
+
+    create("before").await;
+    let before = wait_ready(&admin, &ns, "before").await;
+    let serial = before.status.as_ref().unwrap().serial_number.clone();
+    let secret_version = Api::<Secret>::namespaced(admin.clone(), &ns)
+        .get("before")
+        .await
+        .unwrap()
+        .resource_version();
+    let (_, metrics) = get(port_a, "/metrics").await.unwrap();
+    assert_eq!(metric(&metrics, "kubeconfig_authority_leader "), Some(1.0));
+    assert!(
+        metrics.contains(&format!(
+            "kubeconfig_authority_expiry_seconds{{namespace=\"{ns}\",name=\"before\"}}"
+        )),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "kubeconfig_authority_issued_total{reason=\"Issued\"}"
+        ),
+        Some(1.0)
+    );
+
+    // The leader dies without a word (no lease release); meanwhile a Kubeconfig arrives.
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    let killed = Instant::now();
+    create("during").await;
+    eventually(Duration::from_secs(20), "replica b leads", || async {
+        let r = role(port_b).await;
+        if r.contains("leader") { Ok(()) } else { Err(r) }
+    })
+    .await;
+    let takeover = killed.elapsed();
+    println!("replica b led {takeover:?} after replica a was killed");
+    assert!(takeover < Duration::from_secs(15), "{takeover:?}");
+
+    // Nothing lost, nothing issued twice.
+    wait_ready(&admin, &ns, "during").await;
+    let after = wait_ready(&admin, &ns, "before").await;
+    assert_eq!(after.status.unwrap().serial_number, serial, "not reissued");
+    let version = Api::<Secret>::namespaced(admin.clone(), &ns)
+        .get("before")
+        .await
+        .unwrap()
+        .resource_version();
+    assert_eq!(version, secret_version, "its Secret was not written again");
+    let (_, metrics) = get(port_b, "/metrics").await.unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "kubeconfig_authority_issued_total{reason=\"Issued\"}"
+        ),
+        Some(1.0),
+        "replica b issued only the new one"
+    );
+
+    // SIGTERM: in-flight work finishes and the lease is released.
+    b.stop(Duration::from_secs(10));
+    let lease = Api::<Lease>::namespaced(admin.clone(), "kubeconfig-authority-system")
+        .get("kubeconfig-authority")
+        .await
+        .unwrap();
+    assert!(
+        lease
+            .spec
+            .and_then(|s| s.holder_identity)
+            .unwrap_or_default()
+            .is_empty(),
+        "the lease is free after a graceful stop"
+    );
+}
+
+/// Every manifest in `config/`, applied with a server-side dry run against the real API server:
+/// CRDs, RBAC, the Deployment, the admission policies, samples, the Helm chart's output
+/// excepted (its own test renders it).
+#[tokio::test]
+async fn every_manifest_in_config_passes_a_server_side_dry_run() {
+    let plane = plane();
+    // The samples live in team-a.
+    let team_a: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "team-a"}})).unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(plane.admin().await)
+        .patch(
+            "team-a",
+            &PatchParams::apply("tests"),
+            &Patch::Apply(&team_a),
+        )
+        .await
+        .unwrap();
+    let mut applied = 0;
+    for entry in walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config")) {
+        let name = entry.file_name().unwrap().to_string_lossy().to_string();
+        let relative = entry
+            .strip_prefix(env!("CARGO_MANIFEST_DIR"))
+            .unwrap()
+            .display()
+            .to_string();
+        if !name.ends_with(".yaml")
+            || name == "kustomization.yaml"
+            || relative.contains("/helm/")
+            || relative.contains("/alerts/")
+        {
+            continue;
+        }
+        applied += plane.dry_run_manifests(&relative).await;
+    }
+    assert!(applied >= 15, "only {applied} objects");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
