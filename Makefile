@@ -5,7 +5,7 @@
 CARGO ?= cargo
 KEEP ?= 0
 
-.PHONY: all test lint unit integration controlplane demo bench crds clean-controlplane
+.PHONY: all test lint unit integration controlplane demo bench crds manifests clean-controlplane
 
 all: test
 
@@ -26,9 +26,18 @@ demo: controlplane
 	$(CARGO) build --quiet --bin kubeconfig-authority
 	KEEP=$(KEEP) $(CARGO) run --quiet --example demo
 
-## bench: issuance benchmarks (criterion); figures in target/criterion
+## bench: the controller against the local control plane (figures in target/bench), then
+## issuance micro-benchmarks (criterion; figures in target/criterion)
 bench:
+	$(CARGO) bench --bench controller
 	$(CARGO) bench -p kubeconfig-authority-pki --bench issue
+
+## manifests: regenerate crds/ and config/admission/, and the Helm chart's copies
+manifests:
+	$(CARGO) run -q -- crd > crds/kubeconfig-authority.yaml
+	$(CARGO) run -q -- admission > config/admission/policies.yaml
+	cp crds/kubeconfig-authority.yaml config/helm/kubeconfig-authority/crds/
+	cp config/rbac/cluster_role.yaml config/rbac/team_roles.yaml config/admission/policies.yaml config/helm/kubeconfig-authority/files/
 
 clean-controlplane:
 	rm -rf "$${KUBECONFIG_AUTHORITY_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/kubeconfig-authority}/controlplane"

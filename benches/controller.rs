@@ -504,9 +504,20 @@ async fn api_writes(admin: &Client) -> Result<f64, Error> {
         ]
         .iter()
         .any(|v| line.contains(&format!("verb={v}")));
-        // Leases and the API server's own bookkeeping are not the controller's.
-        let own = line.contains("resource=\"leases\"");
-        if write && !own {
+        // Only what the controller and the bench write (not the API server's bookkeeping).
+        let ours = [
+            "secrets",
+            "kubeconfigs",
+            "events",
+            "rolebindings",
+            "clusterrolebindings",
+            "roles",
+            "certificatesigningrequests",
+            "authorities",
+        ]
+        .iter()
+        .any(|r| line.contains(&format!("resource=\"{r}\"")));
+        if write && ours {
             total += line
                 .rsplit(' ')
                 .next()

@@ -91,12 +91,9 @@ impl Metrics {
             "Problems reported in a condition, and failed API calls (APIError), by reason",
             failures.clone(),
         );
-        let reconcile_duration = Histogram::new(
-            [
-                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]
-            .into_iter(),
-        );
+        let reconcile_duration = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
         registry.register(
             "reconcile_duration_seconds",
             "Time taken by Kubeconfig reconciles",

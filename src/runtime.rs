@@ -69,7 +69,12 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     let all = watcher::Config::default;
 
-    let (secrets, secret_events) = reflect(Api::<Secret>::all(client.clone()), managed.clone());
+    // The cache keeps a summary of each managed Secret's data, not the data.
+    let (secrets, secret_events) = reflect_with(
+        Api::<Secret>::all(client.clone()),
+        managed.clone(),
+        kubeconfig::summarize,
+    );
     let (crbs, crb_events) = reflect(
         Api::<ClusterRoleBinding>::all(client.clone()),
         managed.clone(),
@@ -96,12 +101,16 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     )
     .default_backoff()
     .touched_objects();
-    let (secret_metadata, secret_meta_events) =
-        reflect(Api::<PartialObjectMeta<Secret>>::all(client.clone()), all());
+    // Every other Secret (a CA, a CA bundle, a kubeconfig an authority reads), metadata only.
+    let unmanaged = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}"));
+    let (secret_metadata, secret_meta_events) = reflect(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        unmanaged,
+    );
 
-    let controller = Controller::new(Api::<Kubeconfig>::all(client.clone()), all())
+    let (kubeconfigs, kubeconfig_events) = reflect(Api::<Kubeconfig>::all(client.clone()), all());
+    let controller = Controller::for_stream(kubeconfig_events, kubeconfigs.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
-    let kubeconfigs = controller.store();
     let reporter = Reporter {
         controller: "kubeconfig-authority".into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -477,11 +486,36 @@ where
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    reflect_with(api, config, |_| {})
+}
+
+/// [`reflect`], with `shrink` applied to each object before it is cached.
+fn reflect_with<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut shrink: impl FnMut(&mut K) + Send + 'static,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let (store, writer) = reflector::store();
     // managedFields are never read and are often the larger part of an object's metadata.
     let events = reflector::reflector(
         writer,
-        watcher(api, config).modify(|o| o.meta_mut().managed_fields = None),
+        watcher(api, config).modify(move |o| {
+            o.meta_mut().managed_fields = None;
+            shrink(o);
+        }),
     )
     .default_backoff()
     .touched_objects();

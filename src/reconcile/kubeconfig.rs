@@ -356,11 +356,15 @@ pub fn plan_secret(
             "the spec, the authority or its CA changed".into(),
         );
     }
-    let data = secret.data.clone().unwrap_or_default();
-    if annotations.get(DATA_ANNOTATION) != Some(&data_digest(&data)) {
+    // A cached Secret carries a summary of its data instead of the data (see [`summarize`]).
+    let (digest, held) = match &secret.data {
+        Some(data) => (data_digest(data), held_in(desired, data)),
+        None => summary_of(secret, desired),
+    };
+    if annotations.get(DATA_ANNOTATION) != Some(&digest) {
         return SecretPlan::Write(WriteReason::Repair, "the Secret's data was edited".into());
     }
-    let Some(held) = held_in(desired, &data) else {
+    let Some(held) = held else {
         return SecretPlan::Write(
             WriteReason::Repair,
             "the Secret holds no readable kubeconfig".into(),
@@ -378,19 +382,87 @@ pub fn plan_secret(
 
 /// The credential in a Secret's kubeconfig, if it is readable and of the desired kind.
 fn held_in(desired: &Desired, data: &BTreeMap<String, ByteString>) -> Option<Held> {
-    let key = desired
+    let held = held_under(data.get(first_key(desired))?)?;
+    (held.is_token == matches!(desired.credential, Credential::Token { .. })).then_some(held)
+}
+
+fn first_key(desired: &Desired) -> &str {
+    desired
         .kubeconfig_keys
         .first()
         .map(String::as_str)
-        .unwrap_or("kubeconfig");
-    let parsed = kc_file::parse(std::str::from_utf8(&data.get(key)?.0).ok()?).ok()?;
-    match desired.credential {
-        Credential::Certificate { .. } => {
-            let der = parse_certificates(&parsed.client_certificate_pem?).ok()?;
+        .unwrap_or("kubeconfig")
+}
+
+/// The credential of the kubeconfig in one value of a Secret.
+fn held_under(value: &ByteString) -> Option<Held> {
+    let parsed = kc_file::parse(std::str::from_utf8(&value.0).ok()?).ok()?;
+    match (parsed.client_certificate_pem, parsed.token) {
+        (Some(pem), _) => {
+            let der = parse_certificates(&pem).ok()?;
             Some(Held::from(inspect_certificate(der.first()?).ok()?))
         }
-        Credential::Token { .. } => credential::token_held(&parsed.token?),
+        (None, Some(token)) => credential::token_held(&token),
+        (None, None) => None,
     }
+}
+
+/// On a cached Secret: the digest of its data and the credential under each key, in place of
+/// the data (which the cache does not keep: at ten thousand Secrets it would be most of the
+/// controller's memory).
+const OBSERVED_ANNOTATION: &str = "kubeconfig-authority.dev/observed";
+
+/// Replaces a Secret's data with [`OBSERVED_ANNOTATION`]; what the managed-Secret cache keeps.
+pub fn summarize(secret: &mut Secret) {
+    let Some(data) = secret.data.take() else {
+        return;
+    };
+    let mut held = serde_json::Map::new();
+    for (key, value) in &data {
+        if let Some(h) = held_under(value) {
+            held.insert(
+                key.clone(),
+                json!([
+                    h.id,
+                    h.not_before.unix_timestamp(),
+                    h.not_after.unix_timestamp(),
+                    h.is_token
+                ]),
+            );
+        }
+    }
+    let summary = json!({"digest": data_digest(&data), "held": held});
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(OBSERVED_ANNOTATION.into(), summary.to_string());
+}
+
+/// The digest and credential a summarized Secret recorded.
+fn summary_of(secret: &Secret, desired: &Desired) -> (String, Option<Held>) {
+    let summary: serde_json::Value = secret
+        .annotations()
+        .get(OBSERVED_ANNOTATION)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
+    let digest = summary["digest"].as_str().unwrap_or_default().to_string();
+    let entry = &summary["held"][first_key(desired)];
+    let time = |i: usize| {
+        entry[i]
+            .as_i64()
+            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
+    };
+    let held = (|| {
+        let held = Held {
+            id: entry[0].as_str()?.to_string(),
+            not_before: time(1)?,
+            not_after: time(2)?,
+            is_token: entry[3].as_bool()?,
+        };
+        (held.is_token == matches!(desired.credential, Credential::Token { .. })).then_some(held)
+    })();
+    (digest, held)
 }
 
 /// The Secret holding a freshly issued credential. Pure.
@@ -899,8 +971,20 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
             },
         },
     };
-    // Copies follow a Secret that holds a valid credential.
-    let primary = data.filter(|_| matches!(outcome, Outcome::Ready { .. }));
+    // Copies follow a Secret that holds a valid credential (read live when the cache, which
+    // keeps no data, answered).
+    let ready = matches!(outcome, Outcome::Ready { .. });
+    let primary = match data {
+        Some(data) if ready => Some(data),
+        None if ready && kc.spec.distribution.is_some() => {
+            Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+                .get_opt(&kc.spec.secret_ref.name)
+                .await
+                .map_err(Error::kube("reading the Secret"))?
+                .and_then(|s| s.data)
+        }
+        _ => None,
+    };
     let distributed = distribution::apply(&kc, &uid, primary.as_ref(), ctx).await?;
     let outcome = match (outcome, rbac_problem) {
         (Outcome::Ready { .. }, Some(problem)) => Outcome::NotReady(problem),
@@ -908,13 +992,26 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     };
     let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
     let mut new_status = status(&kc, &outcome, distributed.as_ref(), now);
+    // A first credential just written to an object with no status yet: nothing live can
+    // already say so, and the status is written without reading the object first.
+    let first_issue = kc.status.is_none()
+        && matches!(
+            outcome,
+            Outcome::Ready {
+                written: Some(_),
+                ..
+            }
+        );
     if kc.status.as_ref() != Some(&new_status) {
         // The cached object may lag behind our last status write: compare with the live one.
-        if let Some(live) = api
-            .get_opt(&name)
-            .await
-            .map_err(Error::kube("reading the Kubeconfig"))?
-        {
+        let live = if first_issue {
+            None
+        } else {
+            api.get_opt(&name)
+                .await
+                .map_err(Error::kube("reading the Kubeconfig"))?
+        };
+        if let Some(live) = live {
             new_status = status(&live, &outcome, distributed.as_ref(), now);
             if live.status.as_ref() == Some(&new_status) {
                 return Ok(requeue_for(&outcome));
@@ -1444,6 +1541,19 @@ mod tests {
             renew_at > now + Duration::from_secs(15 * 3600)
                 && renew_at <= now + Duration::from_secs(16 * 3600 + 300)
         );
+
+        // The cache keeps a summary in place of the data: the same plan.
+        let mut summarized = secret.clone();
+        summarize(&mut summarized);
+        assert!(summarized.data.is_none());
+        assert!(matches!(
+            plan_secret(&desired, UID, Some(&summarized), now),
+            SecretPlan::Keep { .. }
+        ));
+        assert!(matches!(
+            plan_secret(&desired, UID, Some(&summarized), renew_at),
+            SecretPlan::Write(WriteReason::Renew, _)
+        ));
 
         // Due: renew.
         assert!(matches!(

@@ -259,3 +259,89 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Runs a tool; panics with its output when it fails.
+fn run_tool(tool: &str, args: &[&str], dir: &Path) -> String {
+    let out = std::process::Command::new(crate::support::tools().join(tool))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{tool} {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_their_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/alerts");
+    let checked = run_tool(
+        "promtool",
+        &["check", "rules", "kubeconfig-authority.rules.yaml"],
+        &dir,
+    );
+    assert!(checked.contains("SUCCESS: 4 rules found"), "{checked}");
+    let tested = run_tool(
+        "promtool",
+        &["test", "rules", "kubeconfig-authority.test.yaml"],
+        &dir,
+    );
+    assert!(tested.contains("SUCCESS"), "{tested}");
+}
+
+#[tokio::test]
+async fn the_helm_chart_renders_and_passes_a_server_side_dry_run() {
+    let plane = plane();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    run_tool("helm", &["lint", "config/helm/kubeconfig-authority"], root);
+    let rendered = run_tool(
+        "helm",
+        &[
+            "template",
+            "kca",
+            "config/helm/kubeconfig-authority",
+            "--namespace",
+            "kubeconfig-authority-system",
+            "--include-crds",
+            "--set",
+            "defaultAuthority=ClusterAuthority/default-ca",
+            "--set",
+            "replicas=3",
+            "--set",
+            "logFormat=text",
+            "--set",
+            "resources.limits.memory=128Mi",
+            "--set",
+            "extraBindableRoles={admin}",
+        ],
+        root,
+    );
+    let applied = plane.apply_text(&rendered, "helm template", true).await;
+    assert!(applied >= 18, "{applied} objects");
+    // The values reach the Deployment.
+    let deployment = serde_yaml::Deserializer::from_str(&rendered)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .find(|v: &serde_yaml::Value| v["kind"] == "Deployment")
+        .expect("a Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(
+        args.contains(&"--default-authority=ClusterAuthority/default-ca"),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--log-format=text"), "{args:?}");
+    assert_eq!(container["resources"]["limits"]["memory"], "128Mi");
+    assert!(
+        rendered.contains("system:serviceaccount:kubeconfig-authority-system:kubeconfig-authority")
+    );
+}

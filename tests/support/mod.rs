@@ -375,19 +375,30 @@ impl ControlPlane {
     }
 
     async fn apply_file(&self, relative_path: &str, dry_run: bool) -> usize {
+        let text = std::fs::read_to_string(Path::new(REPO).join(relative_path))
+            .unwrap_or_else(|e| panic!("read {relative_path}: {e}"));
+        self.apply_text(&text, relative_path, dry_run).await
+    }
+
+    /// Applies (or dry-runs) every object of a multi-document YAML text; `origin` names it in
+    /// failures. Returns how many objects it held.
+    pub async fn apply_text(&self, text: &str, origin: &str, dry_run: bool) -> usize {
+        let relative_path = origin;
         use kube::{
             api::{DynamicObject, GroupVersionKind},
             discovery::{Scope, pinned_kind},
         };
         use serde::Deserialize;
-        let text = std::fs::read_to_string(Path::new(REPO).join(relative_path))
-            .unwrap_or_else(|e| panic!("read {relative_path}: {e}"));
         let client = self.admin().await;
         let mut params = kube::api::PatchParams::apply("kubeconfig-authority-tests").force();
         params.dry_run = dry_run;
         let mut count = 0;
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let object = DynamicObject::deserialize(document).expect("a Kubernetes object");
+        for document in serde_yaml::Deserializer::from_str(text) {
+            let value = serde_yaml::Value::deserialize(document).expect("YAML");
+            if value.is_null() {
+                continue; // an empty document (helm writes some)
+            }
+            let object: DynamicObject = serde_yaml::from_value(value).expect("a Kubernetes object");
             count += 1;
             let types = object.types.clone().expect("apiVersion and kind");
             let gvk = GroupVersionKind::try_from(&types).expect("a valid apiVersion");
@@ -837,6 +848,22 @@ fn detached_mode() -> bool {
 }
 
 /// The folder holding etcd, kube-apiserver and kube-controller-manager.
+/// The folder holding helm and promtool, built once from their Go modules by
+/// `tests/tools/build.sh` and cached like the control plane.
+pub fn tools() -> PathBuf {
+    static TOOLS: OnceLock<PathBuf> = OnceLock::new();
+    TOOLS
+        .get_or_init(|| {
+            let out = Command::new(Path::new(REPO).join("tests/tools/build.sh"))
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run tests/tools/build.sh");
+            assert!(out.status.success(), "tests/tools/build.sh failed");
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        })
+        .clone()
+}
+
 fn binaries() -> Result<PathBuf, String> {
     if let Ok(assets) = std::env::var("KUBEBUILDER_ASSETS") {
         return Ok(PathBuf::from(assets));
