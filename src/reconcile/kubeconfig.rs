@@ -1305,71 +1305,85 @@ where
     }
 }
 
-/// Runs before the object goes: every binding carrying its UID, then its Secret (if it is
-/// ours). Lists come from the API server, not the caches, so nothing is missed.
+/// Deletes every object of a kind that carries the selector's label (from a list of the API
+/// server, not a cache, so that nothing is missed), but those in a namespace `keep` names.
+async fn delete_labelled<K>(
+    client: &kube::Client,
+    selector: &ListParams,
+    api_for: impl Fn(Option<String>) -> Api<K>,
+    keep: impl Fn(&str) -> bool,
+) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let plural = K::plural(&K::DynamicType::default()).into_owned();
+    let listed = Api::<kube::core::PartialObjectMeta<K>>::all_with(
+        client.clone(),
+        &K::DynamicType::default(),
+    )
+    .list(selector)
+    .await
+    .map_err(Error::kube(format!("listing {plural}")))?;
+    for object in listed {
+        let namespace = object.namespace();
+        if namespace.as_deref().is_some_and(&keep) {
+            continue;
+        }
+        delete_ignoring_absent(api_for(namespace), &object.name_any()).await?;
+    }
+    Ok(())
+}
+
+/// Runs before the object goes: every binding, Role, CSR and copy carrying its UID, then its
+/// Secret (if it is ours).
 async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let uid = kc.uid().ok_or(Error::MissingMetadata("uid"))?;
     let selector = ListParams::default().labels(&format!("{KUBECONFIG_UID_LABEL}={uid}"));
-    let cluster = Api::<ClusterRoleBinding>::all(ctx.client.clone());
-    for b in cluster
-        .list_metadata(&selector)
-        .await
-        .map_err(Error::kube("listing ClusterRoleBindings"))?
-    {
-        delete_ignoring_absent(cluster.clone(), &b.name_any()).await?;
-    }
-    for b in Api::<RoleBinding>::all(ctx.client.clone())
-        .list_metadata(&selector)
-        .await
-        .map_err(Error::kube("listing RoleBindings"))?
-    {
-        let ns = b.namespace().unwrap_or_default();
-        delete_ignoring_absent(
-            Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns),
-            &b.name_any(),
-        )
-        .await?;
-    }
-    for r in Api::<Role>::all(ctx.client.clone())
-        .list_metadata(&selector)
-        .await
-        .map_err(Error::kube("listing Roles"))?
-    {
-        let ns = r.namespace().unwrap_or_default();
-        delete_ignoring_absent(
-            Api::<Role>::namespaced(ctx.client.clone(), &ns),
-            &r.name_any(),
-        )
-        .await?;
-    }
+    let client = &ctx.client;
+    let none = |_: &str| false;
+    let within = |ns: Option<String>| ns.unwrap_or_default();
+    delete_labelled(
+        client,
+        &selector,
+        |_| Api::<ClusterRoleBinding>::all(client.clone()),
+        none,
+    )
+    .await?;
+    delete_labelled(
+        client,
+        &selector,
+        |ns| Api::<RoleBinding>::namespaced(client.clone(), &within(ns)),
+        none,
+    )
+    .await?;
+    delete_labelled(
+        client,
+        &selector,
+        |ns| Api::<Role>::namespaced(client.clone(), &within(ns)),
+        none,
+    )
+    .await?;
     // CSRs still waiting (a signed one is deleted when its certificate is taken).
     if let Ok(mut pending) = ctx.pending_csrs.lock() {
         pending.remove(&uid);
     }
-    let csrs = Api::<CertificateSigningRequest>::all(ctx.client.clone());
-    for csr in csrs
-        .list_metadata(&selector)
-        .await
-        .map_err(Error::kube("listing CertificateSigningRequests"))?
-    {
-        delete_ignoring_absent(csrs.clone(), &csr.name_any()).await?;
-    }
-    // Copies in other namespaces (spec.distribution).
-    for copy in Api::<Secret>::all(ctx.client.clone())
-        .list_metadata(&selector)
-        .await
-        .map_err(Error::kube("listing Secrets"))?
-    {
-        let ns = copy.namespace().unwrap_or_default();
-        if ns != namespace {
-            delete_ignoring_absent(
-                Api::<Secret>::namespaced(ctx.client.clone(), &ns),
-                &copy.name_any(),
-            )
-            .await?;
-        }
-    }
+    delete_labelled(
+        client,
+        &selector,
+        |_| Api::<CertificateSigningRequest>::all(client.clone()),
+        none,
+    )
+    .await?;
+    // Copies in other namespaces (spec.distribution); the Secret itself is checked below.
+    delete_labelled(
+        client,
+        &selector,
+        |ns| Api::<Secret>::namespaced(client.clone(), &within(ns)),
+        |ns| ns == namespace,
+    )
+    .await?;
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
     let secret_name = &kc.spec.secret_ref.name;
     let secret = secrets
