@@ -334,15 +334,7 @@ pub async fn reconcile(generator: Arc<KubeconfigGenerator>, ctx: Arc<Context>) -
     })
     .instrument(span)
     .await;
-    use kube::runtime::finalizer::Error as FinalizerError;
-    match result {
-        Ok(action) => Ok(action),
-        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => Err(e),
-        Err(FinalizerError::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => {
-            Ok(Action::await_change())
-        }
-        Err(other) => Err(Error::Finalizer(other.to_string())),
-    }
+    super::finalizer_outcome(result)
 }
 
 /// Deletes the Kubeconfigs and Authorities the generator owns, except those in `keep`.
@@ -589,14 +581,7 @@ fn condition(
                 .find(|c| c.type_ == "Ready" && c.status == status)
         })
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| {
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::from_second(
-                    OffsetDateTime::now_utc().unix_timestamp(),
-                )
-                .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-            )
-        });
+        .unwrap_or_else(|| super::to_time(OffsetDateTime::now_utc()));
     Condition {
         type_: "Ready".into(),
         status: status.into(),

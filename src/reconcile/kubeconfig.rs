@@ -15,7 +15,7 @@ use k8s_openapi::{
         core::v1::Secret,
         rbac::v1::{ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject},
     },
-    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time},
+    apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference},
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -41,7 +41,7 @@ use super::{
     authority::{self, Problem, Resolved, ResolvedSigner},
     credential::{self, Held, Issued, IssuedCredential},
     distribution::{self, Distributed},
-    policy,
+    policy, to_time,
 };
 use crate::api::{
     Authorization, DATA_ANNOTATION, FIELD_MANAGER, FINALIZER, INPUTS_ANNOTATION,
@@ -127,17 +127,7 @@ pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action>
     })
     .instrument(span)
     .await;
-    use kube::runtime::finalizer::Error as FinalizerError;
-    match result {
-        Ok(action) => Ok(action),
-        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => Err(e),
-        // Removed already by an earlier reconcile of the same deletion (the cache lagged): the
-        // object is gone, nothing is left to do.
-        Err(FinalizerError::RemoveFinalizer(kube::Error::Api(status))) if status.code == 404 => {
-            Ok(Action::await_change())
-        }
-        Err(other) => Err(Error::Finalizer(other.to_string())),
-    }
+    super::finalizer_outcome(result)
 }
 
 /// The credential a Kubeconfig asks for.
@@ -925,13 +915,6 @@ pub fn status(
 
 /// The condition type about `spec.distribution`.
 pub const DISTRIBUTED: &str = "Distributed";
-
-fn to_time(t: OffsetDateTime) -> Time {
-    Time(
-        k8s_openapi::jiff::Timestamp::from_second(t.unix_timestamp())
-            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    )
-}
 
 async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;

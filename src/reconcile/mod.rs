@@ -20,6 +20,7 @@ use k8s_openapi::api::{
 use kube::{
     Client,
     core::PartialObjectMeta,
+    runtime::controller::Action,
     runtime::{events::Recorder, reflector::Store},
 };
 use kubeconfig_authority_pki::CertificateAuthority;
@@ -90,6 +91,31 @@ where
             Err(_) => continue,
         }
     }
+}
+
+/// The outcome of kube-runtime's finalizer helper as a reconcile result. A finalizer that was
+/// removed already by an earlier reconcile of the same deletion (the cache lagged) means the
+/// object is gone and nothing is left to do.
+pub fn finalizer_outcome(
+    result: std::result::Result<Action, kube::runtime::finalizer::Error<Error>>,
+) -> Result<Action> {
+    use kube::runtime::finalizer::Error as FinalizerError;
+    match result {
+        Ok(action) => Ok(action),
+        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => Err(e),
+        Err(FinalizerError::RemoveFinalizer(kube::Error::Api(status))) if status.code == 404 => {
+            Ok(Action::await_change())
+        }
+        Err(other) => Err(Error::Finalizer(other.to_string())),
+    }
+}
+
+/// A Kubernetes timestamp (seconds) from a `time` one.
+pub fn to_time(t: time::OffsetDateTime) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(t.unix_timestamp())
+            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
+    )
 }
 
 /// Errors that stop a reconcile and are retried with backoff: the API server failed or refused
