@@ -32,7 +32,7 @@ use kubeconfig_authority_pki::{
     kubeconfig::{self as kc_file, Credential as FileCredential, KubeconfigSpec as FileSpec},
     parse_certificates, parse_duration, renewal_time,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{Instrument, info, warn};
 
@@ -408,17 +408,30 @@ pub fn summarize(secret: &mut Secret) {
         return;
     };
     let mut held = serde_json::Map::new();
+    // The same kubeconfig usually sits under several keys (kubeconfig, value): parsed once.
+    // PEM values (tls.crt, tls.key, ca.crt) are no kubeconfig and are not parsed at all.
+    let mut parsed: Vec<(&ByteString, Value)> = Vec::new();
     for (key, value) in &data {
-        if let Some(h) = held_under(value) {
-            held.insert(
-                key.clone(),
-                json!([
-                    h.id,
-                    h.not_before.unix_timestamp(),
-                    h.not_after.unix_timestamp(),
-                    h.is_token
-                ]),
-            );
+        if value.0.starts_with(b"-----") {
+            continue;
+        }
+        let entry = match parsed.iter().find(|(v, _)| *v == value) {
+            Some((_, entry)) => entry.clone(),
+            None => {
+                let entry = held_under(value).map_or(Value::Null, |h| {
+                    json!([
+                        h.id,
+                        h.not_before.unix_timestamp(),
+                        h.not_after.unix_timestamp(),
+                        h.is_token
+                    ])
+                });
+                parsed.push((value, entry.clone()));
+                entry
+            }
+        };
+        if !entry.is_null() {
+            held.insert(key.clone(), entry);
         }
     }
     let summary = json!({"digest": data_digest(&data), "held": held});
