@@ -175,17 +175,31 @@ async fn token(
 ) -> Result<Result<Issued, Problem>> {
     let namespace = kc.namespace().unwrap_or_default();
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
-    let shell = secrets
-        .patch(
-            &desired.secret_name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&secret_shell(kc, uid, &desired.secret_name)),
-        )
+    // The token is bound to the Secret's UID: an existing Secret (ours: the plan checked) keeps
+    // its data while the new token is made; a missing one is created empty first. (Applying
+    // the empty shell over an existing Secret would drop its data for a moment.)
+    let existing = secrets
+        .get_metadata_opt(&desired.secret_name)
         .await
         .map_err(Error::kube(format!(
-            "writing Secret {}",
+            "reading Secret {}",
             desired.secret_name
         )))?;
+    let secret_uid = match existing {
+        Some(meta) => meta.uid(),
+        None => secrets
+            .patch(
+                &desired.secret_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret_shell(kc, uid, &desired.secret_name)),
+            )
+            .await
+            .map_err(Error::kube(format!(
+                "writing Secret {}",
+                desired.secret_name
+            )))?
+            .uid(),
+    };
     let request = TokenRequest {
         metadata: ObjectMeta::default(),
         spec: TokenRequestSpec {
@@ -195,7 +209,7 @@ async fn token(
                 api_version: Some("v1".into()),
                 kind: Some("Secret".into()),
                 name: Some(desired.secret_name.clone()),
-                uid: shell.uid(),
+                uid: secret_uid,
             }),
         },
         status: None,

@@ -147,7 +147,30 @@ async fn token_kubeconfigs_authenticate_rotate_and_die_with_their_secret() {
     let impersonating = impersonating(&first, &user);
     until_code("self-impersonation", 200, || review_code(&impersonating)).await;
 
-    // Rotated in real time, before the renewal point has long passed.
+    // Rotated in real time, before the renewal point has long passed. Every version of the
+    // Secret seen meanwhile holds a kubeconfig (a rotation never empties it, even briefly).
+    let emptied = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watch = {
+        let (emptied, secrets) = (
+            emptied.clone(),
+            Api::<Secret>::namespaced(admin.clone(), &ns),
+        );
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            use kube::runtime::{WatchStreamExt, watcher};
+            let config = watcher::Config::default().fields("metadata.name=flux-kubeconfig");
+            let mut events = std::pin::pin!(watcher(secrets, config).applied_objects());
+            while let Some(Ok(secret)) = events.next().await {
+                let holds = secret
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key("kubeconfig"));
+                if !holds {
+                    emptied.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
     let started = Instant::now();
     let rotated = eventually(Duration::from_secs(40), "the token rotated", || {
         let (admin, ns, old) = (admin.clone(), ns.clone(), token_id(&kc));
@@ -170,6 +193,12 @@ async fn token_kubeconfigs_authenticate_rotate_and_die_with_their_secret() {
         "the Secret holds the new token"
     );
     assert!(token_id(&rotated) != token_id(&kc));
+    watch.abort();
+    assert_eq!(
+        emptied.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a version of the Secret without its kubeconfig was seen during rotation"
+    );
     // Both tokens work until the old one expires.
     for kubeconfig in [&first, &second] {
         let (user, _) = whoami(client_from_kubeconfig(kubeconfig).await).await;
