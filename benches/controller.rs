@@ -145,7 +145,7 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
 
     // The controller, built in release mode, as a separate process.
     let health = support::free_port()?;
-    let mut controller = start_controller(plane, health, "1")?;
+    let mut controller = start_controller(plane, health, "1");
     wait_ready(health).await?;
     let pid = controller.child.id();
 
@@ -236,7 +236,7 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
     tokio::time::sleep(Duration::from_millis(500)).await;
     let writes_before = api_writes(&admin).await?;
     let started = Instant::now();
-    let mut controller = start_controller(plane, health, "2")?;
+    let mut controller = start_controller(plane, health, "2");
     if let Err(e) = wait_ready(health).await {
         let log =
             std::fs::read_to_string(plane.dir.path().join("controller-2.log")).unwrap_or_default();
@@ -334,40 +334,25 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-fn start_controller(plane: &ControlPlane, health: u16, run: &str) -> Result<Process, Error> {
-    let log = plane.dir.path().join(format!("controller-{run}.log"));
-    let args = vec![
-        "run".to_string(),
-        "--health-addr".into(),
-        format!("127.0.0.1:{health}"),
-    ];
-    let envs = [
-        (
-            "KUBECONFIG",
-            plane
-                .dir
-                .path()
-                .join("controller.kubeconfig")
-                .display()
-                .to_string(),
-        ),
-        ("RUST_LOG", "warn".to_string()),
-    ];
-    Ok(Process::spawn(Path::new(BIN), &args, &envs, &log)?)
+fn start_controller(plane: &ControlPlane, health: u16, run: &str) -> Process {
+    let health = format!("127.0.0.1:{health}");
+    plane.spawn_controller(
+        Path::new(BIN),
+        &["--health-addr", &health],
+        &[("RUST_LOG", "warn")],
+        &format!("controller-{run}"),
+    )
 }
 
+/// Waits until the controller leads with its caches filled (a follower is ready too, but idle).
 async fn wait_ready(port: u16) -> Result<(), Error> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            stream.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await?;
-            let mut answer = String::new();
-            stream.read_to_string(&mut answer).await?;
-            // Leading, with its caches filled (a follower is ready too, but idle).
-            if answer.starts_with("HTTP/1.0 200") && answer.contains("leader") {
-                return Ok(());
-            }
+        if let Some((status, body)) = support::http_get(port, "/readyz").await
+            && status.contains("200")
+            && body.contains("leader")
+        {
+            return Ok(());
         }
         if Instant::now() > deadline {
             return Err("the controller did not become ready".into());

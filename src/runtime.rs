@@ -70,7 +70,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let all = watcher::Config::default;
 
     // The cache keeps a summary of each managed Secret's data, not the data.
-    let (secrets, secret_events) = reflect_with(
+    let (secrets, secret_events) = reflect(
         Api::<Secret>::all(client.clone()),
         managed.clone(),
         kubeconfig::summarize,
@@ -78,15 +78,22 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let (crbs, crb_events) = reflect(
         Api::<ClusterRoleBinding>::all(client.clone()),
         managed.clone(),
+        keep,
     );
-    let (rbs, rb_events) = reflect(Api::<RoleBinding>::all(client.clone()), managed.clone());
-    let (roles, role_events) = reflect(Api::<Role>::all(client.clone()), managed.clone());
-    let (authorities, authority_events) = reflect(Api::<Authority>::all(client.clone()), all());
+    let (rbs, rb_events) = reflect(
+        Api::<RoleBinding>::all(client.clone()),
+        managed.clone(),
+        keep,
+    );
+    let (roles, role_events) = reflect(Api::<Role>::all(client.clone()), managed.clone(), keep);
+    let (authorities, authority_events) =
+        reflect(Api::<Authority>::all(client.clone()), all(), keep);
     let (cluster_authorities, cluster_authority_events) =
-        reflect(Api::<ClusterAuthority>::all(client.clone()), all());
+        reflect(Api::<ClusterAuthority>::all(client.clone()), all(), keep);
     let (namespaces, namespace_events) = reflect(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         all(),
+        keep,
     );
     // The CSRs the controller made: a signature (or a denial) brings their Kubeconfig back.
     let csr_events = watcher(
@@ -106,9 +113,11 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let (secret_metadata, secret_meta_events) = reflect(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         unmanaged,
+        keep,
     );
 
-    let (kubeconfigs, kubeconfig_events) = reflect(Api::<Kubeconfig>::all(client.clone()), all());
+    let (kubeconfigs, kubeconfig_events) =
+        reflect(Api::<Kubeconfig>::all(client.clone()), all(), keep);
     let controller = Controller::for_stream(kubeconfig_events, kubeconfigs.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
     let reporter = Reporter {
@@ -467,30 +476,13 @@ impl Health {
     }
 }
 
-/// A reflector over `api`: the cache the reconciler reads, and the stream of the objects it saw
-/// change (deletions included) that triggers reconciles.
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    reflect_with(api, config, |_| {})
-}
+/// Caches objects as they come (managedFields aside).
+fn keep<K>(_: &mut K) {}
 
-/// [`reflect`], with `shrink` applied to each object before it is cached.
-fn reflect_with<K>(
+/// A reflector over `api`: the cache the reconciler reads (each object passed through
+/// `shrink` first), and the stream of the objects it saw change (deletions included) that
+/// triggers reconciles.
+fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     mut shrink: impl FnMut(&mut K) + Send + 'static,

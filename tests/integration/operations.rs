@@ -17,51 +17,17 @@ use serde_json::json;
 
 use crate::{
     kubeconfig::{BIN, eventually, plane, wait_ready},
-    support::{ControlPlane, Process, free_port},
+    support::{ControlPlane, Process, free_port, http_get as get},
 };
 
-/// `GET path` on a controller's HTTP port: (status line, body).
-async fn get(port: u16, path: &str) -> Option<(String, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    stream
-        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.ok()?;
-    let (head, body) = answer.split_once("\r\n\r\n")?;
-    Some((head.lines().next()?.to_string(), body.to_string()))
-}
-
 fn replica(plane: &ControlPlane, name: &str, port: u16) -> Process {
-    let args = vec![
-        "run".to_string(),
-        "--health-addr".into(),
-        format!("127.0.0.1:{port}"),
-    ];
-    let envs = [
-        (
-            "KUBECONFIG",
-            plane
-                .dir
-                .path()
-                .join("controller.kubeconfig")
-                .display()
-                .to_string(),
-        ),
-        ("POD_NAME", name.to_string()),
-        ("RUST_LOG", "info".to_string()),
-    ];
-    Process::spawn(
+    let health = format!("127.0.0.1:{port}");
+    plane.spawn_controller(
         Path::new(BIN),
-        &args,
-        &envs,
-        &plane.dir.path().join(format!("{name}.log")),
+        &["--health-addr", &health],
+        &[("POD_NAME", name), ("RUST_LOG", "info")],
+        name,
     )
-    .expect("start a replica")
 }
 
 async fn role(port: u16) -> String {

@@ -518,27 +518,30 @@ impl ControlPlane {
     /// [`Self::install_controller_rbac`]); it is stopped with the control plane. Its log is
     /// `controller.log` in the folder.
     pub fn start_controller(&self, binary: &Path, args: &[&str]) -> PathBuf {
-        let log = self.dir.path().join("controller.log");
-        let mut all = vec!["run".to_string()];
-        all.extend(args.iter().map(|a| a.to_string()));
-        let envs = [
-            (
-                "KUBECONFIG",
-                self.dir
-                    .path()
-                    .join("controller.kubeconfig")
-                    .display()
-                    .to_string(),
-            ),
-            (
-                "RUST_LOG",
-                std::env::var("RUST_LOG")
-                    .unwrap_or_else(|_| "info,kube_client=warn,kube_runtime=warn".into()),
-            ),
-        ];
-        let process = Process::spawn(binary, &all, &envs, &log).expect("start the controller");
+        let level = std::env::var("RUST_LOG")
+            .unwrap_or_else(|_| "info,kube_client=warn,kube_runtime=warn".into());
+        let process = self.spawn_controller(binary, args, &[("RUST_LOG", &level)], "controller");
+        let log = process.log.clone();
         self.adopt(process);
         log
+    }
+
+    /// Spawns `binary run ARGS` as the controller's ServiceAccount with `envs` added, logging
+    /// to `<log_name>.log` in the folder; the caller owns (and stops) the process.
+    pub fn spawn_controller(
+        &self,
+        binary: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        log_name: &str,
+    ) -> Process {
+        let log = self.dir.path().join(format!("{log_name}.log"));
+        let mut all = vec!["run".to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let kubeconfig = self.dir.path().join("controller.kubeconfig");
+        let mut env = vec![("KUBECONFIG", kubeconfig.display().to_string())];
+        env.extend(envs.iter().map(|(k, v)| (*k, v.to_string())));
+        Process::spawn(binary, &all, &env, &log).expect("start the controller")
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
@@ -848,6 +851,22 @@ fn detached_mode() -> bool {
 }
 
 /// The folder holding etcd, kube-apiserver and kube-controller-manager.
+/// `GET path` on a local HTTP port (a controller's health address): (status line, body).
+pub async fn http_get(port: u16, path: &str) -> Option<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    let (head, body) = answer.split_once("\r\n\r\n")?;
+    Some((head.lines().next()?.to_string(), body.to_string()))
+}
+
 /// The folder holding helm and promtool, built once from their Go modules by
 /// `tests/tools/build.sh` and cached like the control plane.
 pub fn tools() -> PathBuf {
