@@ -284,8 +284,10 @@ impl CertificateAuthority {
         let signing = |e: String| Error::Signing(e);
         let requested_end = now + validity;
         let clamped_to_ca = requested_end > self.not_after;
-        let not_after = requested_end.min(self.not_after);
-        let not_before = (now - CLOCK_SKEW).max(self.not_before);
+        // Whole seconds, as the certificate records them.
+        let seconds = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
+        let not_after = seconds(requested_end.min(self.not_after));
+        let not_before = seconds((now - CLOCK_SKEW).max(self.not_before));
         if not_after <= now {
             return Err(Error::CaExpired {
                 subject: self.subject.clone(),
