@@ -44,7 +44,9 @@ use crate::{
     reconcile::{
         Context, Error,
         authority::{ROOT_CA_CONFIG_MAP, authority_ref, config_maps_of, refers_to, secrets_of},
-        generator, kubeconfig, onboarding,
+        generator, kubeconfig,
+        managed::ManagedSecret,
+        onboarding,
     },
 };
 
@@ -73,7 +75,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     let (secrets, secret_events) = reflect(
         Api::<Secret>::all(client.clone()),
         managed.clone(),
-        kubeconfig::summarize,
+        ManagedSecret::from,
     );
     let (crbs, crb_events) = reflect(
         Api::<ClusterRoleBinding>::all(client.clone()),
@@ -125,7 +127,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         instance: std::env::var("POD_NAME").ok(),
     };
     let context = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter: reporter.clone(),
         client: client.clone(),
         kubeconfigs: kubeconfigs.clone(),
         authorities: authorities.clone(),
@@ -318,16 +320,30 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
     info!("starting the Kubeconfig controller");
     let kubeconfig_controller = controller
         // Managed Secrets and their copies in other namespaces name their Kubeconfig.
-        .watches_stream(secret_events, |s: Secret| owner_of(s.annotations()))
+        .reconcile_on(secret_events.filter_map(|event| {
+            futures::future::ready(match event {
+                Ok(s) => owner_of(s.kubeconfig.as_ref()),
+                Err(e) => {
+                    warn!("watching managed Secrets: {e}");
+                    None
+                }
+            })
+        }))
         .watches_stream(
             csr_events,
-            |c: PartialObjectMeta<CertificateSigningRequest>| owner_of(c.annotations()),
+            |c: PartialObjectMeta<CertificateSigningRequest>| {
+                owner_of(c.annotations().get(KUBECONFIG_ANNOTATION))
+            },
         )
         .watches_stream(crb_events, |b: ClusterRoleBinding| {
-            owner_of(b.annotations())
+            owner_of(b.annotations().get(KUBECONFIG_ANNOTATION))
         })
-        .watches_stream(rb_events, |b: RoleBinding| owner_of(b.annotations()))
-        .watches_stream(role_events, |r: Role| owner_of(r.annotations()))
+        .watches_stream(rb_events, |b: RoleBinding| {
+            owner_of(b.annotations().get(KUBECONFIG_ANNOTATION))
+        })
+        .watches_stream(role_events, |r: Role| {
+            owner_of(r.annotations().get(KUBECONFIG_ANNOTATION))
+        })
         .watches_stream(authority_events, by_authority)
         .watches_stream(cluster_authority_events, by_cluster_authority)
         .watches_stream(secret_meta_events, by_secret)
@@ -477,18 +493,20 @@ impl Health {
 }
 
 /// Caches objects as they come (managedFields aside).
-fn keep<K>(_: &mut K) {}
+fn keep<K>(object: K) -> K {
+    object
+}
 
-/// A reflector over `api`: the cache the reconciler reads (each object passed through
-/// `shrink` first), and the stream of the objects it saw change (deletions included) that
-/// triggers reconciles.
-fn reflect<K>(
+/// A reflector over `api`: the cache the reconciler reads (each object turned by `cached` into
+/// what the cache keeps of it), and the stream of the objects it saw change (deletions
+/// included) that triggers reconciles.
+fn reflect<K, T>(
     api: Api<K>,
     config: watcher::Config,
-    mut shrink: impl FnMut(&mut K) + Send + 'static,
+    mut cached: impl FnMut(K) -> T + Send + 'static,
 ) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    Store<T>,
+    impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
 )
 where
     K: kube::Resource
@@ -499,14 +517,23 @@ where
         + Sync
         + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    T: reflector::Lookup + Clone + Send + Sync + 'static,
+    T::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
     let (store, writer) = reflector::store();
-    // managedFields are never read and are often the larger part of an object's metadata.
+    let mut cache = move |mut object: K| {
+        // managedFields are never read and are often the larger part of an object's metadata.
+        object.meta_mut().managed_fields = None;
+        cached(object)
+    };
     let events = reflector::reflector(
         writer,
-        watcher(api, config).modify(move |o| {
-            o.meta_mut().managed_fields = None;
-            shrink(o);
+        futures::TryStreamExt::map_ok(watcher(api, config), move |event| match event {
+            watcher::Event::Apply(o) => watcher::Event::Apply(cache(o)),
+            watcher::Event::Delete(o) => watcher::Event::Delete(cache(o)),
+            watcher::Event::InitApply(o) => watcher::Event::InitApply(cache(o)),
+            watcher::Event::Init => watcher::Event::Init,
+            watcher::Event::InitDone => watcher::Event::InitDone,
         }),
     )
     .default_backoff()
@@ -524,10 +551,8 @@ fn error_policy(kc: Arc<Kubeconfig>, error: &Error, ctx: Arc<Context>) -> Action
 type ReadsFn = fn(&AuthorityConfig, Option<&str>) -> Vec<(String, String)>;
 
 /// The Kubeconfig an object's annotation names.
-fn owner_of(
-    annotations: &std::collections::BTreeMap<String, String>,
-) -> Option<ObjectRef<Kubeconfig>> {
-    let (namespace, name) = annotations.get(KUBECONFIG_ANNOTATION)?.split_once('/')?;
+fn owner_of(annotation: Option<&String>) -> Option<ObjectRef<Kubeconfig>> {
+    let (namespace, name) = annotation?.split_once('/')?;
     Some(ObjectRef::new(name).within(namespace))
 }
 

@@ -29,8 +29,11 @@ pub const KUBECONFIG_UID_LABEL: &str = "kubeconfig-authority.dev/kubeconfig-uid"
 pub const KUBECONFIG_ANNOTATION: &str = "kubeconfig-authority.dev/kubeconfig";
 /// On the Secret: a digest of everything the issued kubeconfig was made from.
 pub const INPUTS_ANNOTATION: &str = "kubeconfig-authority.dev/inputs-digest";
-/// On the Secret: a digest of the data written, to notice edits.
+/// On the Secret: a digest of the data written and of [`CREDENTIAL_ANNOTATION`], to notice edits.
 pub const DATA_ANNOTATION: &str = "kubeconfig-authority.dev/data-digest";
+/// On the Secret: the credential written (kind, serial or token ID, validity), so that its
+/// renewal can be planned without parsing the data.
+pub const CREDENTIAL_ANNOTATION: &str = "kubeconfig-authority.dev/credential";
 /// The group prefix that makes a certificate's identity unique to one Kubeconfig object.
 pub const UID_GROUP_PREFIX: &str = "kubeconfig-uid:";
 

@@ -24,6 +24,7 @@ use kubeconfig_authority_pki::{
     CertificateInfo, CertificateRequest, Identity, KeyAlgorithm, inspect_certificate,
     parse_certificates,
 };
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
@@ -33,13 +34,18 @@ use super::{
 };
 use crate::api::{FIELD_MANAGER, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig};
 
-/// What a Secret holds, as far as renewal and status care.
-#[derive(Debug, Clone, PartialEq)]
+/// What a Secret holds, as far as renewal and status care. Recorded on the Secret as JSON in
+/// `kubeconfig-authority.dev/credential`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Held {
     /// The certificate's serial number (hex), or the token's ID (`jti`).
     pub id: String,
+    #[serde(with = "time::serde::rfc3339")]
     pub not_before: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
+    #[serde(rename = "token")]
     pub is_token: bool,
 }
 
@@ -102,6 +108,21 @@ pub fn token_held(token: &str) -> Option<Held> {
     })
 }
 
+/// Runs what generates a key where it cannot stall the controller: an RSA key takes up to
+/// seconds and is made on the blocking pool; the others take well under a millisecond.
+async fn generating<T: Send + 'static>(
+    algorithm: KeyAlgorithm,
+    work: impl FnOnce() -> Result<T, kubeconfig_authority_pki::Error> + Send + 'static,
+) -> Result<T, String> {
+    if !algorithm.is_rsa() {
+        return work().map_err(|e| e.to_string());
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(e) => Err(format!("generating the {algorithm:?} key stopped: {e}")),
+    }
+}
+
 /// Issues the desired credential with the resolved signer. `Ok(Err(problem))` when it cannot
 /// be issued now (a CSR not yet signed is one such problem).
 pub async fn issue(
@@ -120,7 +141,13 @@ pub async fn issue(
             },
             ResolvedSigner::Ca(ca),
         ) => Ok(
-            match ca.issue(identity, *algorithm, desired.validity, now) {
+            match generating(*algorithm, {
+                let (ca, identity, algorithm) = (ca.clone(), identity.clone(), *algorithm);
+                let validity = desired.validity;
+                move || ca.issue(&identity, algorithm, validity, now)
+            })
+            .await
+            {
                 Ok(issued) => Ok(Issued {
                     held: Held {
                         id: issued.serial.clone(),
@@ -366,7 +393,12 @@ async fn through_csr(
     }
 
     // A new request.
-    let new = match CertificateRequest::create(identity, algorithm) {
+    let new = match generating(algorithm, {
+        let identity = identity.clone();
+        move || CertificateRequest::create(&identity, algorithm)
+    })
+    .await
+    {
         Ok(new) => new,
         Err(e) => return Ok(Err(Problem::new("IssueFailed", e.to_string()))),
     };

@@ -14,7 +14,7 @@ use kube::{
     core::{Selector, SelectorExt},
 };
 
-use super::{Context, Error, Result, authority::Problem};
+use super::{Context, Error, Result, authority::Problem, managed::ManagedSecret};
 use crate::api::{
     DATA_ANNOTATION, FIELD_MANAGER, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig,
     MANAGED_BY, MANAGED_BY_LABEL,
@@ -47,7 +47,7 @@ pub fn plan_copies(
     uid: &str,
     primary: Option<&BTreeMap<String, ByteString>>,
     namespaces: &[(String, BTreeMap<String, String>)],
-    observed: &[Arc<Secret>],
+    observed: &[Arc<ManagedSecret>],
 ) -> Result<CopyPlan, Problem> {
     let own = kc.namespace().unwrap_or_default();
     let name = &kc.spec.secret_ref.name;
@@ -69,21 +69,18 @@ pub fn plan_copies(
     };
     let mut plan = CopyPlan::default();
     for o in observed {
-        let ns = o.namespace().unwrap_or_default();
-        if !targets.contains(&ns.as_str()) || o.name_any() != *name {
-            plan.delete.push((ns, o.name_any()));
+        if !targets.contains(&o.namespace.as_str()) || o.name != *name {
+            plan.delete.push((o.namespace.clone(), o.name.clone()));
         }
     }
     // Without a current primary, copies are left as they are (never emptied).
     let Some(data) = primary else {
         return Ok(plan);
     };
-    let digest = super::kubeconfig::data_digest(data);
+    let digest = super::managed::digest_of(data, None);
     for ns in targets {
         let current = observed.iter().any(|o| {
-            o.namespace().as_deref() == Some(ns)
-                && o.name_any() == *name
-                && o.annotations().get(DATA_ANNOTATION) == Some(&digest)
+            o.namespace == ns && o.name == *name && o.data_digest.as_ref() == Some(&digest)
         });
         if current {
             plan.current += 1;
@@ -131,14 +128,11 @@ pub async fn apply(
         return Ok(None);
     }
     let own = kc.namespace().unwrap_or_default();
-    let observed: Vec<Arc<Secret>> = ctx
+    let observed: Vec<Arc<ManagedSecret>> = ctx
         .secrets
         .state()
         .into_iter()
-        .filter(|s| {
-            s.labels().get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
-                && s.namespace().as_deref() != Some(own.as_str())
-        })
+        .filter(|s| s.kubeconfig_uid.as_deref() == Some(uid) && s.namespace != own)
         .collect();
     let namespaces: Vec<(String, BTreeMap<String, String>)> = ctx
         .namespaces
@@ -163,9 +157,7 @@ pub async fn apply(
         let ns = copy.namespace().unwrap_or_default();
         let name = copy.name_any();
         let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-        let known = observed
-            .iter()
-            .any(|o| o.namespace().as_deref() == Some(ns.as_str()) && o.name_any() == name);
+        let known = observed.iter().any(|o| o.namespace == ns && o.name == name);
         if !known {
             // Not in the cache of managed Secrets: is an unmanaged one in the way?
             let live = api
@@ -242,7 +234,11 @@ mod tests {
         assert!(plan.write[0].owner_references().is_empty());
 
         // In place and current: nothing to do. Rotated: rewritten. Relabelled away: deleted.
-        let observed: Vec<_> = plan.write.into_iter().map(Arc::new).collect();
+        let observed: Vec<_> = plan
+            .write
+            .into_iter()
+            .map(|s| Arc::new(ManagedSecret::from(s)))
+            .collect();
         let same = plan_copies(&kc, "u1", Some(&data), &namespaces, &observed).unwrap();
         assert!(same.write.is_empty() && same.delete.is_empty());
         assert_eq!(same.current, 2);

@@ -7,7 +7,6 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use base64::Engine;
 use k8s_openapi::{
     ByteString,
     api::{
@@ -28,11 +27,11 @@ use kube::{
     },
 };
 use kubeconfig_authority_pki::{
-    Identity, KeyAlgorithm, inspect_certificate,
+    Identity, KeyAlgorithm,
     kubeconfig::{self as kc_file, Credential as FileCredential, KubeconfigSpec as FileSpec},
-    parse_certificates, parse_duration, renewal_time,
+    parse_duration, renewal_time,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 use time::OffsetDateTime;
 use tracing::{Instrument, info, warn};
 
@@ -41,12 +40,13 @@ use super::{
     authority::{self, Problem, Resolved, ResolvedSigner},
     credential::{self, Held, Issued, IssuedCredential},
     distribution::{self, Distributed},
+    managed::{self, ManagedSecret},
     policy, to_time,
 };
 use crate::api::{
-    Authorization, DATA_ANNOTATION, FIELD_MANAGER, FINALIZER, INPUTS_ANNOTATION,
-    KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig, KubeconfigStatus, MANAGED_BY,
-    MANAGED_BY_LABEL, UID_GROUP_PREFIX,
+    Authorization, CREDENTIAL_ANNOTATION, DATA_ANNOTATION, FIELD_MANAGER, FINALIZER,
+    INPUTS_ANNOTATION, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig, KubeconfigStatus,
+    MANAGED_BY, MANAGED_BY_LABEL, UID_GROUP_PREFIX,
 };
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
@@ -274,7 +274,7 @@ impl Desired {
             secret_name: spec.secret_ref.name.clone(),
             server: authority.server.clone(),
             server_ca_pem: authority.server_ca_pem.clone(),
-            inputs_digest: digest(inputs.to_string().as_bytes()),
+            inputs_digest: managed::digest(inputs.to_string().as_bytes()),
         })
     }
 }
@@ -320,40 +320,34 @@ pub enum SecretPlan {
 pub fn plan_secret(
     desired: &Desired,
     uid: &str,
-    observed: Option<&Secret>,
+    observed: Option<&ManagedSecret>,
     now: OffsetDateTime,
 ) -> SecretPlan {
     let Some(secret) = observed else {
         return SecretPlan::Write(WriteReason::Issue, "no Secret yet".into());
     };
-    let owned = secret
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == uid && o.controller == Some(true));
-    if !owned {
+    if secret.controller_uid.as_deref() != Some(uid) {
         return SecretPlan::Conflict(Problem::new(
             "SecretConflict",
             format!(
                 "Secret {} exists and is not managed by this Kubeconfig; it is left untouched: delete it or set another spec.secretRef.name",
-                secret.name_any()
+                secret.name
             ),
         ));
     }
-    let annotations = secret.annotations();
-    if annotations.get(INPUTS_ANNOTATION) != Some(&desired.inputs_digest) {
+    if secret.inputs_digest.as_ref() != Some(&desired.inputs_digest) {
         return SecretPlan::Write(
             WriteReason::Reissue,
             "the spec, the authority or its CA changed".into(),
         );
     }
-    // A cached Secret carries a summary of its data instead of the data (see [`summarize`]).
-    let (digest, held) = match &secret.data {
-        Some(data) => (data_digest(data), held_in(desired, data)),
-        None => summary_of(secret, desired),
-    };
-    if annotations.get(DATA_ANNOTATION) != Some(&digest) {
+    if !secret.intact {
         return SecretPlan::Write(WriteReason::Repair, "the Secret's data was edited".into());
     }
+    let held = secret
+        .held
+        .clone()
+        .filter(|held| held.is_token == matches!(desired.credential, Credential::Token { .. }));
     let Some(held) = held else {
         return SecretPlan::Write(
             WriteReason::Repair,
@@ -370,102 +364,13 @@ pub fn plan_secret(
     SecretPlan::Keep { held, renew_at }
 }
 
-/// The credential in a Secret's kubeconfig, if it is readable and of the desired kind.
-fn held_in(desired: &Desired, data: &BTreeMap<String, ByteString>) -> Option<Held> {
-    let held = held_under(data.get(first_key(desired))?)?;
-    (held.is_token == matches!(desired.credential, Credential::Token { .. })).then_some(held)
-}
-
-fn first_key(desired: &Desired) -> &str {
+/// The key of the Secret's first kubeconfig.
+pub fn first_key(desired: &Desired) -> &str {
     desired
         .kubeconfig_keys
         .first()
         .map(String::as_str)
         .unwrap_or("kubeconfig")
-}
-
-/// The credential of the kubeconfig in one value of a Secret.
-fn held_under(value: &ByteString) -> Option<Held> {
-    let parsed = kc_file::parse(std::str::from_utf8(&value.0).ok()?).ok()?;
-    match (parsed.client_certificate_pem, parsed.token) {
-        (Some(pem), _) => {
-            let der = parse_certificates(&pem).ok()?;
-            Some(Held::from(inspect_certificate(der.first()?).ok()?))
-        }
-        (None, Some(token)) => credential::token_held(&token),
-        (None, None) => None,
-    }
-}
-
-/// On a cached Secret: the digest of its data and the credential under each key, in place of
-/// the data (which the cache does not keep: at ten thousand Secrets it would be most of the
-/// controller's memory).
-const OBSERVED_ANNOTATION: &str = "kubeconfig-authority.dev/observed";
-
-/// Replaces a Secret's data with [`OBSERVED_ANNOTATION`]; what the managed-Secret cache keeps.
-pub fn summarize(secret: &mut Secret) {
-    let Some(data) = secret.data.take() else {
-        return;
-    };
-    let mut held = serde_json::Map::new();
-    // The same kubeconfig usually sits under several keys (kubeconfig, value): parsed once.
-    // PEM values (tls.crt, tls.key, ca.crt) are no kubeconfig and are not parsed at all.
-    let mut parsed: Vec<(&ByteString, Value)> = Vec::new();
-    for (key, value) in &data {
-        if value.0.starts_with(b"-----") {
-            continue;
-        }
-        let entry = match parsed.iter().find(|(v, _)| *v == value) {
-            Some((_, entry)) => entry.clone(),
-            None => {
-                let entry = held_under(value).map_or(Value::Null, |h| {
-                    json!([
-                        h.id,
-                        h.not_before.unix_timestamp(),
-                        h.not_after.unix_timestamp(),
-                        h.is_token
-                    ])
-                });
-                parsed.push((value, entry.clone()));
-                entry
-            }
-        };
-        if !entry.is_null() {
-            held.insert(key.clone(), entry);
-        }
-    }
-    let summary = json!({"digest": data_digest(&data), "held": held});
-    secret
-        .metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(OBSERVED_ANNOTATION.into(), summary.to_string());
-}
-
-/// The digest and credential a summarized Secret recorded.
-fn summary_of(secret: &Secret, desired: &Desired) -> (String, Option<Held>) {
-    let summary: serde_json::Value = secret
-        .annotations()
-        .get(OBSERVED_ANNOTATION)
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_default();
-    let digest = summary["digest"].as_str().unwrap_or_default().to_string();
-    let entry = &summary["held"][first_key(desired)];
-    let time = |i: usize| {
-        entry[i]
-            .as_i64()
-            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-    };
-    let held = (|| {
-        let held = Held {
-            id: entry[0].as_str()?.to_string(),
-            not_before: time(1)?,
-            not_after: time(2)?,
-            is_token: entry[3].as_bool()?,
-        };
-        (held.is_token == matches!(desired.credential, Credential::Token { .. })).then_some(held)
-    })();
-    (digest, held)
 }
 
 /// The Secret holding a freshly issued credential. Pure.
@@ -525,8 +430,14 @@ pub fn build_secret(
         .metadata
         .annotations
         .get_or_insert_with(BTreeMap::new);
+    let record = serde_json::to_string(&issued.held)
+        .map_err(|e| Problem::new("InvalidAuthority", format!("recording the credential: {e}")))?;
     annotations.insert(INPUTS_ANNOTATION.into(), desired.inputs_digest.clone());
-    annotations.insert(DATA_ANNOTATION.into(), data_digest(&data));
+    annotations.insert(
+        DATA_ANNOTATION.into(),
+        managed::digest_of(&data, Some(&record)),
+    );
+    annotations.insert(CREDENTIAL_ANNOTATION.into(), record);
     secret.data = Some(data);
     Ok(secret)
 }
@@ -774,7 +685,7 @@ fn binding_name(parts: &[&str]) -> String {
     if name.len() <= 253 {
         return name;
     }
-    let suffix = &digest(name.as_bytes())[..16];
+    let suffix = &managed::digest(name.as_bytes())[..16];
     let mut cut = 253 - suffix.len() - 1;
     while !name.is_char_boundary(cut) {
         cut -= 1;
@@ -810,22 +721,6 @@ fn owner_reference(kc: &Kubeconfig, uid: &str) -> OwnerReference {
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
-}
-
-fn digest(bytes: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..18])
-}
-
-pub fn data_digest(data: &BTreeMap<String, ByteString>) -> String {
-    let mut bytes = Vec::new();
-    for (k, v) in data {
-        bytes.extend_from_slice(&(k.len() as u64).to_be_bytes());
-        bytes.extend_from_slice(k.as_bytes());
-        bytes.extend_from_slice(&(v.0.len() as u64).to_be_bytes());
-        bytes.extend_from_slice(&v.0);
-    }
-    digest(&bytes)
 }
 
 /// The credential a Secret ends up holding, or the problem that stopped it.
@@ -1021,9 +916,11 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
         )
         .await
         .map_err(Error::kube("updating status"))?;
+    } else {
+        return Ok(requeue_for(&outcome));
     }
     if let Outcome::NotReady(problem) = &outcome {
-        // Reported once per change of reason (the status patch above happened because of it).
+        // Reported once per change of the status (the patch above), not on every retry.
         warn!(reason = problem.reason, "{}", problem.message);
         crate::metrics::Metrics::count(&ctx.metrics.failures, problem.reason);
         publish(
@@ -1071,12 +968,9 @@ async fn apply_secret(
     let cached = ctx
         .secrets
         .get(&ObjectRef::new(&desired.secret_name).within(&namespace));
-    let cached_plan = cached.map(|c| {
-        let plan = plan_secret(desired, uid, Some(&c), now);
-        (plan, c.data.clone())
-    });
+    let cached_plan = cached.map(|c| plan_secret(desired, uid, Some(&c), now));
     let (plan, data) = match cached_plan {
-        Some((plan, data)) if !matches!(plan, SecretPlan::Write(..)) => (plan, data),
+        Some(plan) if !matches!(plan, SecretPlan::Write(..)) => (plan, None),
         // Not cached (perhaps not ours), or the cache says write: ask the live object, once.
         _ => {
             let live = secrets
@@ -1086,7 +980,10 @@ async fn apply_secret(
                     "reading Secret {}",
                     desired.secret_name
                 )))?;
-            let plan = plan_secret(desired, uid, live.as_ref(), now);
+            let observed = live
+                .as_ref()
+                .map(|l| ManagedSecret::of(l, Some(first_key(desired))));
+            let plan = plan_secret(desired, uid, observed.as_ref(), now);
             (plan, live.and_then(|l| l.data))
         }
     };
@@ -1408,7 +1305,7 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &kc.object_ref(&())).await {
+    if let Err(e) = ctx.recorder().publish(&event, &kc.object_ref(&())).await {
         warn!("could not publish an event: {e}");
     }
 }
@@ -1536,14 +1433,21 @@ mod tests {
         let kc = kubeconfig(base_spec());
         let desired = Desired::from_spec(&kc, UID, &resolved(&ca)).unwrap();
         let now = OffsetDateTime::now_utc();
+        let plan = |desired: &Desired, uid: &str, secret: &Secret, at: OffsetDateTime| {
+            plan_secret(
+                desired,
+                uid,
+                Some(&ManagedSecret::of(secret, Some("kubeconfig"))),
+                at,
+            )
+        };
         assert!(matches!(
             plan_secret(&desired, UID, None, now),
             SecretPlan::Write(WriteReason::Issue, _)
         ));
 
         let secret = written(&kc, &desired, &ca, now);
-        let SecretPlan::Keep { renew_at, held } = plan_secret(&desired, UID, Some(&secret), now)
-        else {
+        let SecretPlan::Keep { renew_at, held } = plan(&desired, UID, &secret, now) else {
             panic!("a fresh Secret is kept")
         };
         assert!(!held.is_token && held.not_after > now + Duration::from_secs(23 * 3600));
@@ -1551,23 +1455,17 @@ mod tests {
             renew_at > now + Duration::from_secs(15 * 3600)
                 && renew_at <= now + Duration::from_secs(16 * 3600 + 300)
         );
-
-        // The cache keeps a summary in place of the data: the same plan.
-        let mut summarized = secret.clone();
-        summarize(&mut summarized);
-        assert!(summarized.data.is_none());
+        // The cache keeps no data, and plans the same.
+        let cached = ManagedSecret::from(secret.clone());
+        assert!(cached.intact && cached.held.as_ref() == Some(&held));
         assert!(matches!(
-            plan_secret(&desired, UID, Some(&summarized), now),
-            SecretPlan::Keep { .. }
-        ));
-        assert!(matches!(
-            plan_secret(&desired, UID, Some(&summarized), renew_at),
+            plan_secret(&desired, UID, Some(&cached), renew_at),
             SecretPlan::Write(WriteReason::Renew, _)
         ));
 
         // Due: renew.
         assert!(matches!(
-            plan_secret(&desired, UID, Some(&secret), renew_at),
+            plan(&desired, UID, &secret, renew_at),
             SecretPlan::Write(WriteReason::Renew, _)
         ));
         // Edited data: repair.
@@ -1578,31 +1476,65 @@ mod tests {
             .unwrap()
             .insert("tls.key".into(), ByteString(b"x".to_vec()));
         assert!(matches!(
-            plan_secret(&desired, UID, Some(&edited), now),
+            plan(&desired, UID, &edited, now),
+            SecretPlan::Write(WriteReason::Repair, _)
+        ));
+        // An edited credential record (say, a later expiry): repair, as for the data.
+        let mut extended = secret.clone();
+        let record = extended
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .get_mut(CREDENTIAL_ANNOTATION)
+            .unwrap();
+        *record = record.replace(&held.not_after.year().to_string(), "2999");
+        assert!(matches!(
+            plan(&desired, UID, &extended, now),
+            SecretPlan::Write(WriteReason::Repair, _)
+        ));
+        // Written before there was a record: the credential is read from the data; the cache
+        // (no data) asks for the live Secret.
+        let mut unrecorded = secret.clone();
+        let annotations = unrecorded.metadata.annotations.as_mut().unwrap();
+        annotations.remove(CREDENTIAL_ANNOTATION);
+        let digest = managed::digest_of(unrecorded.data.as_ref().unwrap(), None);
+        unrecorded
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(DATA_ANNOTATION.into(), digest);
+        let SecretPlan::Keep { held: read, .. } = plan(&desired, UID, &unrecorded, now) else {
+            panic!("an unrecorded Secret is kept")
+        };
+        assert_eq!(read, held);
+        assert!(matches!(
+            plan_secret(&desired, UID, Some(&ManagedSecret::from(unrecorded)), now),
             SecretPlan::Write(WriteReason::Repair, _)
         ));
         // Another CA, or another spec: reissue.
         let other = Desired::from_spec(&kc, UID, &resolved(&make_ca("b"))).unwrap();
         assert!(matches!(
-            plan_secret(&other, UID, Some(&secret), now),
+            plan(&other, UID, &secret, now),
             SecretPlan::Write(WriteReason::Reissue, _)
         ));
         let mut spec = base_spec();
         spec["groups"] = json!(["dev", "ops"]);
         let regrouped = Desired::from_spec(&kubeconfig(spec), UID, &resolved(&ca)).unwrap();
         assert!(matches!(
-            plan_secret(&regrouped, UID, Some(&secret), now),
+            plan(&regrouped, UID, &secret, now),
             SecretPlan::Write(WriteReason::Reissue, _)
         ));
         // Someone else's Secret, or one of an older object of the same name: never touched.
         let mut foreign = secret.clone();
         foreign.metadata.owner_references = None;
         assert!(matches!(
-            plan_secret(&desired, UID, Some(&foreign), now),
+            plan(&desired, UID, &foreign, now),
             SecretPlan::Conflict(_)
         ));
         assert!(matches!(
-            plan_secret(&desired, "another-uid", Some(&secret), now),
+            plan(&desired, "another-uid", &secret, now),
             SecretPlan::Conflict(_)
         ));
     }
@@ -1707,7 +1639,12 @@ mod tests {
         let desired = Desired::from_spec(&kc, UID, &resolved(&ca)).unwrap();
         let t0 = OffsetDateTime::now_utc();
         let secret = written(&kc, &desired, &ca, t0);
-        let SecretPlan::Keep { held, .. } = plan_secret(&desired, UID, Some(&secret), t0) else {
+        let SecretPlan::Keep { held, .. } = plan_secret(
+            &desired,
+            UID,
+            Some(&ManagedSecret::from(secret.clone())),
+            t0,
+        ) else {
             panic!("kept")
         };
         let ready = Outcome::Ready {

@@ -1,0 +1,146 @@
+//! What the controller keeps of each Secret it manages (a Kubeconfig's Secret and its copies):
+//! enough to plan, never the data. At ten thousand Secrets the data, and even the full
+//! metadata of `k8s-openapi`'s types, would be most of the controller's memory (`make bench`).
+
+use std::{borrow::Cow, collections::BTreeMap};
+
+use base64::Engine;
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{ResourceExt, runtime::reflector::Lookup};
+use kubeconfig_authority_pki::{inspect_certificate, kubeconfig as kc_file, parse_certificates};
+
+use super::credential::{self, Held};
+use crate::api::{
+    CREDENTIAL_ANNOTATION, DATA_ANNOTATION, INPUTS_ANNOTATION, KUBECONFIG_ANNOTATION,
+    KUBECONFIG_UID_LABEL,
+};
+
+/// A managed Secret, as the cache keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ManagedSecret {
+    pub name: String,
+    pub namespace: String,
+    /// The UID of the owner that controls it (its Kubeconfig; copies have none).
+    pub controller_uid: Option<String>,
+    /// `<namespace>/<name>` of its Kubeconfig.
+    pub kubeconfig: Option<String>,
+    /// Its Kubeconfig's UID (label).
+    pub kubeconfig_uid: Option<String>,
+    pub inputs_digest: Option<String>,
+    /// The data digest the controller wrote.
+    pub data_digest: Option<String>,
+    /// The data (and credential record) still match that digest: nobody edited them.
+    pub intact: bool,
+    /// The credential it holds, as recorded when written.
+    pub held: Option<Held>,
+}
+
+impl ManagedSecret {
+    /// `read_key`: for a Secret written before credentials were recorded, the key whose
+    /// kubeconfig to read the credential from. The cache passes none: such a Secret then has
+    /// no `held`, and the reconciler reads the live one.
+    pub fn of(secret: &Secret, read_key: Option<&str>) -> Self {
+        let annotations = secret.annotations();
+        let record = annotations.get(CREDENTIAL_ANNOTATION);
+        let empty = BTreeMap::new();
+        let data = secret.data.as_ref().unwrap_or(&empty);
+        let data_digest = annotations.get(DATA_ANNOTATION).cloned();
+        let held = match record {
+            Some(record) => serde_json::from_str(record).ok(),
+            None => read_key.and_then(|key| data.get(key)).and_then(held_under),
+        };
+        Self {
+            name: ResourceExt::name_any(secret),
+            namespace: ResourceExt::namespace(secret).unwrap_or_default(),
+            controller_uid: secret
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone()),
+            kubeconfig: annotations.get(KUBECONFIG_ANNOTATION).cloned(),
+            kubeconfig_uid: secret.labels().get(KUBECONFIG_UID_LABEL).cloned(),
+            inputs_digest: annotations.get(INPUTS_ANNOTATION).cloned(),
+            intact: data_digest.as_deref()
+                == Some(digest_of(data, record.map(String::as_str)).as_str()),
+            data_digest,
+            held,
+        }
+    }
+}
+
+impl From<Secret> for ManagedSecret {
+    fn from(secret: Secret) -> Self {
+        Self::of(&secret, None)
+    }
+}
+
+impl Lookup for ManagedSecret {
+    type DynamicType = ();
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Secret".into()
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        "secrets".into()
+    }
+
+    fn name(&self) -> Option<Cow<'_, str>> {
+        Some(self.name.as_str().into())
+    }
+
+    fn namespace(&self) -> Option<Cow<'_, str>> {
+        Some(self.namespace.as_str().into())
+    }
+
+    fn resource_version(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+
+    fn uid(&self) -> Option<Cow<'_, str>> {
+        None
+    }
+}
+
+/// The digest of a Secret's data and, when there is one, its credential record.
+pub fn digest_of(data: &BTreeMap<String, ByteString>, record: Option<&str>) -> String {
+    let mut bytes = Vec::new();
+    for (k, v) in data {
+        bytes.extend_from_slice(&(k.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(k.as_bytes());
+        bytes.extend_from_slice(&(v.0.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(&v.0);
+    }
+    if let Some(record) = record {
+        bytes.extend_from_slice(CREDENTIAL_ANNOTATION.as_bytes());
+        bytes.extend_from_slice(record.as_bytes());
+    }
+    digest(&bytes)
+}
+
+/// A short SHA-256 digest, URL-safe base64.
+pub fn digest(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..18])
+}
+
+/// The credential of the kubeconfig in one value of a Secret.
+fn held_under(value: &ByteString) -> Option<Held> {
+    let parsed = kc_file::parse(std::str::from_utf8(&value.0).ok()?).ok()?;
+    match (parsed.client_certificate_pem, parsed.token) {
+        (Some(pem), _) => {
+            let der = parse_certificates(&pem).ok()?;
+            Some(Held::from(inspect_certificate(der.first()?).ok()?))
+        }
+        (None, Some(token)) => credential::token_held(&token),
+        (None, None) => None,
+    }
+}
