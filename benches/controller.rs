@@ -551,7 +551,7 @@ async fn write_floor(
             let (kubeconfigs, secrets, events, apply) =
                 (kubeconfigs.clone(), secrets.clone(), events.clone(), apply.clone());
             async move {
-                let name = format!("floor-{i}");
+                let name = format!("floor{n}-{i}");
                 let kc: Kubeconfig = serde_json::from_value(json!({
                     "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
                     "metadata": {"name": name, "labels": {"bench": "floor"}},
