@@ -365,7 +365,7 @@ pub fn plan_secret(
 }
 
 /// The key of the Secret's first kubeconfig.
-pub fn first_key(desired: &Desired) -> &str {
+fn first_key(desired: &Desired) -> &str {
     desired
         .kubeconfig_keys
         .first()
