@@ -142,6 +142,7 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         default_authority: options.default_authority.clone(),
         ca_cache: Default::default(),
         pending_csrs: Default::default(),
+        own_writes: Default::default(),
         metrics: crate::metrics::Metrics::new(kubeconfigs.clone()),
     });
 
@@ -319,10 +320,12 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         });
 
     info!("starting the Kubeconfig controller");
+    let own_writes = context.own_writes.clone();
     let kubeconfig_controller = controller
         // Managed Secrets and their copies in other namespaces name their Kubeconfig.
-        .reconcile_on(secret_events.filter_map(|event| {
+        .reconcile_on(secret_events.filter_map(move |event| {
             futures::future::ready(match event {
+                Ok(s) if own_writes.is_echo(&s) => None,
                 Ok(s) => owner_of(s.kubeconfig.as_ref()),
                 Err(e) => {
                     warn!("watching managed Secrets: {e}");

@@ -172,13 +172,16 @@ pub async fn apply(
                 continue;
             }
         }
-        api.patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&copy),
-        )
-        .await
-        .map_err(Error::kube(format!("writing the copy {ns}/{name}")))?;
+        let written = api
+            .patch_metadata(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&copy),
+            )
+            .await
+            .map_err(Error::kube(format!("writing the copy {ns}/{name}")))?;
+        ctx.own_writes
+            .record(&ns, &name, written.metadata.resource_version);
         outcome.copies += 1;
     }
     for (ns, name) in plan.delete {

@@ -17,8 +17,9 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference},
 };
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
+    core::PartialObjectMeta,
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -31,7 +32,7 @@ use kubeconfig_authority_pki::{
     kubeconfig::{self as kc_file, Credential as FileCredential, KubeconfigSpec as FileSpec},
     parse_duration, renewal_time,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 use tracing::{Instrument, info, warn};
 
@@ -909,13 +910,9 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
             }
         }
         let patch = json!({"apiVersion": Kubeconfig::api_version(&()), "kind": Kubeconfig::kind(&()), "status": new_status});
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube("updating status"))?;
+        apply_status(&ctx.client, &namespace, &name, &patch)
+            .await
+            .map_err(Error::kube("updating status"))?;
     } else {
         return Ok(requeue_for(&outcome));
     }
@@ -935,6 +932,35 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     }
     Ok(requeue_for(&outcome))
 }
+
+/// Applies a Kubeconfig's status. The API server is asked to answer with the metadata only:
+/// nothing reads the answer, and the whole object would be decoded for nothing.
+async fn apply_status(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    patch: &Value,
+) -> kube::Result<()> {
+    let mut request = kube::core::Request::new(Kubeconfig::url_path(&(), Some(namespace)))
+        .patch_subresource(
+            "status",
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .map_err(kube::Error::BuildRequest)?;
+    request.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(METADATA_ONLY),
+    );
+    client
+        .request::<PartialObjectMeta<Kubeconfig>>(request)
+        .await
+        .map(drop)
+}
+
+/// The `Accept` header of an answer with the object's metadata only.
+const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
 /// Ready: at the renewal time. Not ready: the watches bring the object back when something it
 /// depends on changes; a slow retry covers anything they cannot see.
@@ -1013,8 +1039,9 @@ async fn apply_secret(
         Ok(secret) => secret,
         Err(problem) => return Ok((Outcome::NotReady(problem), None)),
     };
-    secrets
-        .patch(
+    // The answer is asked for as metadata only: the data just sent need not come back.
+    let written = secrets
+        .patch_metadata(
             &desired.secret_name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&secret),
@@ -1024,6 +1051,11 @@ async fn apply_secret(
             "writing Secret {}",
             desired.secret_name
         )))?;
+    ctx.own_writes.record(
+        &namespace,
+        &desired.secret_name,
+        written.metadata.resource_version,
+    );
     let held = issued.held;
     let what = match &desired.credential {
         Credential::Certificate { .. } => format!(

@@ -59,6 +59,8 @@ pub struct Context {
     /// CSRs waiting for their signer, by Kubeconfig UID (the key stays in memory; after a
     /// restart a new request is made).
     pub pending_csrs: Mutex<HashMap<String, credential::PendingCsr>>,
+    /// The managed Secrets as the controller last wrote them.
+    pub own_writes: Arc<managed::OwnWrites>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
