@@ -676,6 +676,8 @@ async fn malformed_objects_are_refused_and_others_keep_being_served() {
 /// values of a kubeconfig, tokens): what a leaked key or token would look like.
 fn secret_material(text: &str) -> Vec<String> {
     text.split_whitespace()
+        // Kubeconfig values are quoted.
+        .map(|w| w.trim_matches('"'))
         .filter(|w| {
             w.len() >= 40
                 && w.chars()
