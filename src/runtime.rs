@@ -4,7 +4,8 @@
 //! Watches (each a reflector whose cache the reconciler reads):
 //! - Kubeconfigs (the controller's own);
 //! - Secrets labelled as managed by this controller (a Kubeconfig's Secret and its copies, each
-//!   naming its Kubeconfig in an annotation): an edit or a deletion is repaired;
+//!   naming its Kubeconfig in an annotation): an edit or a deletion is repaired; the echo of
+//!   the controller's own write brings nothing back;
 //! - CertificateSigningRequests the controller made: a signature is taken at once;
 //! - ClusterRoleBindings and RoleBindings labelled as managed: mapped back through their
 //!   annotation, so a deleted or edited binding is restored;
