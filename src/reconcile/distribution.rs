@@ -10,14 +10,13 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
     core::{Selector, SelectorExt},
 };
 
 use super::{Context, Error, Result, authority::Problem, managed::ManagedSecret};
 use crate::api::{
-    DATA_ANNOTATION, FIELD_MANAGER, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig,
-    MANAGED_BY, MANAGED_BY_LABEL,
+    DATA_ANNOTATION, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig, MANAGED_BY,
+    MANAGED_BY_LABEL,
 };
 
 /// What distribution achieved, for status.
@@ -172,16 +171,9 @@ pub async fn apply(
                 continue;
             }
         }
-        let written = api
-            .patch_metadata(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&copy),
-            )
+        ctx.write_managed_secret(&ns, &copy)
             .await
             .map_err(Error::kube(format!("writing the copy {ns}/{name}")))?;
-        ctx.own_writes
-            .record(&ns, &name, written.metadata.resource_version);
         outcome.copies += 1;
     }
     for (ns, name) in plan.delete {

@@ -1039,23 +1039,12 @@ async fn apply_secret(
         Ok(secret) => secret,
         Err(problem) => return Ok((Outcome::NotReady(problem), None)),
     };
-    // The answer is asked for as metadata only: the data just sent need not come back.
-    let written = secrets
-        .patch_metadata(
-            &desired.secret_name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
+    ctx.write_managed_secret(&namespace, &secret)
         .await
         .map_err(Error::kube(format!(
             "writing Secret {}",
             desired.secret_name
         )))?;
-    ctx.own_writes.record(
-        &namespace,
-        &desired.secret_name,
-        written.metadata.resource_version,
-    );
     let held = issued.held;
     let what = match &desired.credential {
         Credential::Certificate { .. } => format!(

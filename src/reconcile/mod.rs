@@ -19,7 +19,8 @@ use k8s_openapi::api::{
     rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
-    Client,
+    Api, Client,
+    api::{Patch, PatchParams},
     core::PartialObjectMeta,
     runtime::controller::Action,
     runtime::{
@@ -29,7 +30,7 @@ use kube::{
 };
 use kubeconfig_authority_pki::CertificateAuthority;
 
-use crate::api::{Authority, AuthorityRef, ClusterAuthority, Kubeconfig};
+use crate::api::{Authority, AuthorityRef, ClusterAuthority, FIELD_MANAGER, Kubeconfig};
 
 /// A Secret's (namespace, name).
 pub type SecretKey = (String, String);
@@ -71,6 +72,23 @@ impl Context {
     /// Kubeconfig controller publishes once per change, never a repeat, so it needs no count.
     pub fn recorder(&self) -> Recorder {
         Recorder::new(self.client.clone(), self.reporter.clone())
+    }
+
+    /// Writes a managed Secret (a Kubeconfig's or a copy) by server-side apply, answered with
+    /// its metadata only (the data just sent need not come back), and remembers the write so
+    /// that its watch event brings nothing back.
+    pub async fn write_managed_secret(&self, namespace: &str, secret: &Secret) -> kube::Result<()> {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let written = Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .patch_metadata(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(secret),
+            )
+            .await?;
+        self.own_writes
+            .record(namespace, name, written.metadata.resource_version);
+        Ok(())
     }
 
     /// Waits until every cache has been filled once, so that a reconcile never mistakes a cache
