@@ -24,7 +24,10 @@ pub use identity::{Identity, KUBECONFIG_GROUP_PREFIX};
 pub use inspect::{CertificateInfo, Verification, inspect_certificate, verify_against};
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use pem_util::parse_certificates;
-pub use renewal::{max_jitter, renewal_time};
+pub use renewal::{
+    MIN_RENEWAL_FLOOR, MIN_VALIDITY, WriteBudget, effective_renew_before, max_jitter,
+    renewal_floor, renewal_time,
+};
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
