@@ -169,8 +169,19 @@ impl PrivateKey {
     }
 
     /// The key as PKCS#8 PEM, the format written into kubeconfigs and `tls.key`.
+    /// PKCS#8 PEM. Ed25519 keys are written as version 1 (RFC 8410 without the optional
+    /// public key): ring makes version 2 documents, which OpenSSL before 3.5 (Python's `ssl`,
+    /// curl, current Debian and Ubuntu) cannot read.
     pub fn to_pem(&self) -> String {
-        pem_util::encode("PRIVATE KEY", self.pair.serialized_der())
+        let der = self.pair.serialized_der();
+        let v1 = pkcs8::PrivateKeyInfo::try_from(der)
+            .ok()
+            .filter(|info| info.public_key.is_some())
+            .and_then(|mut info| {
+                info.public_key = None;
+                pkcs8::der::Encode::to_der(&info).ok()
+            });
+        pem_util::encode("PRIVATE KEY", v1.as_deref().unwrap_or(der))
     }
 
     /// The raw public key, as it appears in a certificate's subjectPublicKey bit string.
@@ -280,6 +291,24 @@ mod tests {
             let again = PrivateKey::from_pem(&key.to_pem()).unwrap();
             assert_eq!(key.public_key_raw(), again.public_key_raw(), "{alg}");
         }
+    }
+
+    #[test]
+    fn ed25519_keys_are_written_as_pkcs8_version_1() {
+        let pem = KeyAlgorithm::Ed25519.generate().unwrap().to_pem();
+        let der = ::pem::parse(&pem).unwrap().into_contents();
+        let info = pkcs8::PrivateKeyInfo::try_from(der.as_slice()).unwrap();
+        assert_eq!(info.version(), pkcs8::Version::V1);
+        assert!(info.public_key.is_none());
+        // RFC 8410's example layout: SEQUENCE of 46 bytes, version 0, the OID, the seed.
+        assert_eq!(&der[..5], [0x30, 0x2e, 0x02, 0x01, 0x00]);
+        assert_eq!(der.len(), 48);
+        // The other algorithms are left as they are made.
+        let p256 = KeyAlgorithm::EcdsaP256.generate().unwrap();
+        assert_eq!(
+            ::pem::parse(p256.to_pem()).unwrap().contents(),
+            p256.pair.serialized_der()
+        );
     }
 
     #[test]
