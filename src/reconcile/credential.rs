@@ -47,9 +47,24 @@ pub struct Held {
     pub not_after: OffsetDateTime,
     #[serde(rename = "token")]
     pub is_token: bool,
+    /// When the controller received it (a signer back-dates `notBefore` for clock skew, and
+    /// renewal counts the lifetime from issuance). Absent in records of older versions.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub issued_at: Option<OffsetDateTime>,
 }
 
 impl Held {
+    /// The moment the lifetime counts from: the issuance when recorded, else `notBefore`.
+    pub fn issued_at(&self) -> OffsetDateTime {
+        self.issued_at
+            .unwrap_or(self.not_before)
+            .clamp(self.not_before, self.not_after.max(self.not_before))
+    }
+
     pub fn kind(&self) -> &'static str {
         if self.is_token {
             "token"
@@ -66,6 +81,7 @@ impl From<CertificateInfo> for Held {
             not_before: info.not_before,
             not_after: info.not_after,
             is_token: false,
+            issued_at: None,
         }
     }
 }
@@ -105,6 +121,7 @@ pub fn token_held(token: &str) -> Option<Held> {
         not_before: time("nbf").or_else(|| time("iat"))?,
         not_after: time("exp")?,
         is_token: true,
+        issued_at: None,
     })
 }
 
@@ -154,6 +171,7 @@ pub async fn issue(
                         not_before: issued.not_before,
                         not_after: issued.not_after,
                         is_token: false,
+                        issued_at: Some(now),
                     },
                     note: issued.clamped_to_ca.then(|| {
                         format!(

@@ -148,6 +148,9 @@ pub async fn apply(
             }));
         }
     };
+    if !plan.write.is_empty() || !plan.delete.is_empty() {
+        ctx.spend(uid, super::Written::Copies)?;
+    }
     let mut outcome = Distributed {
         copies: plan.current,
         ..Distributed::default()

@@ -28,7 +28,7 @@ use kube::{
     },
 };
 use kubeconfig_authority_pki::{
-    Identity, KeyAlgorithm,
+    Identity, KeyAlgorithm, MIN_VALIDITY, format_duration,
     kubeconfig::{self as kc_file, Credential as FileCredential, KubeconfigSpec as FileSpec},
     parse_duration, renewal_time,
 };
@@ -37,7 +37,7 @@ use time::OffsetDateTime;
 use tracing::{Instrument, info, warn};
 
 use super::{
-    Context, Error, Result,
+    Context, Error, Result, Written,
     authority::{self, Problem, Resolved, ResolvedSigner},
     credential::{self, Held, Issued, IssuedCredential},
     distribution::{self, Distributed},
@@ -193,6 +193,16 @@ impl Desired {
                 ));
             }
             (Some(username), _, signer) => {
+                if validity < MIN_VALIDITY {
+                    return Err(invalid(
+                        "validity",
+                        &format!(
+                            "{} is too short: a certificate is asked for at least {}, so that it is renewed at least a minute after it is issued and before it expires",
+                            spec.validity,
+                            format_duration(MIN_VALIDITY)
+                        ),
+                    ));
+                }
                 let algorithm = match &spec.private_key {
                     None => KeyAlgorithm::default(),
                     Some(pk) => KeyAlgorithm::from_parts(pk.algorithm.as_str(), pk.size)
@@ -355,7 +365,7 @@ pub fn plan_secret(
             "the Secret holds no readable kubeconfig".into(),
         );
     };
-    let renew_at = renewal_time(held.not_before, held.not_after, desired.renew_before, uid);
+    let renew_at = renewal_time(held.issued_at(), held.not_after, desired.renew_before, uid);
     if now >= renew_at || now >= held.not_after || now < held.not_before {
         return SecretPlan::Write(
             WriteReason::Renew,
@@ -1027,10 +1037,16 @@ async fn apply_secret(
         SecretPlan::Conflict(problem) => return Ok((Outcome::NotReady(problem), None)),
         SecretPlan::Write(reason, why) => (reason, why),
     };
-    let issued = match credential::issue(kc, uid, desired, &resolved.signer, ctx, now).await? {
+    ctx.spend(uid, Written::Secret)?;
+    let mut issued = match credential::issue(kc, uid, desired, &resolved.signer, ctx, now).await? {
         Ok(issued) => issued,
         Err(problem) => return Ok((Outcome::NotReady(problem), None)),
     };
+    // A token or a CSR's certificate counts from now; a CA's from `now` as passed to it.
+    issued
+        .held
+        .issued_at
+        .get_or_insert_with(OffsetDateTime::now_utc);
     let ca_pem = match &resolved.signer {
         ResolvedSigner::Ca(ca) => ca.certificate_pem(),
         _ => desired.server_ca_pem.as_str(),
@@ -1070,7 +1086,7 @@ async fn apply_secret(
         "Issue",
     )
     .await;
-    let renew_at = renewal_time(held.not_before, held.not_after, desired.renew_before, uid);
+    let renew_at = renewal_time(held.issued_at(), held.not_after, desired.renew_before, uid);
     let outcome = Outcome::Ready {
         held,
         renew_at,
@@ -1146,6 +1162,7 @@ async fn apply_bindings(
     if plan.is_empty() {
         return Ok(None);
     }
+    ctx.spend(uid, Written::Bindings)?;
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let mut failures = Vec::new();
     // Roles before the bindings that refer to them.
@@ -1396,6 +1413,7 @@ mod tests {
                 not_before: issued.not_before,
                 not_after: issued.not_after,
                 is_token: false,
+                issued_at: Some(now),
             },
             note: None,
             credential: IssuedCredential::Certificate {
@@ -1529,7 +1547,14 @@ mod tests {
         let SecretPlan::Keep { held: read, .. } = plan(&desired, UID, &unrecorded, now) else {
             panic!("an unrecorded Secret is kept")
         };
-        assert_eq!(read, held);
+        // The certificate says nothing of when it was received.
+        assert_eq!(
+            read,
+            Held {
+                issued_at: None,
+                ..held.clone()
+            }
+        );
         assert!(matches!(
             plan_secret(&desired, UID, Some(&ManagedSecret::from(unrecorded)), now),
             SecretPlan::Write(WriteReason::Repair, _)

@@ -7,6 +7,7 @@ pub mod generator;
 pub mod kubeconfig;
 pub mod managed;
 pub mod onboarding;
+pub mod orphans;
 pub mod policy;
 
 use std::{
@@ -62,10 +63,43 @@ pub struct Context {
     pub pending_csrs: Mutex<HashMap<String, credential::PendingCsr>>,
     /// The managed Secrets as the controller last wrote them.
     pub own_writes: Arc<managed::OwnWrites>,
+    /// How often each Kubeconfig's objects were written lately (see [`Context::spend`]).
+    pub write_budgets: Mutex<HashMap<(String, Written), kubeconfig_authority_pki::WriteBudget>>,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// What a reconcile writes, each bounded on its own by [`Context::spend`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Written {
+    Secret,
+    Bindings,
+    Copies,
+}
+
+/// At most this many writes of one kind per Kubeconfig in [`WRITE_WINDOW`], whatever the input
+/// (a renewal schedule, someone deleting the Secret in a loop, another controller fighting over
+/// a binding). Issuance and three repairs fit in one window.
+pub const WRITES_PER_WINDOW: usize = 5;
+pub const WRITE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Context {
+    /// Takes one write of `what` from the Kubeconfig's budget, or says (as an error the error
+    /// policy turns into a requeue) when the next one is allowed.
+    pub fn spend(&self, uid: &str, what: Written) -> Result<()> {
+        let now = time::OffsetDateTime::now_utc();
+        let Ok(mut budgets) = self.write_budgets.lock() else {
+            return Ok(());
+        };
+        if budgets.len() > 4096 {
+            budgets.retain(|_, b| !b.is_spent_before(now, WRITE_WINDOW));
+        }
+        budgets
+            .entry((uid.to_string(), what))
+            .or_default()
+            .take(now, WRITES_PER_WINDOW, WRITE_WINDOW)
+            .map_err(|until| Error::RateLimited { what, until })
+    }
+
     /// A recorder for one event. kube-runtime's shared Recorder keeps every event of the last
     /// six minutes to count repeats, and scans them all under a lock on each publish: at ten
     /// thousand Kubeconfigs that was a ninth of the controller's CPU (`make bench`). The
@@ -168,6 +202,13 @@ pub enum Error {
     Finalizer(String),
     #[error("{0}")]
     Startup(String),
+    #[error(
+        "{what:?} written {WRITES_PER_WINDOW} times within a minute already; the next write waits until {until}"
+    )]
+    RateLimited {
+        what: Written,
+        until: time::OffsetDateTime,
+    },
 }
 
 impl Error {
@@ -183,6 +224,19 @@ impl Error {
             Error::MissingMetadata(_) => "InvalidObject",
             Error::Finalizer(_) => "FinalizerError",
             Error::Startup(_) => "StartupError",
+            Error::RateLimited { .. } => "RateLimited",
+        }
+    }
+
+    /// When to try again: at the time a rate limit names, else after a short backoff.
+    pub fn retry_after(&self) -> std::time::Duration {
+        match self {
+            Error::RateLimited { until, .. } => {
+                std::time::Duration::try_from(*until - time::OffsetDateTime::now_utc())
+                    .unwrap_or_default()
+                    .max(std::time::Duration::from_millis(100))
+            }
+            _ => std::time::Duration::from_secs(5),
         }
     }
 }
