@@ -40,6 +40,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub in_flight: Gauge<i64, AtomicI64>,
     pub leader: Gauge<i64, AtomicI64>,
+    pub watches_stalled: Gauge<i64, AtomicI64>,
+    kubeconfigs: Arc<std::sync::Mutex<Option<Store<Kubeconfig>>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -50,7 +52,7 @@ impl std::fmt::Debug for Metrics {
 
 /// Seconds until expiry, read from the Kubeconfigs' status at scrape time.
 #[derive(Debug)]
-struct Expiry(Store<Kubeconfig>);
+struct Expiry(Arc<std::sync::Mutex<Option<Store<Kubeconfig>>>>);
 
 impl Collector for Expiry {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -61,7 +63,8 @@ impl Collector for Expiry {
             None,
             MetricType::Gauge,
         )?;
-        for kc in self.0.state() {
+        let store = self.0.lock().ok().and_then(|s| s.clone());
+        for kc in store.iter().flat_map(|s| s.state()) {
             let Some(not_after) = kc.status.as_ref().and_then(|s| s.not_after.as_ref()) else {
                 continue;
             };
@@ -77,7 +80,7 @@ impl Collector for Expiry {
 }
 
 impl Metrics {
-    pub fn new(kubeconfigs: Store<Kubeconfig>) -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("kubeconfig_authority");
         let issued = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -111,8 +114,17 @@ impl Metrics {
             "1 while this replica holds the leader lease and reconciles",
             leader.clone(),
         );
-        registry.register_collector(Box::new(Expiry(kubeconfigs)));
+        let watches_stalled = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "watches_stalled",
+            "Watches failing without progress for 30 s or more (the leader steps down)",
+            watches_stalled.clone(),
+        );
+        let kubeconfigs = Arc::default();
+        registry.register_collector(Box::new(Expiry(Arc::clone(&kubeconfigs))));
         Arc::new(Self {
+            watches_stalled,
+            kubeconfigs,
             registry,
             issued,
             failures,
@@ -120,6 +132,13 @@ impl Metrics {
             in_flight,
             leader,
         })
+    }
+
+    /// The cache the expiry gauge reads (each term of leadership has its own).
+    pub fn observe(&self, kubeconfigs: Option<Store<Kubeconfig>>) {
+        if let Ok(mut store) = self.kubeconfigs.lock() {
+            *store = kubeconfigs;
+        }
     }
 
     pub fn count(family: &Family<ReasonLabels, Counter>, reason: &str) {

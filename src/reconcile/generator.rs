@@ -28,6 +28,8 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, warn};
 
+use crate::runtime::watch::watch;
+
 use super::{Error, Result, filled, kubeconfig::delete_ignoring_absent};
 use crate::api::{
     Authority, AuthorityKind, FIELD_MANAGER, GeneratorError, GeneratorTarget, KAMAJI_API_VERSION,
@@ -53,6 +55,7 @@ pub struct Context {
     kinds: Mutex<HashMap<(String, String), ApiResource>>,
     /// Target kinds with a watch running; each change triggers every generator.
     watched: Mutex<HashSet<(String, String)>>,
+    watches: std::sync::Arc<crate::runtime::watch::Watches>,
     trigger: mpsc::UnboundedSender<()>,
 }
 
@@ -63,15 +66,17 @@ impl Context {
         namespaces: Store<PartialObjectMeta<Namespace>>,
         kubeconfigs: Store<Kubeconfig>,
         authorities: Store<Authority>,
+        watches: std::sync::Arc<crate::runtime::watch::Watches>,
     ) -> (Self, impl futures::Stream<Item = ()> + Send + 'static) {
         let (trigger, changes) = mpsc::unbounded_channel();
         // Namespaces entering or leaving a namespace selector.
         let forward = trigger.clone();
-        let namespaces_watch = watcher(
+        let namespaces_watch = watch(
             Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
             watcher::Config::default(),
+            "Namespaces (generators)",
+            &watches,
         )
-        .default_backoff()
         .touched_objects();
         tokio::spawn(async move {
             let mut events = std::pin::pin!(namespaces_watch);
@@ -92,6 +97,7 @@ impl Context {
                 authorities,
                 kinds: Mutex::default(),
                 watched: Mutex::default(),
+                watches,
                 trigger,
             },
             changes,
@@ -130,11 +136,12 @@ impl Context {
         if !new {
             return;
         }
-        let stream = watcher(
+        let stream = watch(
             Api::<PartialObjectMeta<DynamicObject>>::all_with(self.client.clone(), resource),
             watcher::Config::default(),
+            &format!("{} (generators)", resource.kind),
+            &self.watches,
         )
-        .default_backoff()
         .touched_objects();
         let forward = self.trigger.clone();
         tokio::spawn(async move {

@@ -18,7 +18,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{
     certificates::v1::CertificateSigningRequest,
     core::v1::{ConfigMap, Namespace, Secret, ServiceAccount},
@@ -37,9 +37,16 @@ use kube::{
 };
 use tracing::{info, warn};
 
+mod leader;
+pub mod watch;
+
+use leader::LEASE_SECONDS;
+pub use leader::LeaderElection;
+use watch::{Watches, watch};
+
 use crate::{
     api::{
-        Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority, FIELD_MANAGER,
+        Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority,
         KUBECONFIG_ANNOTATION, Kubeconfig, KubeconfigGenerator, MANAGED_BY, MANAGED_BY_LABEL,
     },
     reconcile::{
@@ -48,6 +55,7 @@ use crate::{
         generator, kubeconfig,
         managed::ManagedSecret,
         onboarding,
+        orphans::{self, Candidate},
     },
 };
 
@@ -68,386 +76,577 @@ pub struct Options {
 pub const DEFAULT_CONCURRENCY: u16 = 32;
 
 /// Runs the controller until SIGTERM or Ctrl-C; in-flight reconciles finish first.
+///
+/// The process serves `/livez`, `/readyz` and `/metrics` throughout, and reconciles in terms:
+/// with leader election, a term starts when this replica takes the Lease; it ends at shutdown,
+/// when the Lease is lost, or when a watch has stalled (then the Lease is given up, so that a
+/// standby replica whose watches work takes over, and this one competes again later). Each term
+/// has its own caches and controllers: nothing stale survives into the next.
 pub async fn run(client: Client, options: Options) -> Result<(), Error> {
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let all = watcher::Config::default;
-
-    // The cache keeps a summary of each managed Secret's data, not the data.
-    let (secrets, secret_events) = reflect(
-        Api::<Secret>::all(client.clone()),
-        managed.clone(),
-        ManagedSecret::from,
-    );
-    let (crbs, crb_events) = reflect(
-        Api::<ClusterRoleBinding>::all(client.clone()),
-        managed.clone(),
-        keep,
-    );
-    let (rbs, rb_events) = reflect(
-        Api::<RoleBinding>::all(client.clone()),
-        managed.clone(),
-        keep,
-    );
-    let (roles, role_events) = reflect(Api::<Role>::all(client.clone()), managed.clone(), keep);
-    let (authorities, authority_events) =
-        reflect(Api::<Authority>::all(client.clone()), all(), keep);
-    let (cluster_authorities, cluster_authority_events) =
-        reflect(Api::<ClusterAuthority>::all(client.clone()), all(), keep);
-    let (namespaces, namespace_events) = reflect(
-        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-        all(),
-        keep,
-    );
-    // The CSRs the controller made: a signature (or a denial) brings their Kubeconfig back.
-    let csr_events = watcher(
-        Api::<PartialObjectMeta<CertificateSigningRequest>>::all(client.clone()),
-        managed.clone(),
-    )
-    .default_backoff()
-    .touched_objects();
-    let config_map_events = watcher(
-        Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
-        all(),
-    )
-    .default_backoff()
-    .touched_objects();
-    // Every other Secret (a CA, a CA bundle, a kubeconfig an authority reads), metadata only.
-    let unmanaged = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}"));
-    let (secret_metadata, secret_meta_events) = reflect(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        unmanaged,
-        keep,
-    );
-
-    let (kubeconfigs, kubeconfig_events) =
-        reflect(Api::<Kubeconfig>::all(client.clone()), all(), keep);
-    let kubeconfig_events = kubeconfig_events.predicate_filter(not_status, Default::default());
-    let controller = Controller::for_stream(kubeconfig_events, kubeconfigs.clone())
-        .with_config(kube::runtime::controller::Config::default().concurrency(options.concurrency));
-    let reporter = Reporter {
-        controller: "kubeconfig-authority".into(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
-    let context = Arc::new(Context {
-        reporter: reporter.clone(),
-        client: client.clone(),
-        kubeconfigs: kubeconfigs.clone(),
-        authorities: authorities.clone(),
-        cluster_authorities: cluster_authorities.clone(),
-        secrets,
-        cluster_role_bindings: crbs,
-        role_bindings: rbs,
-        roles,
-        namespaces: namespaces.clone(),
-        secret_metadata,
-        default_authority: options.default_authority.clone(),
-        ca_cache: Default::default(),
-        pending_csrs: Default::default(),
-        own_writes: Default::default(),
-        metrics: crate::metrics::Metrics::new(kubeconfigs.clone()),
-    });
-
-    let default = options.default_authority.clone();
-    let by_authority = {
-        let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
-        move |a: Authority| {
-            users_of(
-                &kubeconfigs,
-                default.as_ref(),
-                AuthorityKind::Authority,
-                a.namespace().as_deref(),
-                &a.name_any(),
-            )
-        }
-    };
-    let by_cluster_authority = {
-        let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
-        move |a: ClusterAuthority| {
-            users_of(
-                &kubeconfigs,
-                default.as_ref(),
-                AuthorityKind::ClusterAuthority,
-                None,
-                &a.name_any(),
-            )
-        }
-    };
-    // A change to an object some authority reads (a CA Secret, a CA bundle, a kubeconfig
-    // Secret) brings back the Kubeconfigs of those authorities.
-    let dependents = {
-        let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
-        move |key: (String, String), reads: ReadsFn| {
-            let mut out = Vec::new();
-            for a in authorities.state() {
-                if reads(&a.spec.config, a.namespace().as_deref()).contains(&key) {
-                    out.extend(users_of(
-                        &kubeconfigs,
-                        default.as_ref(),
-                        AuthorityKind::Authority,
-                        a.namespace().as_deref(),
-                        &a.name_any(),
-                    ));
-                }
-            }
-            for a in cluster_authorities.state() {
-                if reads(&a.spec.config, None).contains(&key) {
-                    out.extend(users_of(
-                        &kubeconfigs,
-                        default.as_ref(),
-                        AuthorityKind::ClusterAuthority,
-                        None,
-                        &a.name_any(),
-                    ));
-                }
-            }
-            out
-        }
-    };
-    let by_secret = {
-        let dependents = dependents.clone();
-        move |s: PartialObjectMeta<Secret>| {
-            dependents(
-                (s.namespace().unwrap_or_default(), s.name_any()),
-                secrets_of,
-            )
-        }
-    };
-    let by_config_map = {
-        let kubeconfigs = kubeconfigs.clone();
-        move |c: PartialObjectMeta<ConfigMap>| {
-            let namespace = c.namespace().unwrap_or_default();
-            let mut out = dependents((namespace.clone(), c.name_any()), config_maps_of);
-            // The cluster's CA, published in every namespace: the default CA bundle of token
-            // and CSR authorities, read in the Kubeconfig's own namespace.
-            if c.name_any() == ROOT_CA_CONFIG_MAP {
-                out.extend(
-                    kubeconfigs
-                        .state()
-                        .into_iter()
-                        .filter(|kc| kc.namespace().as_deref() == Some(namespace.as_str()))
-                        .map(|kc| ObjectRef::from_obj(&*kc)),
-                );
-            }
-            out
-        }
-    };
-
-    // A namespace's labels decide which ClusterAuthorities serve it, and where copies go.
-    let by_namespace = {
-        let kubeconfigs = kubeconfigs.clone();
-        move |n: PartialObjectMeta<Namespace>| {
-            let namespace = n.name_any();
-            kubeconfigs
-                .state()
-                .into_iter()
-                .filter(|kc| {
-                    kc.namespace().as_deref() == Some(namespace.as_str())
-                        || kc.spec.distribution.is_some()
-                })
-                .map(|kc| ObjectRef::from_obj(&*kc))
-                .collect::<Vec<_>>()
-        }
-    };
-
     let health = Arc::new(Health::default());
+    let metrics = crate::metrics::Metrics::new();
+    let watches = Arc::new(Watches::default());
     if let Some(addr) = options.health_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Startup(format!("listening on {addr} for health checks: {e}")))?;
-        tokio::spawn(serve_http(
-            listener,
-            health.clone(),
-            context.metrics.clone(),
-        ));
+        tokio::spawn(serve_http(listener, health.clone(), metrics.clone()));
     }
-
-    // ServiceAccounts that ask for a kubeconfig by annotation, and the Kubeconfigs made for
-    // them (owned by the ServiceAccount).
-    let onboarding = Controller::new(Api::<ServiceAccount>::all(client.clone()), all())
-        .owns(
-            Api::<Kubeconfig>::all(client.clone()),
-            watcher::Config::default().labels(onboarding::SERVICE_ACCOUNT_LABEL),
-        )
-        .shutdown_on_signal()
-        .run(
-            onboarding::reconcile,
-            |sa, error: &Error, _| {
-                warn!(serviceaccount = %format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any()), reason = error.reason(), "{error}");
-                Action::requeue(Duration::from_secs(5))
-            },
-            Arc::new(onboarding::Context {
-                client: client.clone(),
-                kubeconfigs: kubeconfigs.clone(),
-                recorder: Recorder::new(client.clone(), reporter.clone()),
-                default_authority: options.default_authority.clone(),
-            }),
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                match e {
-                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                    other => warn!("onboarding failed: {other}"),
+    loop {
+        let lease = match &options.leader_election {
+            None => None,
+            Some(election) => {
+                health.set(HealthState::Follower);
+                match leader::acquire(&client, election).await {
+                    Some(lease) => Some(lease),
+                    None => {
+                        info!("stopped before leading");
+                        return Ok(());
+                    }
                 }
             }
-        });
-
-    // KubeconfigGenerators: the Kubeconfigs they own, and any change of their target kinds
-    // or of namespaces brings them back.
-    let (generator_context, generator_triggers) = generator::Context::new(
-        client.clone(),
-        namespaces,
-        context.kubeconfigs.clone(),
-        context.authorities.clone(),
-    );
-    let generators = Controller::new(Api::<KubeconfigGenerator>::all(client.clone()), all())
-        .owns(
-            Api::<Kubeconfig>::all(client.clone()),
-            watcher::Config::default().labels(generator::GENERATOR_LABEL),
-        )
-        .reconcile_all_on(generator_triggers)
-        .shutdown_on_signal()
-        .run(
-            generator::reconcile,
-            generator::error_policy,
-            Arc::new(generator_context),
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                match e {
-                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                    other => warn!("generator failed: {other}"),
-                }
-            }
-        });
-
-    info!("starting the Kubeconfig controller");
-    let own_writes = context.own_writes.clone();
-    let kubeconfig_controller = controller
-        // Managed Secrets and their copies in other namespaces name their Kubeconfig.
-        .reconcile_on(secret_events.filter_map(move |event| {
-            futures::future::ready(match event {
-                Ok(s) if own_writes.is_echo(&s) => None,
-                Ok(s) => owner_of(s.kubeconfig.as_ref()),
-                Err(e) => {
-                    warn!("watching managed Secrets: {e}");
-                    None
-                }
-            })
-        }))
-        .watches_stream(
-            csr_events,
-            |c: PartialObjectMeta<CertificateSigningRequest>| {
-                owner_of(c.annotations().get(KUBECONFIG_ANNOTATION))
-            },
-        )
-        .watches_stream(crb_events, |b: ClusterRoleBinding| {
-            owner_of(b.annotations().get(KUBECONFIG_ANNOTATION))
-        })
-        .watches_stream(rb_events, |b: RoleBinding| {
-            owner_of(b.annotations().get(KUBECONFIG_ANNOTATION))
-        })
-        .watches_stream(role_events, |r: Role| {
-            owner_of(r.annotations().get(KUBECONFIG_ANNOTATION))
-        })
-        .watches_stream(authority_events, by_authority)
-        .watches_stream(cluster_authority_events, by_cluster_authority)
-        .watches_stream(secret_meta_events, by_secret)
-        .watches_stream(config_map_events, by_config_map)
-        .watches_stream(namespace_events, by_namespace)
-        .shutdown_on_signal()
-        .run(kubeconfig::reconcile, error_policy, context.clone())
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                match e {
-                    kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                    other => warn!("reconcile failed: {other}"),
-                }
-            }
-        });
-    let controllers = futures::future::join3(kubeconfig_controller, onboarding, generators);
-
-    let Some(election) = options.leader_election else {
-        lead(&context, &health);
-        controllers.await;
-        info!("stopped");
-        return Ok(());
-    };
-    // Several replicas: one leads (reconciles), the others are ready and idle.
-    health.set(HealthState::Follower);
-    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease)
-        .with_namespace(&election.namespace)
-        .with_identity(&election.identity)
-        .with_duration(LEASE_SECONDS)
-        .with_grace(LEASE_GRACE_SECONDS)
-        .with_field_manager(FIELD_MANAGER)
-        .build()
-        .await
-        .map_err(|e| Error::Startup(format!("leader election: {e}")))?;
-    let (mut leader, lease_task) = manager.watch().await;
-    info!(identity = %election.identity, lease = %format!("{}/{}", election.namespace, election.lease), "waiting to lead");
-    while !*leader.borrow_and_update() {
-        tokio::select! {
-            changed = leader.changed() => {
-                if changed.is_err() {
-                    return Err(Error::Startup("leader election stopped".into()));
-                }
-            }
-            () = terminated() => {
-                info!("stopped before leading");
+        };
+        let end = {
+            let leading = lease.as_ref().map(|l| l.leading.clone());
+            let term = Term {
+                client: &client,
+                options: &options,
+                health: &health,
+                metrics: &metrics,
+                watches: &watches,
+            };
+            term.run(leading).await?
+        };
+        metrics.leader.set(0);
+        metrics.observe(None);
+        watches.clear();
+        health.set_stalled(None);
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        match end {
+            TermEnd::Shutdown => {
+                info!("stopped");
                 return Ok(());
             }
-        }
-    }
-    info!(identity = %election.identity, "leading");
-    lead(&context, &health);
-    let mut watch = leader.clone();
-    let lost = async move {
-        while *watch.borrow_and_update() {
-            if watch.changed().await.is_err() {
-                break;
+            TermEnd::LostLease => warn!("lost the leader lease; waiting to lead again"),
+            TermEnd::Stalled => {
+                warn!(
+                    "gave up the leader lease: the watches stalled; a standby replica leads meanwhile"
+                );
+                // Leave the Lease to the others for a while before competing again.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(LEASE_SECONDS * 2)) => {}
+                    () = terminated() => return Ok(()),
+                }
             }
         }
-    };
-    let outcome = tokio::select! {
-        _ = controllers => Ok(()),
-        () = lost => Err(Error::Startup("lost the leader lease; exiting so that another replica leads".into())),
-    };
-    context.metrics.leader.set(0);
-    // Closing the channel makes the lease task release the lease.
-    drop(leader);
-    if let Ok(Err(e)) = lease_task.await {
-        warn!("releasing the lease: {e}");
     }
-    info!("stopped");
-    outcome
 }
 
-/// How long a lease is held without renewal, and how long before its end it is renewed: a
-/// replica that dies is replaced within about `LEASE_SECONDS`.
-const LEASE_SECONDS: u64 = 10;
-const LEASE_GRACE_SECONDS: u64 = 3;
-
-/// Leader election settings.
-#[derive(Debug, Clone)]
-pub struct LeaderElection {
-    pub namespace: String,
-    pub lease: String,
-    pub identity: String,
+/// Why a term of reconciling ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TermEnd {
+    Shutdown,
+    LostLease,
+    Stalled,
 }
 
-/// Marks this replica as leader: ready once its caches are filled.
-fn lead(context: &Arc<Context>, health: &Arc<Health>) {
+/// What one term of reconciling uses from the process.
+struct Term<'a> {
+    client: &'a Client,
+    options: &'a Options,
+    health: &'a Arc<Health>,
+    metrics: &'a Arc<crate::metrics::Metrics>,
+    watches: &'a Arc<Watches>,
+}
+
+impl Term<'_> {
+    /// Builds the caches and controllers and runs them until shutdown, the loss of `leading`
+    /// (when leader election is on) or, with leader election, a stalled watch.
+    async fn run(
+        self,
+        leading: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<TermEnd, Error> {
+        let controllers = self.controllers()?;
+        let lost = async move {
+            let Some(mut leading) = leading else {
+                return std::future::pending().await;
+            };
+            while *leading.borrow_and_update() {
+                if leading.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let step_down = self.options.leader_election.is_some();
+        let stalled = watch_progress(self.watches, self.health, self.metrics, step_down);
+        Ok(tokio::select! {
+            () = controllers => TermEnd::Shutdown,
+            () = lost => TermEnd::LostLease,
+            () = stalled => TermEnd::Stalled,
+        })
+    }
+
+    /// The three controllers of a term, over caches of their own, as one future that ends at
+    /// shutdown.
+    fn controllers(&self) -> Result<impl std::future::Future<Output = ()> + use<>, Error> {
+        let client = self.client;
+        let watches = self.watches;
+        let managed =
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let all = watcher::Config::default;
+
+        // The cache keeps a summary of each managed Secret's data, not the data.
+        let (secrets, secret_events) = reflect(
+            watches,
+            "managed Secrets",
+            Api::<Secret>::all(client.clone()),
+            managed.clone(),
+            ManagedSecret::from,
+        );
+        let (crbs, crb_events) = reflect(
+            watches,
+            "ClusterRoleBindings",
+            Api::<ClusterRoleBinding>::all(client.clone()),
+            managed.clone(),
+            keep,
+        );
+        let (rbs, rb_events) = reflect(
+            watches,
+            "RoleBindings",
+            Api::<RoleBinding>::all(client.clone()),
+            managed.clone(),
+            keep,
+        );
+        let (roles, role_events) = reflect(
+            watches,
+            "Roles",
+            Api::<Role>::all(client.clone()),
+            managed.clone(),
+            keep,
+        );
+        let (authorities, authority_events) = reflect(
+            watches,
+            "Authorities",
+            Api::<Authority>::all(client.clone()),
+            all(),
+            keep,
+        );
+        let (cluster_authorities, cluster_authority_events) = reflect(
+            watches,
+            "ClusterAuthorities",
+            Api::<ClusterAuthority>::all(client.clone()),
+            all(),
+            keep,
+        );
+        let (namespaces, namespace_events) = reflect(
+            watches,
+            "Namespaces",
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            all(),
+            keep,
+        );
+        // The CSRs the controller made: a signature (or a denial) brings their Kubeconfig back.
+        let csr_events = watch(
+            Api::<PartialObjectMeta<CertificateSigningRequest>>::all(client.clone()),
+            managed.clone(),
+            "CertificateSigningRequests",
+            watches,
+        )
+        .touched_objects();
+        let config_map_events = watch(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            all(),
+            "ConfigMaps",
+            watches,
+        )
+        .touched_objects();
+        // Every other Secret (a CA, a CA bundle, a kubeconfig an authority reads), metadata only.
+        let unmanaged =
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}!={MANAGED_BY}"));
+        let (secret_metadata, secret_meta_events) = reflect(
+            watches,
+            "other Secrets",
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            unmanaged,
+            keep,
+        );
+
+        let (kubeconfigs, kubeconfig_events) = reflect(
+            watches,
+            "Kubeconfigs",
+            Api::<Kubeconfig>::all(client.clone()),
+            all(),
+            keep,
+        );
+        let kubeconfig_events = kubeconfig_events.predicate_filter(not_status, Default::default());
+        let controller = Controller::for_stream(kubeconfig_events, kubeconfigs.clone())
+            .with_config(
+                kube::runtime::controller::Config::default().concurrency(self.options.concurrency),
+            );
+        let reporter = Reporter {
+            controller: "kubeconfig-authority".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let context = Arc::new(Context {
+            reporter: reporter.clone(),
+            client: client.clone(),
+            kubeconfigs: kubeconfigs.clone(),
+            authorities: authorities.clone(),
+            cluster_authorities: cluster_authorities.clone(),
+            secrets,
+            cluster_role_bindings: crbs,
+            role_bindings: rbs,
+            roles,
+            namespaces: namespaces.clone(),
+            secret_metadata,
+            default_authority: self.options.default_authority.clone(),
+            ca_cache: Default::default(),
+            pending_csrs: Default::default(),
+            own_writes: Default::default(),
+            write_budgets: Default::default(),
+            metrics: self.metrics.clone(),
+        });
+
+        self.metrics.observe(Some(kubeconfigs.clone()));
+        let default = self.options.default_authority.clone();
+        let by_authority = {
+            let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
+            move |a: Authority| {
+                users_of(
+                    &kubeconfigs,
+                    default.as_ref(),
+                    AuthorityKind::Authority,
+                    a.namespace().as_deref(),
+                    &a.name_any(),
+                )
+            }
+        };
+        let by_cluster_authority = {
+            let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
+            move |a: ClusterAuthority| {
+                users_of(
+                    &kubeconfigs,
+                    default.as_ref(),
+                    AuthorityKind::ClusterAuthority,
+                    None,
+                    &a.name_any(),
+                )
+            }
+        };
+        // A change to an object some authority reads (a CA Secret, a CA bundle, a kubeconfig
+        // Secret) brings back the Kubeconfigs of those authorities.
+        let dependents = {
+            let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
+            move |key: (String, String), reads: ReadsFn| {
+                let mut out = Vec::new();
+                for a in authorities.state() {
+                    if reads(&a.spec.config, a.namespace().as_deref()).contains(&key) {
+                        out.extend(users_of(
+                            &kubeconfigs,
+                            default.as_ref(),
+                            AuthorityKind::Authority,
+                            a.namespace().as_deref(),
+                            &a.name_any(),
+                        ));
+                    }
+                }
+                for a in cluster_authorities.state() {
+                    if reads(&a.spec.config, None).contains(&key) {
+                        out.extend(users_of(
+                            &kubeconfigs,
+                            default.as_ref(),
+                            AuthorityKind::ClusterAuthority,
+                            None,
+                            &a.name_any(),
+                        ));
+                    }
+                }
+                out
+            }
+        };
+        let by_secret = {
+            let dependents = dependents.clone();
+            move |s: PartialObjectMeta<Secret>| {
+                dependents(
+                    (s.namespace().unwrap_or_default(), s.name_any()),
+                    secrets_of,
+                )
+            }
+        };
+        let by_config_map = {
+            let kubeconfigs = kubeconfigs.clone();
+            move |c: PartialObjectMeta<ConfigMap>| {
+                let namespace = c.namespace().unwrap_or_default();
+                let mut out = dependents((namespace.clone(), c.name_any()), config_maps_of);
+                // The cluster's CA, published in every namespace: the default CA bundle of token
+                // and CSR authorities, read in the Kubeconfig's own namespace.
+                if c.name_any() == ROOT_CA_CONFIG_MAP {
+                    out.extend(
+                        kubeconfigs
+                            .state()
+                            .into_iter()
+                            .filter(|kc| kc.namespace().as_deref() == Some(namespace.as_str()))
+                            .map(|kc| ObjectRef::from_obj(&*kc)),
+                    );
+                }
+                out
+            }
+        };
+
+        // A namespace's labels decide which ClusterAuthorities serve it, and where copies go.
+        let by_namespace = {
+            let kubeconfigs = kubeconfigs.clone();
+            move |n: PartialObjectMeta<Namespace>| {
+                let namespace = n.name_any();
+                kubeconfigs
+                    .state()
+                    .into_iter()
+                    .filter(|kc| {
+                        kc.namespace().as_deref() == Some(namespace.as_str())
+                            || kc.spec.distribution.is_some()
+                    })
+                    .map(|kc| ObjectRef::from_obj(&*kc))
+                    .collect::<Vec<_>>()
+            }
+        };
+
+        // ServiceAccounts that ask for a kubeconfig by annotation, and the Kubeconfigs made for
+        // them (owned by the ServiceAccount).
+        let (service_accounts, service_account_events) = reflect(
+            watches,
+            "ServiceAccounts",
+            Api::<ServiceAccount>::all(client.clone()),
+            all(),
+            keep,
+        );
+        let onboarding = Controller::for_stream(service_account_events, service_accounts)
+            .owns_stream(
+                watch(
+                    Api::<Kubeconfig>::all(client.clone()),
+                    watcher::Config::default().labels(onboarding::SERVICE_ACCOUNT_LABEL),
+                    "onboarded Kubeconfigs",
+                    watches,
+                )
+                .touched_objects(),
+            )
+            .shutdown_on_signal()
+            .run(
+                onboarding::reconcile,
+                |sa, error: &Error, _| {
+                    warn!(serviceaccount = %format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any()), reason = error.reason(), "{error}");
+                    Action::requeue(Duration::from_secs(5))
+                },
+                Arc::new(onboarding::Context {
+                    client: client.clone(),
+                    kubeconfigs: kubeconfigs.clone(),
+                    recorder: Recorder::new(client.clone(), reporter.clone()),
+                    default_authority: self.options.default_authority.clone(),
+                }),
+            )
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    match e {
+                        kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                        other => warn!("onboarding failed: {other}"),
+                    }
+                }
+            });
+
+        // KubeconfigGenerators: the Kubeconfigs they own, and any change of their target kinds
+        // or of namespaces brings them back.
+        let (generator_context, generator_triggers) = generator::Context::new(
+            client.clone(),
+            namespaces,
+            context.kubeconfigs.clone(),
+            context.authorities.clone(),
+            watches.clone(),
+        );
+        let (generator_store, generator_events) = reflect(
+            watches,
+            "KubeconfigGenerators",
+            Api::<KubeconfigGenerator>::all(client.clone()),
+            all(),
+            keep,
+        );
+        let generators = Controller::for_stream(generator_events, generator_store)
+            .owns_stream(
+                watch(
+                    Api::<Kubeconfig>::all(client.clone()),
+                    watcher::Config::default().labels(generator::GENERATOR_LABEL),
+                    "generated Kubeconfigs",
+                    watches,
+                )
+                .touched_objects(),
+            )
+            .reconcile_all_on(generator_triggers)
+            .shutdown_on_signal()
+            .run(
+                generator::reconcile,
+                generator::error_policy,
+                Arc::new(generator_context),
+            )
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    match e {
+                        kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                        other => warn!("generator failed: {other}"),
+                    }
+                }
+            });
+
+        // Anything labelled with a Kubeconfig's UID that changes is also a possible orphan.
+        let (orphan_tx, orphans) = tokio::sync::mpsc::unbounded_channel();
+        let suspect = |to: fn(&str, String) -> Candidate| {
+            let tx = orphan_tx.clone();
+            move |namespace: Option<String>, name: String| {
+                let _ = tx.send(to(&namespace.unwrap_or_default(), name));
+            }
+        };
+        let (crb_suspect, rb_suspect, role_suspect, copy_suspect) = (
+            suspect(|_, name| Candidate::ClusterRoleBinding(name)),
+            suspect(|ns, name| Candidate::RoleBinding(ns.into(), name)),
+            suspect(|ns, name| Candidate::Role(ns.into(), name)),
+            suspect(|ns, name| Candidate::Copy(ns.into(), name)),
+        );
+        let crb_events = crb_events.inspect_ok(move |b| crb_suspect(None, b.name_any()));
+        let rb_events = rb_events.inspect_ok(move |b| rb_suspect(b.namespace(), b.name_any()));
+        let role_events =
+            role_events.inspect_ok(move |r| role_suspect(r.namespace(), r.name_any()));
+        let secret_events = secret_events
+            .inspect_ok(move |s| copy_suspect(Some(s.namespace.clone()), s.name.clone()));
+        let sweeper = sweep_orphans(context.clone(), orphans);
+
+        info!("starting the Kubeconfig controller");
+        let own_writes = context.own_writes.clone();
+        let kubeconfig_controller = controller
+            // Managed Secrets and their copies in other namespaces name their Kubeconfig.
+            .reconcile_on(secret_events.filter_map(move |event| {
+                futures::future::ready(match event {
+                    Ok(s) if own_writes.is_echo(&s) => None,
+                    Ok(s) => owner_of(s.kubeconfig.as_ref()),
+                    Err(e) => {
+                        warn!("watching managed Secrets: {e}");
+                        None
+                    }
+                })
+            }))
+            .watches_stream(
+                csr_events,
+                |c: PartialObjectMeta<CertificateSigningRequest>| {
+                    owner_of(c.annotations().get(KUBECONFIG_ANNOTATION))
+                },
+            )
+            .watches_stream(crb_events, |b: ClusterRoleBinding| {
+                owner_of(b.annotations().get(KUBECONFIG_ANNOTATION))
+            })
+            .watches_stream(rb_events, |b: RoleBinding| {
+                owner_of(b.annotations().get(KUBECONFIG_ANNOTATION))
+            })
+            .watches_stream(role_events, |r: Role| {
+                owner_of(r.annotations().get(KUBECONFIG_ANNOTATION))
+            })
+            .watches_stream(authority_events, by_authority)
+            .watches_stream(cluster_authority_events, by_cluster_authority)
+            .watches_stream(secret_meta_events, by_secret)
+            .watches_stream(config_map_events, by_config_map)
+            .watches_stream(namespace_events, by_namespace)
+            .shutdown_on_signal()
+            .run(kubeconfig::reconcile, error_policy, context.clone())
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    match e {
+                        kube::runtime::controller::Error::ObjectNotFound(_) => {}
+                        other => warn!("reconcile failed: {other}"),
+                    }
+                }
+            });
+
+        let controllers = futures::future::join3(kubeconfig_controller, onboarding, generators);
+        let synced = lead(&context, self.health);
+        Ok(async move {
+            // The sweeper never ends: the term ends with the controllers.
+            tokio::select! {
+                _ = futures::future::join(controllers, synced) => {}
+                () = sweeper => {}
+            }
+        })
+    }
+}
+
+/// Removes orphans: every candidate once the caches are filled, then those that change.
+async fn sweep_orphans(
+    context: Arc<Context>,
+    mut suspects: tokio::sync::mpsc::UnboundedReceiver<Candidate>,
+) {
+    context.caches_ready().await;
+    let mut batch = orphans::all(&context);
+    loop {
+        if let Err(e) = orphans::sweep(&context, std::mem::take(&mut batch)).await {
+            warn!("removing orphaned bindings and copies: {e}");
+        }
+        let Some(first) = suspects.recv().await else {
+            return;
+        };
+        batch.push(first);
+        while let Ok(more) = suspects.try_recv() {
+            batch.push(more);
+        }
+    }
+}
+
+/// Every second: counts the stalled watches (metric, `/readyz`) and, when `step_down`, ends
+/// as soon as one has stalled. Without leader election there is no one to hand over to: the
+/// watches keep retrying on their own, and the stall is reported until they recover.
+async fn watch_progress(
+    watches: &Watches,
+    health: &Health,
+    metrics: &crate::metrics::Metrics,
+    step_down: bool,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let stalled = watches.stalled(std::time::Instant::now(), watch::STALL_AFTER);
+        metrics.watches_stalled.set(stalled.len() as i64);
+        if stalled.is_empty() {
+            health.set_stalled(None);
+            continue;
+        }
+        let names: Vec<String> = stalled
+            .iter()
+            .map(|(name, error)| format!("{name} ({error})"))
+            .collect();
+        let message = format!(
+            "watches failing for {}s or more without progress: {}",
+            watch::STALL_AFTER.as_secs(),
+            names.join("; ")
+        );
+        warn!("{message}");
+        health.set_stalled(Some(message));
+        if step_down {
+            return;
+        }
+    }
+}
+
+/// Marks this replica as leader: ready once its caches are filled (the returned future, which
+/// ends with the term).
+fn lead(
+    context: &Arc<Context>,
+    health: &Arc<Health>,
+) -> impl std::future::Future<Output = ()> + use<> {
     context.metrics.leader.set(1);
     health.set(HealthState::Syncing);
     let (context, health) = (context.clone(), health.clone());
-    tokio::spawn(async move {
+    async move {
         context.caches_ready().await;
         health.set(HealthState::Synced);
-    });
+    }
 }
 
 /// SIGTERM or Ctrl-C.
-async fn terminated() {
+pub(crate) async fn terminated() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -476,23 +675,37 @@ pub enum HealthState {
 }
 
 #[derive(Debug, Default)]
-pub struct Health(std::sync::atomic::AtomicU8);
+pub struct Health {
+    state: std::sync::atomic::AtomicU8,
+    /// Which watches have stalled, while any has.
+    stalled: std::sync::Mutex<Option<String>>,
+}
 
 impl Health {
     fn set(&self, state: HealthState) {
-        self.0
+        self.state
             .store(state as u8, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn answer(&self) -> (&'static str, &'static str) {
-        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
-            1 => ("200 OK", "ok: follower, idle"),
-            3 => ("200 OK", "ok: leader, caches synced"),
-            2 => (
-                "503 Service Unavailable",
-                "leader, caches are not synced yet",
-            ),
-            _ => ("503 Service Unavailable", "starting"),
+    fn set_stalled(&self, message: Option<String>) {
+        if let Ok(mut stalled) = self.stalled.lock() {
+            *stalled = message;
+        }
+    }
+
+    fn answer(&self) -> (&'static str, String) {
+        let unavailable = "503 Service Unavailable";
+        let state = self.state.load(std::sync::atomic::Ordering::Relaxed);
+        if state == HealthState::Follower as u8 {
+            return ("200 OK", "ok: follower, idle".into());
+        }
+        if let Some(stalled) = self.stalled.lock().ok().and_then(|s| s.clone()) {
+            return (unavailable, format!("leader, but {stalled}"));
+        }
+        match state {
+            3 => ("200 OK", "ok: leader, caches synced".into()),
+            2 => (unavailable, "leader, caches are not synced yet".into()),
+            _ => (unavailable, "starting".into()),
         }
     }
 }
@@ -522,6 +735,8 @@ fn keep<K>(object: K) -> K {
 /// what the cache keeps of it), and the stream of the objects it saw change (deletions
 /// included) that triggers reconciles.
 fn reflect<K, T>(
+    watches: &Arc<Watches>,
+    name: &str,
     api: Api<K>,
     config: watcher::Config,
     mut cached: impl FnMut(K) -> T + Send + 'static,
@@ -549,15 +764,17 @@ where
     };
     let events = reflector::reflector(
         writer,
-        futures::TryStreamExt::map_ok(watcher(api, config), move |event| match event {
-            watcher::Event::Apply(o) => watcher::Event::Apply(cache(o)),
-            watcher::Event::Delete(o) => watcher::Event::Delete(cache(o)),
-            watcher::Event::InitApply(o) => watcher::Event::InitApply(cache(o)),
-            watcher::Event::Init => watcher::Event::Init,
-            watcher::Event::InitDone => watcher::Event::InitDone,
-        }),
+        futures::TryStreamExt::map_ok(
+            watch(api, config, name, watches),
+            move |event| match event {
+                watcher::Event::Apply(o) => watcher::Event::Apply(cache(o)),
+                watcher::Event::Delete(o) => watcher::Event::Delete(cache(o)),
+                watcher::Event::InitApply(o) => watcher::Event::InitApply(cache(o)),
+                watcher::Event::Init => watcher::Event::Init,
+                watcher::Event::InitDone => watcher::Event::InitDone,
+            },
+        ),
     )
-    .default_backoff()
     .touched_objects();
     (store, events)
 }
@@ -565,7 +782,7 @@ where
 fn error_policy(kc: Arc<Kubeconfig>, error: &Error, ctx: Arc<Context>) -> Action {
     crate::metrics::Metrics::count(&ctx.metrics.failures, error.reason());
     warn!(kubeconfig = %format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any()), reason = error.reason(), "{error}");
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(error.retry_after())
 }
 
 /// The objects (namespace, name) an authority reads, of one kind.
@@ -624,7 +841,7 @@ async fn serve_http(
                 "/livez" => ("200 OK", text, "ok".to_string()),
                 "/readyz" => {
                     let (code, body) = health.answer();
-                    (code, text, body.to_string())
+                    (code, text, body)
                 }
                 "/metrics" => (
                     "200 OK",
