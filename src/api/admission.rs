@@ -209,7 +209,54 @@ pub fn admission_objects() -> Vec<Value> {
             ],
         ),
         binding("kubeconfig-authority-generators"),
+        finalizer_guard(),
+        binding("kubeconfig-authority-finalizer"),
     ]
+}
+
+/// The controller's finalizer stands between a Kubeconfig and the removal of
+/// what it made outside the garbage collector's reach (bindings, copies): only the controller
+/// may take it off, after that cleanup. Any other update that drops it is refused.
+fn finalizer_guard() -> Value {
+    let has = |object: &str| {
+        format!(
+            "has({object}.metadata.finalizers) && {object}.metadata.finalizers.exists(f, f == '{}')",
+            super::FINALIZER
+        )
+    };
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {
+            "name": "kubeconfig-authority-finalizer",
+            "annotations": {"kubeconfig-authority.dev/purpose": "Only the controller may remove its finalizer, after removing what the object made."},
+        },
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [{
+                    "apiGroups": [super::GROUP],
+                    "apiVersions": ["*"],
+                    "resources": ["kubeconfigs"],
+                    "operations": ["UPDATE"],
+                }],
+            },
+            "matchConditions": [{
+                "name": "finalizer-removed",
+                "expression": format!("{} && !({})", has("oldObject"), has("object")),
+            }, {
+                "name": "not-the-controller",
+                "expression": format!("request.userInfo.username != '{CONTROLLER_USER}'"),
+            }],
+            "validations": [validation(
+                "false".into(),
+                format!(
+                    "'only the kubeconfig-authority controller may remove the finalizer {}: it does so once the bindings and copies the object made are gone; delete the object and the controller finishes. If the controller is uninstalled for good, delete the ValidatingAdmissionPolicyBinding kubeconfig-authority-finalizer first'",
+                    super::FINALIZER
+                ),
+            )],
+        },
+    })
 }
 
 /// The policies as one multi-document YAML stream.
