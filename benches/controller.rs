@@ -76,8 +76,8 @@ fn main() -> Result<(), Error> {
         Scale {
             single: 5,
             bulk: vec![20],
-            storm_validity: "40s",
-            storm_renew_before: "30s",
+            storm_validity: "2m",
+            storm_renew_before: "1m",
             probe: 50,
             settle: Duration::from_secs(2),
             storm: true,

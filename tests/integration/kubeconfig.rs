@@ -509,16 +509,16 @@ async fn short_certificates_are_renewed_before_they_expire() {
         &admin,
         &ns,
         "erin",
-        spec("erin", json!({"validity": "40s", "renewBefore": "30s"})),
+        spec("erin", json!({"validity": "2m", "renewBefore": "1m"})),
     )
     .await;
     let first_kc = wait_ready(&admin, &ns, "erin").await;
     let first = kubeconfig_of(&admin, &ns, "erin-kubeconfig").await;
     let (first_serial, _) = serial_of(&first);
     let first_not_after = first_kc.status.unwrap().not_after.unwrap();
-    // Due at notAfter - 30s (less up to 3s of jitter): about ten seconds from now. Nothing
-    // touches the object meanwhile.
-    let renewed = eventually(Duration::from_secs(25), "renewal", || async {
+    // Due at notAfter - 1m (less up to 6s of jitter, but never sooner than a minute after
+    // issuance): about a minute from now. Nothing touches the object meanwhile.
+    let renewed = eventually(Duration::from_secs(80), "renewal", || async {
         let now = kubeconfig_of(&admin, &ns, "erin-kubeconfig").await;
         if serial_of(&now).0 != first_serial {
             Ok(now)
@@ -987,4 +987,96 @@ async fn kubeconfigs_without_an_authority_use_the_default_cluster_authority() {
             .as_deref(),
         Some(plane.ca.cert_pem.as_str())
     );
+}
+
+/// Every key algorithm's kubeconfig works for OpenSSL clients too (the OpenSSL 3.0 of current
+/// Debian and Ubuntu, Python's `ssl`), not only for Go's: each one's certificate and key make a
+/// SelfSubjectReview with `openssl s_client` and with Python.
+#[tokio::test]
+async fn every_key_algorithm_works_with_openssl_and_python() {
+    let plane = plane();
+    let (admin, ns) = setup("clients", &plane.ca).await;
+    let algorithms = [
+        ("ecdsa", "ECDSA", 256),
+        ("p384", "ECDSA", 384),
+        ("rsa", "RSA", 2048),
+        ("ed", "Ed25519", 0),
+    ];
+    for (name, algorithm, size) in algorithms {
+        let key = if size == 0 {
+            json!({"algorithm": algorithm})
+        } else {
+            json!({"algorithm": algorithm, "size": size})
+        };
+        apply(&admin, &ns, name, spec(name, json!({"privateKey": key}))).await;
+    }
+    let port = plane.server.rsplit(':').next().unwrap().to_string();
+    let body = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#;
+    for (name, algorithm, _) in algorithms {
+        wait_ready(&admin, &ns, name).await;
+        let s = secret(&admin, &ns, &format!("{name}-kubeconfig"))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for key in ["tls.crt", "tls.key", "ca.crt"] {
+            std::fs::write(dir.path().join(key), &s.data.as_ref().unwrap()[key].0).unwrap();
+        }
+        let path = |f: &str| dir.path().join(f).display().to_string();
+        let python = std::process::Command::new("python3")
+            .args(["-c", r#"
+import http.client, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+c = http.client.HTTPSConnection("127.0.0.1", int(sys.argv[4]), context=ctx)
+c.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", sys.argv[5], {"Content-Type": "application/json"})
+r = c.getresponse()
+print(r.status, r.read().decode())
+"#, &path("tls.crt"), &path("tls.key"), &path("ca.crt"), &port, body])
+            .output()
+            .expect("python3");
+        let out = String::from_utf8_lossy(&python.stdout);
+        assert!(
+            python.status.success()
+                && out.starts_with("201")
+                && out.contains(&format!("\"username\":\"{name}\"")),
+            "{algorithm} with Python: {out} {}",
+            String::from_utf8_lossy(&python.stderr)
+        );
+        let request = format!(
+            "POST /apis/authentication.k8s.io/v1/selfsubjectreviews HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let mut openssl = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-quiet",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-cert",
+                &path("tls.crt"),
+                "-key",
+                &path("tls.key"),
+                "-CAfile",
+                &path("ca.crt"),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl");
+        use std::io::Write;
+        openssl
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(request.as_bytes())
+            .unwrap();
+        let output = openssl.wait_with_output().unwrap();
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            out.starts_with("HTTP/1.1 201") && out.contains(&format!("\"username\":\"{name}\"")),
+            "{algorithm} with openssl: {out} {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
 }

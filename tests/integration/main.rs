@@ -6,6 +6,7 @@ mod support;
 
 mod cli;
 mod control_plane;
+mod faults;
 mod generator;
 mod gitops;
 mod kubeconfig;

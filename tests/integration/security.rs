@@ -857,3 +857,210 @@ async fn the_controller_cannot_bind_roles_outside_its_list() {
             .is_none()
     );
 }
+
+/// Renewal inputs that used to make the controller reissue without pause (renewBefore at or
+/// above the validity, a validity close to the back-dating): every one is issued once and then
+/// left alone; a validity too short to renew is refused with a message that says so.
+#[tokio::test]
+async fn no_renewal_input_makes_the_controller_reissue_without_pause() {
+    let (admin, ns) = setup("storm", &plane().ca).await;
+    let cases = [
+        ("equal", json!({"validity": "2m", "renewBefore": "2m"})),
+        ("longer", json!({"validity": "2m", "renewBefore": "10m"})),
+        ("short", json!({"validity": "2m30s"})),
+        ("hour", json!({"validity": "1h", "renewBefore": "1h"})),
+    ];
+    for (name, extra) in &cases {
+        apply(&admin, &ns, name, spec(name, extra.clone())).await;
+    }
+    let mut versions = Vec::new();
+    for (name, _) in &cases {
+        let kc = wait_ready(&admin, &ns, name).await;
+        let status = kc.status.unwrap();
+        let issued = status.not_before.unwrap().0.as_second() + 300;
+        let renewal = status.renewal_time.unwrap().0.as_second();
+        assert!(
+            renewal >= issued + 60,
+            "{name}: renewal {renewal} comes at least a minute after issuance {issued}"
+        );
+        let s = secret(&admin, &ns, &format!("{name}-kubeconfig"))
+            .await
+            .unwrap();
+        versions.push(s.resource_version());
+    }
+    // Twenty seconds later not one Secret was written again.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    for ((name, _), version) in cases.iter().zip(versions) {
+        let s = secret(&admin, &ns, &format!("{name}-kubeconfig"))
+            .await
+            .unwrap();
+        assert_eq!(s.resource_version(), version, "{name} was written again");
+    }
+    // Too short to be renewed in time: refused, and it says what to ask for.
+    apply(
+        &admin,
+        &ns,
+        "tiny",
+        spec("tiny", json!({"validity": "0.0000000001h"})),
+    )
+    .await;
+    let tiny = wait_condition(
+        &admin,
+        &ns,
+        "tiny",
+        "False",
+        Some("InvalidSpec"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let (_, _, message) = crate::kubeconfig::ready_condition(&tiny).unwrap();
+    assert!(message.contains("at least 2m"), "{message}");
+}
+
+/// The finalizer cannot be taken off by a requester (or anyone but the controller), and
+/// whatever a Kubeconfig bound is removed within seconds once it is gone, however it went.
+#[tokio::test]
+async fn bindings_never_outlive_their_kubeconfig() {
+    let (admin, ns) = setup("orphans", &plane().ca).await;
+    let suffix = &ns[ns.len() - 6..];
+    let user = format!("rita-{suffix}");
+    grant(
+        &admin,
+        user_binding(
+            "requester",
+            Some(&ns),
+            "kubeconfig-authority:requester",
+            &user,
+        ),
+    )
+    .await;
+    grant(
+        &admin,
+        user_binding(
+            "binder",
+            Some(&ns),
+            "kubeconfig-authority:namespace-binder",
+            &user,
+        ),
+    )
+    .await;
+    let identities: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": format!("identities-{suffix}")},
+        "rules": [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"], "resourceNames": ["susan"]}]}))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
+        .create(&PostParams::default(), &identities)
+        .await
+        .unwrap();
+    grant(
+        &admin,
+        user_binding(
+            &format!("identities-{suffix}"),
+            None,
+            &format!("identities-{suffix}"),
+            &user,
+        ),
+    )
+    .await;
+    let as_user = plane().client_for(&user, &[]).await;
+    let wanted = json!({"authorityRef": {"name": "cluster-ca"}, "username": "susan", "validity": "1h",
+        "secretRef": {"name": "susan-kubeconfig"},
+        "authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "view"}]}});
+    eventually(Duration::from_secs(10), "the requester may create", || {
+        let (client, ns, wanted) = (as_user.clone(), ns.clone(), wanted.clone());
+        async move {
+            create(&client, &ns, "susan", wanted)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let kc = wait_ready(&admin, &ns, "susan").await;
+    assert!(
+        kc.finalizers()
+            .iter()
+            .any(|f| f == "kubeconfig-authority.dev/cleanup")
+    );
+    // Neither the requester nor an administrator may drop the finalizer.
+    let drop_finalizer = json!({"metadata": {"finalizers": null}});
+    for (who, client) in [("requester", &as_user), ("administrator", &admin)] {
+        let (code, message) = refusal(
+            Api::<Kubeconfig>::namespaced(client.clone(), &ns)
+                .patch(
+                    "susan",
+                    &PatchParams::default(),
+                    &Patch::Merge(&drop_finalizer),
+                )
+                .await,
+        );
+        assert!(code == 403 || code == 422, "{who}: {code} {message}");
+        assert!(
+            message.contains("only the kubeconfig-authority controller"),
+            "{who}: {message}"
+        );
+    }
+    // An orphan: labelled bindings of a Kubeconfig that no longer exists (as a controller
+    // that was not running when its object went would leave them).
+    let orphan_uid = "00000000-0000-4000-8000-0000000dead0";
+    let labelled = |kind: &str, name: &str, namespace: Option<&str>| {
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "kubeconfig-authority", "kubeconfig-authority.dev/kubeconfig-uid": orphan_uid},
+                "annotations": {"kubeconfig-authority.dev/kubeconfig": format!("{ns}/gone")}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": format!("kubeconfig-uid:{orphan_uid}")}],
+        })
+    };
+    grant(
+        &admin,
+        labelled("RoleBinding", "kubeconfig:orphan", Some(&ns)),
+    )
+    .await;
+    grant(
+        &admin,
+        labelled(
+            "ClusterRoleBinding",
+            &format!("kubeconfig:{ns}:orphan"),
+            None,
+        ),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the orphaned bindings removed",
+        || async {
+            let rb = Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+                .get_opt("kubeconfig:orphan")
+                .await
+                .unwrap();
+            let crb = Api::<ClusterRoleBinding>::all(admin.clone())
+                .get_opt(&format!("kubeconfig:{ns}:orphan"))
+                .await
+                .unwrap();
+            if rb.is_none() && crb.is_none() {
+                Ok(())
+            } else {
+                Err("still there".to_string())
+            }
+        },
+    )
+    .await;
+    println!("orphaned bindings removed in {:?}", started.elapsed());
+    // The live Kubeconfig's own binding is left alone.
+    let selector = ListParams::default().labels(&format!(
+        "kubeconfig-authority.dev/kubeconfig-uid={}",
+        kc.uid().unwrap()
+    ));
+    assert_eq!(
+        Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+            .list(&selector)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+}

@@ -44,6 +44,9 @@ pub struct ControlPlane {
     pub spare_ca: TestCa,
     bin: PathBuf,
     etcd_url: String,
+    /// The command lines of etcd and kube-apiserver, to start them again after a stop.
+    etcd_args: Vec<String>,
+    apiserver_args: Vec<String>,
     processes: Mutex<Vec<Process>>,
     controller_manager: OnceLock<()>,
 }
@@ -154,41 +157,38 @@ impl ControlPlane {
         let etcd_url = format!("http://127.0.0.1:{client_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let p = |name: &str| path(name).display().to_string();
-        let etcd = Process::spawn(
-            &bin.join("etcd"),
-            &[
-                format!("--data-dir={}", p("etcd")),
-                format!("--listen-client-urls={etcd_url}"),
-                format!("--advertise-client-urls={etcd_url}"),
-                format!("--listen-peer-urls={peer_url}"),
-                format!("--initial-advertise-peer-urls={peer_url}"),
-                format!("--initial-cluster=default={peer_url}"),
-                "--name=default".into(),
-                "--unsafe-no-fsync".into(),
-                "--log-level=warn".into(),
-            ],
-            &[],
-            &path("etcd.log"),
-        )?;
+        let etcd_args = vec![
+            format!("--data-dir={}", p("etcd")),
+            format!("--listen-client-urls={etcd_url}"),
+            format!("--advertise-client-urls={etcd_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster=default={peer_url}"),
+            "--name=default".into(),
+            "--unsafe-no-fsync".into(),
+            "--log-level=warn".into(),
+        ];
+        let etcd = Process::spawn(&bin.join("etcd"), &etcd_args, &[], &path("etcd.log"))?;
         let server = format!("https://127.0.0.1:{secure_port}");
+        let apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            format!("--secure-port={secure_port}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
+            format!("--cert-dir={}", p("certs")),
+            format!("--tls-cert-file={}", p("serving.crt")),
+            format!("--tls-private-key-file={}", p("serving.key")),
+            format!("--client-ca-file={}", p("client-ca.crt")),
+            "--authorization-mode=RBAC".into(),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", p("sa.pub")),
+            format!("--service-account-signing-key-file={}", p("sa.key")),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--allow-privileged=true".into(),
+        ];
         let apiserver = Process::spawn(
             &bin.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                format!("--secure-port={secure_port}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                format!("--cert-dir={}", p("certs")),
-                format!("--tls-cert-file={}", p("serving.crt")),
-                format!("--tls-private-key-file={}", p("serving.key")),
-                format!("--client-ca-file={}", p("client-ca.crt")),
-                "--authorization-mode=RBAC".into(),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", p("sa.pub")),
-                format!("--service-account-signing-key-file={}", p("sa.key")),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--allow-privileged=true".into(),
-            ],
+            &apiserver_args,
             &[],
             &path("kube-apiserver.log"),
         )?;
@@ -199,6 +199,8 @@ impl ControlPlane {
             spare_ca,
             bin,
             etcd_url,
+            etcd_args,
+            apiserver_args,
             processes: Mutex::new(vec![etcd, apiserver]),
             controller_manager: OnceLock::new(),
             dir,
@@ -218,7 +220,46 @@ impl ControlPlane {
         Ok(plane)
     }
 
-    /// A kubeconfig (YAML) with a client certificate for `username` in `groups`, valid for an hour.
+    /// Stops etcd or kube-apiserver (`"etcd"`, `"kube-apiserver"`): SIGTERM and up to 10 s to
+    /// finish, or SIGKILL at once with `kill`.
+    pub fn stop_component(&self, name: &str, kill: bool) {
+        let mut processes = self.processes.lock().expect("processes");
+        let i = processes
+            .iter()
+            .position(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no running {name}"));
+        let mut process = processes.remove(i);
+        process.stop(if kill {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(10)
+        });
+    }
+
+    /// Starts etcd or kube-apiserver again with its first command line (same ports, same data),
+    /// its log appended to; for kube-apiserver, waits until it is ready.
+    pub fn start_component(&self, name: &str) {
+        let (args, log) = match name {
+            "etcd" => (&self.etcd_args, "etcd-restarted.log"),
+            "kube-apiserver" => (&self.apiserver_args, "kube-apiserver-restarted.log"),
+            other => panic!("cannot restart {other}"),
+        };
+        let process = Process::spawn(&self.bin.join(name), args, &[], &self.dir.path().join(log))
+            .unwrap_or_else(|e| panic!("restarting {name}: {e}"));
+        self.processes.lock().expect("processes").push(process);
+        if name == "kube-apiserver" {
+            // On a thread of its own: the caller is usually inside a test's async runtime, and
+            // the wait runs one of its own.
+            std::thread::scope(|s| {
+                s.spawn(|| self.wait_ready(Duration::from_secs(60)))
+                    .join()
+                    .expect("waiting for the API server")
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    /// A kubeconfig (YAML) with a client certificate for `username` in `groups`, valid for a day.
     pub fn kubeconfig_for(&self, username: &str, groups: &[&str]) -> String {
         self.ca
             .kubeconfig_for(&self.server, &self.ca_cert_pem, username, groups)
@@ -663,7 +704,8 @@ impl TestCa {
     }
 
     /// A kubeconfig for `server` (verified with `server_ca_pem`) with a client certificate from
-    /// this CA for `username` in `groups`, valid for an hour.
+    /// this CA for `username` in `groups`, valid for a day (a cluster `make demo KEEP=1` leaves
+    /// running stays usable that long).
     pub fn kubeconfig_for(
         &self,
         server: &str,
@@ -677,7 +719,7 @@ impl TestCa {
             .issue(
                 &identity,
                 KeyAlgorithm::EcdsaP256,
-                Duration::from_secs(3600),
+                Duration::from_secs(24 * 3600),
                 OffsetDateTime::now_utc(),
             )
             .expect("issue a client certificate");
@@ -780,10 +822,13 @@ impl Process {
     }
 
     /// Sends SIGTERM to the process group, then SIGKILL if it has not exited within `grace`.
+    /// A zero `grace` sends SIGKILL only, as `kill -9` does.
     pub fn stop(&mut self, grace: Duration) {
         let pgid = self.child.id() as i32;
-        // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
-        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        if !grace.is_zero() {
+            // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+            unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -1,0 +1,239 @@
+//! The faults every cluster has, on a control plane of its own: kube-apiserver stopped
+//! (gracefully and by SIGKILL) and etcd stopped, each for 15 s during a burst of creations, and
+//! an API server that refuses connections for 45 s. The controller
+//! runs as in production (leader election on) and is never restarted.
+
+use std::{path::Path, time::Duration};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, PostParams},
+};
+use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig};
+use serde_json::json;
+
+use crate::{
+    kubeconfig::{BIN, eventually, secret},
+    support::{ControlPlane, free_port, http_get},
+};
+
+const CA_NAMESPACE: &str = "kubeconfig-authority-system";
+
+async fn ready(admin: &Client, ns: &str, name: &str) -> bool {
+    Api::<Kubeconfig>::namespaced(admin.clone(), ns)
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|kc| kc.status)
+        .is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// Creates `names` one after the other, retrying each while the API server is away.
+async fn create_all(admin: Client, ns: String, names: Vec<String>) {
+    let api = Api::<Kubeconfig>::namespaced(admin, &ns);
+    for name in names {
+        let kc: Kubeconfig = serde_json::from_value(json!({
+            "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
+            "metadata": {"name": name},
+            "spec": {"username": name, "validity": "1h", "secretRef": {"name": name}}}))
+        .unwrap();
+        loop {
+            match api.create(&PostParams::default(), &kc).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(s)) if s.code == 409 => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// One outage: `stop` happens while `count` Kubeconfigs are being created, lasts 15 s, and
+/// then every one of them is Ready within 60 s of the return, a deleted Secret is repaired and
+/// a new Kubeconfig is issued.
+async fn outage(
+    plane: &ControlPlane,
+    admin: &Client,
+    port: u16,
+    label: &str,
+    component: &str,
+    kill: bool,
+) {
+    let ns = plane.namespace(label).await;
+    let names: Vec<String> = (0..200).map(|i| format!("{label}-{i}")).collect();
+    let creating = tokio::spawn(create_all(admin.clone(), ns.clone(), names.clone()));
+    // Let a quarter or so be created first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    plane.stop_component(component, kill);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    plane.start_component(component);
+    let back = std::time::Instant::now();
+    creating.await.unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "every Kubeconfig Ready after the outage",
+        || async {
+            let mut missing = Vec::new();
+            for name in &names {
+                if !ready(admin, &ns, name).await {
+                    missing.push(name.clone());
+                }
+            }
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} not Ready, e.g. {:?}",
+                    missing.len(),
+                    &missing[..missing.len().min(5)]
+                ))
+            }
+        },
+    )
+    .await;
+    println!(
+        "{label}: all 200 Ready {:?} after {component} returned",
+        back.elapsed()
+    );
+    // Repairs work: a deleted Secret comes back.
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .delete(&names[0], &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the deleted Secret restored",
+        || async {
+            secret(admin, &ns, &names[0])
+                .await
+                .map(drop)
+                .ok_or_else(|| "still deleted".to_string())
+        },
+    )
+    .await;
+    // A new Kubeconfig is issued.
+    create_all(admin.clone(), ns.clone(), vec![format!("{label}-late")]).await;
+    eventually(
+        Duration::from_secs(10),
+        "a Kubeconfig created after the outage",
+        || async {
+            ready(admin, &ns, &format!("{label}-late"))
+                .await
+                .then_some(())
+                .ok_or_else(|| "not Ready".to_string())
+        },
+    )
+    .await;
+    let (_, metrics) = http_get(port, "/metrics").await.unwrap();
+    for reason in ["Renewed", "Reissued"] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("kubeconfig_authority_issued_total{{reason=\"{reason}\"}}")
+            ),
+            0.0,
+            "nothing issued twice: {reason}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart() {
+    let plane = std::thread::spawn(ControlPlane::start)
+        .join()
+        .unwrap()
+        .unwrap();
+    plane.start_controller_manager();
+    plane.install_crds().await;
+    plane.install_controller_rbac().await;
+    let admin = plane.admin().await;
+    // The CA key where no requester reads it, as the README sets it up.
+    let ca: Secret = serde_json::from_value(json!({"metadata": {"name": "cluster-ca"},
+        "stringData": {"ca.crt": plane.ca.cert_pem, "ca.key": plane.ca.key_pem}}))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), CA_NAMESPACE)
+        .create(&PostParams::default(), &ca)
+        .await
+        .unwrap();
+    let authority: ClusterAuthority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "ClusterAuthority", "metadata": {"name": "cluster-ca"},
+        "spec": {"server": plane.server, "signer": {"caSecretRef": {"name": "cluster-ca", "namespace": CA_NAMESPACE}}}}))
+    .unwrap();
+    Api::<ClusterAuthority>::all(admin.clone())
+        .create(&PostParams::default(), &authority)
+        .await
+        .unwrap();
+    let port = free_port().unwrap();
+    let health = format!("127.0.0.1:{port}");
+    let mut controller = plane.spawn_controller(
+        Path::new(BIN),
+        &[
+            "--health-addr",
+            &health,
+            "--default-authority",
+            "ClusterAuthority/cluster-ca",
+        ],
+        &[("RUST_LOG", "info"), ("POD_NAME", "faults")],
+        "controller",
+    );
+    eventually(Duration::from_secs(30), "the controller leads", || async {
+        match http_get(port, "/readyz").await {
+            Some((status, body)) if status.contains("200") && body.contains("leader") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    outage(&plane, &admin, port, "graceful", "kube-apiserver", false).await;
+    outage(&plane, &admin, port, "killed", "kube-apiserver", true).await;
+    outage(&plane, &admin, port, "etcd", "etcd", true).await;
+
+    // Refused for 45 s, longer than a watch may fail without counting as stalled: the process
+    // survives and serves again once the API server is back.
+    plane.stop_component("kube-apiserver", false);
+    tokio::time::sleep(Duration::from_secs(45)).await;
+    plane.start_component("kube-apiserver");
+    eventually(
+        Duration::from_secs(90),
+        "the controller leads again",
+        || async {
+            match http_get(port, "/readyz").await {
+                Some((status, body)) if status.contains("200") && body.contains("leader") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    let ns = plane.namespace("after").await;
+    create_all(admin.clone(), ns.clone(), vec!["after".into()]).await;
+    eventually(
+        Duration::from_secs(15),
+        "a Kubeconfig after the long outage",
+        || async {
+            ready(&admin, &ns, "after")
+                .await
+                .then_some(())
+                .ok_or_else(|| "not Ready".to_string())
+        },
+    )
+    .await;
+    assert!(
+        controller.child.try_wait().unwrap().is_none(),
+        "the controller process kept running"
+    );
+    controller.stop(Duration::from_secs(10));
+}
