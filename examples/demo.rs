@@ -1,6 +1,7 @@
 //! `make demo`: the main job end to end on a machine with nothing running. Starts the local
-//! control plane, installs the CRDs, runs the controller, applies the sample `Kubeconfig` (with
-//! an Authority signing with the cluster CA), waits for it, writes the issued kubeconfig to a
+//! control plane, installs the CRDs and the admission policies, runs the controller, applies
+//! the sample `Kubeconfig` (with the sample ClusterAuthority signing with the cluster CA, whose
+//! key stays in the controller's namespace), waits for it, writes the issued kubeconfig to a
 //! file with `kubeconfig-authority get`, asks the API server who it is (SelfSubjectReview),
 //! prints the answer and stops everything. With `KEEP=1` it leaves the control plane and the
 //! controller running and says how to reach them.
@@ -19,7 +20,7 @@ use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
 };
-use kubeconfig_authority::api::{Authority, Kubeconfig};
+use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig};
 use serde_json::json;
 
 type Error = Box<dyn std::error::Error>;
@@ -45,6 +46,12 @@ async fn main() -> Result<(), Error> {
     plane.install_crds().await;
     plane.install_controller_rbac().await;
     plane.start_controller_manager();
+    step("installing the escalation guard from config/admission/ (ValidatingAdmissionPolicies)");
+    plane.apply_manifests("config/rbac/team_roles.yaml").await;
+    plane
+        .apply_manifests("config/admission/policies.yaml")
+        .await;
+    plane.wait_for_escalation_guard().await;
     step(&format!(
         "running the controller: {bin} run (log: {}/controller.log)",
         dir.display()
@@ -58,9 +65,10 @@ async fn main() -> Result<(), Error> {
             Path::new("config/samples").join(name),
         )?)?)
     };
-    step(
-        "creating namespace team-a, the CA Secret (the cluster's CA, kubeadm style) and the Authority",
-    );
+    let system = "kubeconfig-authority-system";
+    step(&format!(
+        "creating namespace team-a, the CA Secret in {system} (the cluster's CA, kubeadm style; no team reads Secrets there) and the ClusterAuthority from config/samples/authority.yaml"
+    ));
     let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
     let params = PatchParams::apply("demo").force();
     Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
@@ -70,12 +78,12 @@ async fn main() -> Result<(), Error> {
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "cluster-ca"},
         "stringData": {"ca.crt": plane.ca.cert_pem, "ca.key": plane.ca.key_pem},
     });
-    Api::<Secret>::namespaced(admin.clone(), ns)
+    Api::<Secret>::namespaced(admin.clone(), system)
         .patch("cluster-ca", &params, &Patch::Apply(&ca_secret))
         .await?;
-    let mut authority: Authority = serde_yaml::from_value(sample("authority.yaml")?)?;
+    let mut authority: ClusterAuthority = serde_yaml::from_value(sample("authority.yaml")?)?;
     authority.spec.config.server = Some(plane.server.clone());
-    Api::<Authority>::namespaced(admin.clone(), ns)
+    Api::<ClusterAuthority>::all(admin.clone())
         .create(&PostParams::default(), &authority)
         .await?;
 

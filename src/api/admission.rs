@@ -97,12 +97,17 @@ pub fn admission_objects() -> Vec<Value> {
     let groups = "authorizer.group('').resource('groups')";
     let rbac = "authorizer.group('rbac.authorization.k8s.io')";
 
+    // Kubernetes checks impersonation of a ServiceAccount's username on the resource
+    // serviceaccounts (in its namespace), not users: so does the guard.
+    let parts = "object.spec.username.split(':')";
+    let as_service_account =
+        format!("object.spec.username.startsWith('system:serviceaccount:') && size({parts}) == 4");
     let mut identity = vec![validation(
         format!(
-            "!has(object.spec.username) || {users}.name(object.spec.username).check('impersonate').allowed()"
+            "!has(object.spec.username) || ({as_service_account} ? authorizer.group('').resource('serviceaccounts').namespace({parts}[2]).name({parts}[3]).check('impersonate').allowed() : {users}.name(object.spec.username).check('impersonate').allowed())"
         ),
         format!(
-            "'you may not request a kubeconfig for user \"' + object.spec.username + '\": you cannot impersonate that user; {IMPERSONATE_HINT}'"
+            "'you may not request a kubeconfig for user \"' + object.spec.username + '\": you cannot impersonate ' + ({as_service_account} ? 'that ServiceAccount; grant the requester the verb impersonate on serviceaccounts naming it in its namespace' : 'that user; {IMPERSONATE_HINT}') + ''"
         ),
     )];
     let sa = "object.spec.serviceAccountRef.name";

@@ -324,6 +324,7 @@ pub struct KubeconfigStatus {
     version = "v1alpha1",
     kind = "Authority",
     namespaced,
+    status = "AuthorityStatus",
     shortname = "kca",
     category = "kubeconfig-authority",
     printcolumn(name = "Server", type_ = "string", json_path = ".spec.server"),
@@ -338,12 +339,24 @@ pub struct AuthoritySpec {
     pub config: AuthorityConfig,
 }
 
+/// What the controller found about an authority.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthorityStatus {
+    /// `CAKeyIsolated`: False when the CA key's Secret sits in a namespace where Kubeconfigs
+    /// are requested (whoever reads Secrets there can sign any identity). Set once a
+    /// Kubeconfig uses the authority.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
 /// The cluster-scoped twin of `Authority`, usable from every namespace.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "kubeconfig-authority.dev",
     version = "v1alpha1",
     kind = "ClusterAuthority",
+    status = "AuthorityStatus",
     shortname = "kcca",
     category = "kubeconfig-authority",
     printcolumn(name = "Server", type_ = "string", json_path = ".spec.server"),
@@ -429,6 +442,13 @@ pub struct Policy {
     /// (for an Authority: its own namespace, which it alone serves).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// The namespaces copies of issued Secrets may go to (`spec.distribution`), by their
+    /// labels. Unset: none. A copy also needs the credential's own identity to be allowed to
+    /// create and update that Secret there (a SubjectAccessReview, asked again whenever the
+    /// copy is written and at least every five minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distribution_namespace_selector:
+        Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
 }
 
 /// A CA bundle, inline or from a key of a Secret or ConfigMap. Set exactly one.

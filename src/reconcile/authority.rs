@@ -3,14 +3,26 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        events::{Event, EventType},
+        reflector::ObjectRef,
+    },
+};
 use kubeconfig_authority_pki::{CertificateAuthority, kubeconfig as kc_file, parse_certificates};
+use serde_json::json;
 use time::OffsetDateTime;
 
 use super::{Context, Error, Result};
 use crate::api::{
-    Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority, Kubeconfig,
+    Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority, FIELD_MANAGER,
+    Kubeconfig,
 };
 
 /// A usable authority.
@@ -35,6 +47,29 @@ impl Problem {
             reason,
             message: message.into(),
         }
+    }
+
+    /// Whether the problem only keeps the authority from signing now (its CA, its CA bundle
+    /// or its signer is unavailable or broken), as opposed to a refusal of the Kubeconfig
+    /// itself (its spec, its authority's policy, its Secret's name, its bindings). A valid
+    /// credential already held outlives the first kind, never the second.
+    pub fn blocks_renewal_only(&self) -> bool {
+        matches!(
+            self.reason,
+            "CASecretNotFound"
+                | "CASecretInvalid"
+                | "CAExpired"
+                | "CANotACA"
+                | "CABundleNotFound"
+                | "CABundleInvalid"
+                | "KubeconfigSecretNotFound"
+                | "KubeconfigSecretInvalid"
+                | "InvalidAuthority"
+                | "IssueFailed"
+                | "CSRPending"
+                | "CSRFailed"
+                | "CSRApprovalRefused"
+        )
     }
 }
 
@@ -118,6 +153,10 @@ pub struct Found {
     pub config: AuthorityConfig,
     pub own_namespace: Option<String>,
     pub described: String,
+    /// The object, to report on.
+    pub kind: AuthorityKind,
+    pub name: String,
+    pub conditions: Vec<Condition>,
 }
 
 /// Finds the authority of `kc` in the caches. A missing one is a [`Problem`].
@@ -138,6 +177,9 @@ pub fn find(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Found, Problem>> {
                     config: a.spec.config.clone(),
                     own_namespace: Some(namespace.clone()),
                     described: described.clone(),
+                    kind: AuthorityKind::Authority,
+                    name: aref.name.clone(),
+                    conditions: a.status.clone().unwrap_or_default().conditions,
                 })
                 .ok_or_else(|| Problem::new(
                     "AuthorityNotFound",
@@ -152,6 +194,9 @@ pub fn find(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Found, Problem>> {
                     config: a.spec.config.clone(),
                     own_namespace: None,
                     described: described.clone(),
+                    kind: AuthorityKind::ClusterAuthority,
+                    name: aref.name.clone(),
+                    conditions: a.status.clone().unwrap_or_default().conditions,
                 })
                 .ok_or_else(|| {
                     Problem::new(
@@ -161,6 +206,135 @@ pub fn find(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Found, Problem>> {
                 })
         }
     })
+}
+
+/// The condition type on an authority about where its CA key is kept.
+pub const CA_KEY_ISOLATED: &str = "CAKeyIsolated";
+
+/// The CA Secret (namespace, name) of an authority that signs with a CA key, when it sits in
+/// a namespace where Kubeconfigs are requested (`requested_in`): whoever can read Secrets
+/// there (a team member, any kubeconfig bound to `edit` there) can sign any identity,
+/// `system:masters` included. Pure.
+pub fn exposed_ca_key(
+    config: &AuthorityConfig,
+    own_namespace: Option<&str>,
+    requested_in: impl Fn(&str) -> bool,
+) -> Option<(String, String)> {
+    let r = config.signer.ca_secret_ref.as_ref()?;
+    let namespace = r.namespace.as_deref().or(own_namespace)?;
+    requested_in(namespace).then(|| (namespace.to_string(), r.name.clone()))
+}
+
+/// The `CAKeyIsolated` condition an authority should carry, when it differs from the one it
+/// has (`None`: nothing to write; an authority never flagged is not written to). Pure.
+pub fn ca_key_condition(
+    found: &Found,
+    exposed: Option<&(String, String)>,
+    now: time::OffsetDateTime,
+) -> Option<Condition> {
+    let current = found.conditions.iter().find(|c| c.type_ == CA_KEY_ISOLATED);
+    let (status, reason, message) = match exposed {
+        Some((ns, name)) => (
+            "False",
+            "CAKeyWithRequesters",
+            format!(
+                "the CA key in Secret {ns}/{name} sits in a namespace where Kubeconfigs are requested: whoever can read Secrets there can sign any identity, system:masters included. Keep CA keys in the controller's namespace and issue through a ClusterAuthority (README, Security)"
+            ),
+        ),
+        None if current.is_some() => (
+            "True",
+            "CAKeyApart",
+            "no Kubeconfig is requested in the namespace of the CA key's Secret".to_string(),
+        ),
+        None => return None,
+    };
+    if current.is_some_and(|c| c.status == status && c.message == message) {
+        return None;
+    }
+    Some(Condition {
+        type_: CA_KEY_ISOLATED.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: None,
+        last_transition_time: super::to_time(now),
+    })
+}
+
+/// Whether this process has not written `condition` to the authority yet (`None`: the cache
+/// shows what was written, and nothing needs remembering).
+fn first_write(ctx: &Context, described: &str, condition: Option<&Condition>) -> bool {
+    let prefix = format!("{described}/");
+    let Ok(mut flagged) = ctx.flagged.lock() else {
+        return true;
+    };
+    flagged.retain(|k| !k.starts_with(&prefix) || condition.is_some());
+    let Some(condition) = condition else {
+        return false;
+    };
+    let key = format!("{prefix}{}", condition.status);
+    if !flagged.insert(key.clone()) {
+        return false;
+    }
+    flagged.retain(|k| !k.starts_with(&prefix) || *k == key);
+    true
+}
+
+/// Flags an authority whose CA key sits where Kubeconfigs are requested: a condition, and a
+/// Warning event when it is first found. Written once per change (`flagged` remembers what
+/// this process wrote until the cache shows it).
+pub async fn report_ca_key(found: &Found, ctx: &Context) -> Result<()> {
+    let exposed = exposed_ca_key(&found.config, found.own_namespace.as_deref(), |ns| {
+        ctx.kubeconfigs
+            .state()
+            .iter()
+            .any(|kc| kc.namespace().as_deref() == Some(ns))
+    });
+    let condition = ca_key_condition(found, exposed.as_ref(), time::OffsetDateTime::now_utc());
+    let condition = match condition {
+        None => {
+            first_write(ctx, &found.described, None);
+            return Ok(());
+        }
+        Some(c) if !first_write(ctx, &found.described, Some(&c)) => return Ok(()),
+        Some(c) => c,
+    };
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let status = json!({"conditions": [&condition]});
+    let result = match found.kind {
+        AuthorityKind::Authority => {
+            let patch = json!({"apiVersion": Authority::api_version(&()), "kind": "Authority", "status": status});
+            Api::<Authority>::namespaced(
+                ctx.client.clone(),
+                found.own_namespace.as_deref().unwrap_or_default(),
+            )
+            .patch_status(&found.name, &params, &Patch::Apply(&patch))
+            .await
+            .map(|a| a.object_ref(&()))
+        }
+        AuthorityKind::ClusterAuthority => {
+            let patch = json!({"apiVersion": ClusterAuthority::api_version(&()), "kind": "ClusterAuthority", "status": status});
+            Api::<ClusterAuthority>::all(ctx.client.clone())
+                .patch_status(&found.name, &params, &Patch::Apply(&patch))
+                .await
+                .map(|a| a.object_ref(&()))
+        }
+    };
+    let reference = result.map_err(Error::kube(format!("flagging {}", found.described)))?;
+    if condition.status == "False" {
+        tracing::warn!(authority = %found.described, "{}", condition.message);
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "CAKeyWithRequesters".into(),
+            note: Some(condition.message.clone()),
+            action: "Check".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder().publish(&event, &reference).await {
+            tracing::warn!("could not publish an event: {e}");
+        }
+    }
+    Ok(())
 }
 
 /// The signer of a resolved authority.
@@ -198,6 +372,7 @@ pub async fn load(
         config,
         own_namespace,
         described,
+        ..
     } = found;
     let target_namespace = |explicit: &Option<String>, field: &str| -> Result<String, Problem> {
         match (own_namespace.as_deref(), explicit.as_deref()) {

@@ -2,22 +2,47 @@
 //! matches (a tenant's namespaces), kept equal to it. A copy carries the Kubeconfig's UID
 //! label and owner annotation (an ownerReference cannot cross namespaces); the finalizer
 //! removes them.
+//!
+//! A copy hands the credential to whoever can read Secrets in its namespace, and the
+//! controller may write Secrets everywhere. So a namespace gets a copy only when three hold,
+//! each asked again on every reconcile that writes copies and at least every
+//! [`RECHECK`]:
+//! - the authority's `policy.distributionNamespaceSelector` (an admin's decision; unset: none)
+//!   matches it;
+//! - the credential's own identity (the username and groups it carries, or the
+//!   ServiceAccount with its groups) may create and update that Secret there (a
+//!   SubjectAccessReview): admission proved the requester can become that identity, so a copy
+//!   puts the Secret nowhere the requester could not have written it;
+//! - no Kubeconfig of that namespace refers to a Secret of that name.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
-    ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ByteString,
+    api::{
+        authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+        core::v1::Secret,
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
 };
 use kube::{
     Api, ResourceExt,
+    api::PostParams,
     core::{Selector, SelectorExt},
 };
 
 use super::{Context, Error, Result, authority::Problem, managed::ManagedSecret};
 use crate::api::{
     DATA_ANNOTATION, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig, MANAGED_BY,
-    MANAGED_BY_LABEL,
+    MANAGED_BY_LABEL, UID_GROUP_PREFIX,
 };
+use kubeconfig_authority_pki::KUBECONFIG_GROUP_PREFIX;
+
+/// How often a Kubeconfig with copies is reconciled at least, so that a right withdrawn from
+/// its identity (or a Kubeconfig that claims the name) removes the copy within that time.
+pub const RECHECK: Duration = Duration::from_secs(300);
+/// How soon a Kubeconfig is looked at again when an access review refused a namespace.
+pub const RECHECK_REFUSED: Duration = Duration::from_secs(30);
 
 /// What distribution achieved, for status.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -26,8 +51,94 @@ pub struct Distributed {
     pub copies: i32,
     /// Namespaces where a Secret of that name exists that the controller did not create.
     pub conflicts: Vec<String>,
+    /// Namespaces the selector matches that get no copy, each with the reason.
+    pub refused: Vec<String>,
+    /// Some of them were refused by an access review (rights may still come).
+    pub reviews_refused: bool,
     /// The selector is invalid.
     pub problem: Option<Problem>,
+}
+
+/// Who a credential makes its holder: the subject of the access reviews.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subject {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+/// The identity the Kubeconfig's credential carries, as the API server authenticates it. Pure.
+pub fn subject(kc: &Kubeconfig, uid: &str) -> Option<Subject> {
+    let mut groups: Vec<String> = Vec::new();
+    let user = match (&kc.spec.username, &kc.spec.service_account_ref) {
+        (Some(username), _) => {
+            groups.extend(kc.spec.groups.iter().cloned());
+            groups.push(format!("{KUBECONFIG_GROUP_PREFIX}{}", kc.name_any()));
+            groups.push(format!("{UID_GROUP_PREFIX}{uid}"));
+            username.clone()
+        }
+        (None, Some(sa)) => {
+            let namespace = kc.namespace()?;
+            groups.push("system:serviceaccounts".into());
+            groups.push(format!("system:serviceaccounts:{namespace}"));
+            format!("system:serviceaccount:{namespace}:{}", sa.name)
+        }
+        (None, None) => return None,
+    };
+    groups.push("system:authenticated".into());
+    Some(Subject { user, groups })
+}
+
+/// The namespaces that may get a copy, and those the selector matches that may not (with the
+/// reason).
+#[derive(Debug, Default, PartialEq)]
+pub struct Targets {
+    pub allowed: Vec<String>,
+    pub refused: Vec<String>,
+}
+
+/// The namespaces a copy may go to, before the access review: those the Kubeconfig's selector
+/// and the authority's `policy.distributionNamespaceSelector` both match, but its own and those
+/// where a Kubeconfig refers to a Secret of that name (`claimed`). Pure.
+pub fn targets(
+    kc: &Kubeconfig,
+    allowed_by_policy: Option<&LabelSelector>,
+    namespaces: &[(String, BTreeMap<String, String>)],
+    claimed: &[String],
+) -> Result<Targets, Problem> {
+    let Some(distribution) = &kc.spec.distribution else {
+        return Ok(Targets::default());
+    };
+    let own = kc.namespace().unwrap_or_default();
+    let selector = |field: &str, s: &LabelSelector| {
+        Selector::try_from(s.clone())
+            .map_err(|e| Problem::new("InvalidSpec", format!("{field}: {e}")))
+    };
+    let wanted = selector(
+        "spec.distribution.namespaceSelector",
+        &distribution.namespace_selector,
+    )?;
+    let allowed = allowed_by_policy
+        .map(|s| selector("the authority's policy.distributionNamespaceSelector", s))
+        .transpose()?;
+    let mut out = Targets::default();
+    for (ns, labels) in namespaces {
+        if *ns == own || !wanted.matches(labels) {
+            continue;
+        }
+        if claimed.contains(ns) {
+            out.refused.push(format!(
+                "{ns} (a Kubeconfig there writes its own Secret {})",
+                kc.spec.secret_ref.name
+            ));
+        } else if allowed.as_ref().is_some_and(|a| a.matches(labels)) {
+            out.allowed.push(ns.clone());
+        } else {
+            out.refused.push(format!(
+                "{ns} (not matched by the authority's policy.distributionNamespaceSelector)"
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The copies to write and the (namespace, name) of those to delete.
@@ -39,61 +150,51 @@ pub struct CopyPlan {
     pub current: i32,
 }
 
-/// Plans the copies of `primary` (its data, when the Secret is ready to be copied) for the
-/// namespaces whose labels match, against the copies observed. Pure.
+/// Plans the copies of `primary` (the data of a Secret holding a valid credential; `None`: the
+/// Kubeconfig holds none, and neither may any copy) for the `targets`, against the copies
+/// observed. Pure.
 pub fn plan_copies(
     kc: &Kubeconfig,
     uid: &str,
     primary: Option<&BTreeMap<String, ByteString>>,
-    namespaces: &[(String, BTreeMap<String, String>)],
+    targets: &[String],
     observed: &[Arc<ManagedSecret>],
-) -> Result<CopyPlan, Problem> {
+) -> CopyPlan {
     let own = kc.namespace().unwrap_or_default();
     let name = &kc.spec.secret_ref.name;
-    let targets: Vec<&str> = match &kc.spec.distribution {
-        None => Vec::new(),
-        Some(d) => {
-            let selector = Selector::try_from(d.namespace_selector.clone()).map_err(|e| {
-                Problem::new(
-                    "InvalidSpec",
-                    format!("spec.distribution.namespaceSelector: {e}"),
-                )
-            })?;
-            namespaces
-                .iter()
-                .filter(|(ns, labels)| *ns != own && selector.matches(labels))
-                .map(|(ns, _)| ns.as_str())
-                .collect()
-        }
-    };
     let mut plan = CopyPlan::default();
+    let Some(data) = primary else {
+        plan.delete = observed
+            .iter()
+            .map(|o| (o.namespace.clone(), o.name.clone()))
+            .collect();
+        return plan;
+    };
     for o in observed {
-        if !targets.contains(&o.namespace.as_str()) || o.name != *name {
+        if !targets.contains(&o.namespace) || o.name != *name {
             plan.delete.push((o.namespace.clone(), o.name.clone()));
         }
     }
-    // Without a current primary, copies are left as they are (never emptied).
-    let Some(data) = primary else {
-        return Ok(plan);
-    };
     let digest = super::managed::digest_of(data, None);
     for ns in targets {
         let current = observed.iter().any(|o| {
-            o.namespace == ns && o.name == *name && o.data_digest.as_ref() == Some(&digest)
+            o.namespace == *ns && o.name == *name && o.data_digest.as_ref() == Some(&digest)
         });
         if current {
             plan.current += 1;
             continue;
         }
-        let mut annotations = BTreeMap::from([(
-            KUBECONFIG_ANNOTATION.to_string(),
-            format!("{own}/{}", kc.name_any()),
-        )]);
-        annotations.insert(DATA_ANNOTATION.into(), digest.clone());
+        let annotations = BTreeMap::from([
+            (
+                KUBECONFIG_ANNOTATION.to_string(),
+                format!("{own}/{}", kc.name_any()),
+            ),
+            (DATA_ANNOTATION.to_string(), digest.clone()),
+        ]);
         plan.write.push(Secret {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                namespace: Some(ns.to_string()),
+                namespace: Some(ns.clone()),
                 labels: Some(BTreeMap::from([
                     (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
                     (KUBECONFIG_UID_LABEL.to_string(), uid.to_string()),
@@ -106,26 +207,59 @@ pub fn plan_copies(
             ..Secret::default()
         });
     }
-    Ok(plan)
+    plan
 }
 
-/// Brings the copies in line. Runs when the spec asks for distribution or status says copies
-/// may exist. A Secret of the copy's name that the controller did not create is never
-/// overwritten.
+/// Whether `subject` may create and update Secret `name` in `namespace`; `Some(why)` when not.
+async fn refusal(
+    ctx: &Context,
+    subject: &Subject,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>> {
+    for verb in ["create", "update"] {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(subject.user.clone()),
+                groups: Some(subject.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.into()),
+                    verb: Some(verb.into()),
+                    resource: Some("secrets".into()),
+                    name: Some(name.into()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let answer = Api::<SubjectAccessReview>::all(ctx.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(Error::kube(format!(
+                "asking whether {} may {verb} Secrets in {namespace}",
+                subject.user
+            )))?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            return Ok(Some(format!(
+                "{namespace} ({} may not {verb} Secret {name} there itself)",
+                subject.user
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Brings the copies in line. `primary` and `subject` are set when the Kubeconfig holds a
+/// valid credential; otherwise every copy goes. A Secret of the copy's name that the
+/// controller did not create is never overwritten.
 pub async fn apply(
     kc: &Kubeconfig,
     uid: &str,
-    primary: Option<&BTreeMap<String, ByteString>>,
+    primary: Option<(&BTreeMap<String, ByteString>, &Subject)>,
+    allowed_by_policy: Option<&LabelSelector>,
     ctx: &Context,
 ) -> Result<Option<Distributed>> {
-    let had_copies = kc
-        .status
-        .as_ref()
-        .and_then(|s| s.distributed_copies)
-        .is_some_and(|n| n > 0);
-    if kc.spec.distribution.is_none() && !had_copies {
-        return Ok(None);
-    }
     let own = kc.namespace().unwrap_or_default();
     let observed: Vec<Arc<ManagedSecret>> = ctx
         .secrets
@@ -133,37 +267,59 @@ pub async fn apply(
         .into_iter()
         .filter(|s| s.kubeconfig_uid.as_deref() == Some(uid) && s.namespace != own)
         .collect();
-    let namespaces: Vec<(String, BTreeMap<String, String>)> = ctx
-        .namespaces
-        .state()
-        .iter()
-        .map(|n| (n.name_any(), n.labels().clone()))
-        .collect();
-    let plan = match plan_copies(kc, uid, primary, &namespaces, &observed) {
-        Ok(plan) => plan,
-        Err(problem) => {
-            return Ok(Some(Distributed {
-                problem: Some(problem),
-                ..Distributed::default()
-            }));
+    if kc.spec.distribution.is_none() && observed.is_empty() {
+        return Ok(None);
+    }
+    let name = &kc.spec.secret_ref.name;
+    let mut outcome = Distributed::default();
+    let mut allowed = Vec::new();
+    if let Some((_, subject)) = primary {
+        let namespaces: Vec<(String, BTreeMap<String, String>)> = ctx
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect();
+        let claimed: Vec<String> = ctx
+            .kubeconfigs
+            .state()
+            .iter()
+            .filter(|other| {
+                other.spec.secret_ref.name == *name && other.uid().as_deref() != Some(uid)
+            })
+            .filter_map(|other| other.namespace())
+            .collect();
+        match targets(kc, allowed_by_policy, &namespaces, &claimed) {
+            Ok(targets) => {
+                outcome.refused = targets.refused;
+                for ns in targets.allowed {
+                    match refusal(ctx, subject, &ns, name).await? {
+                        Some(why) => {
+                            outcome.refused.push(why);
+                            outcome.reviews_refused = true;
+                        }
+                        None => allowed.push(ns),
+                    }
+                }
+            }
+            Err(problem) => outcome.problem = Some(problem),
         }
-    };
+    }
+    let plan = plan_copies(kc, uid, primary.map(|(data, _)| data), &allowed, &observed);
     if !plan.write.is_empty() || !plan.delete.is_empty() {
         ctx.spend(uid, super::Written::Copies)?;
     }
-    let mut outcome = Distributed {
-        copies: plan.current,
-        ..Distributed::default()
-    };
+    outcome.copies = plan.current;
     for copy in plan.write {
         let ns = copy.namespace().unwrap_or_default();
-        let name = copy.name_any();
         let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-        let known = observed.iter().any(|o| o.namespace == ns && o.name == name);
+        let known = observed
+            .iter()
+            .any(|o| o.namespace == ns && o.name == *name);
         if !known {
             // Not in the cache of managed Secrets: is an unmanaged one in the way?
             let live = api
-                .get_metadata_opt(&name)
+                .get_metadata_opt(name)
                 .await
                 .map_err(Error::kube(format!("reading Secret {ns}/{name}")))?;
             let ours = live.as_ref().is_none_or(|s| {
@@ -187,6 +343,7 @@ pub async fn apply(
         .await?;
     }
     outcome.conflicts.sort();
+    outcome.refused.sort();
     Ok(Some(outcome))
 }
 
@@ -211,6 +368,18 @@ mod tests {
         )
     }
 
+    fn plan(
+        kc: &Kubeconfig,
+        data: Option<&BTreeMap<String, ByteString>>,
+        namespaces: &[(String, BTreeMap<String, String>)],
+        observed: &[Arc<ManagedSecret>],
+    ) -> CopyPlan {
+        let policy: LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"tenant": "oil"}})).unwrap();
+        let targets = targets(kc, Some(&policy), namespaces, &[]).unwrap();
+        plan_copies(kc, "u1", data, &targets.allowed, observed)
+    }
+
     #[test]
     fn copies_follow_the_selector_and_the_data() {
         let kc = kubeconfig(json!({"namespaceSelector": {"matchLabels": {"tenant": "oil"}}}));
@@ -221,45 +390,114 @@ mod tests {
             tenant("gas", "gas"),
         ];
         let data = BTreeMap::from([("kubeconfig".to_string(), ByteString(b"v1".to_vec()))]);
-        let plan = plan_copies(&kc, "u1", Some(&data), &namespaces, &[]).unwrap();
-        let targets: Vec<_> = plan.write.iter().map(|s| s.namespace().unwrap()).collect();
+        let first = plan(&kc, Some(&data), &namespaces, &[]);
+        let targets: Vec<_> = first.write.iter().map(|s| s.namespace().unwrap()).collect();
         assert_eq!(
             targets,
             ["oil-b", "oil-c"],
             "not its own namespace, not gas"
         );
-        assert_eq!(plan.write[0].labels()[KUBECONFIG_UID_LABEL], "u1");
-        assert!(plan.write[0].owner_references().is_empty());
+        assert_eq!(first.write[0].labels()[KUBECONFIG_UID_LABEL], "u1");
+        assert!(first.write[0].owner_references().is_empty());
 
         // In place and current: nothing to do. Rotated: rewritten. Relabelled away: deleted.
-        let observed: Vec<_> = plan
+        let observed: Vec<_> = first
             .write
             .into_iter()
             .map(|s| Arc::new(ManagedSecret::from(s)))
             .collect();
-        let same = plan_copies(&kc, "u1", Some(&data), &namespaces, &observed).unwrap();
+        let same = plan(&kc, Some(&data), &namespaces, &observed);
         assert!(same.write.is_empty() && same.delete.is_empty());
         assert_eq!(same.current, 2);
         let rotated = BTreeMap::from([("kubeconfig".to_string(), ByteString(b"v2".to_vec()))]);
-        let plan = plan_copies(&kc, "u1", Some(&rotated), &namespaces, &observed).unwrap();
-        assert_eq!(plan.write.len(), 2);
+        assert_eq!(
+            plan(&kc, Some(&rotated), &namespaces, &observed)
+                .write
+                .len(),
+            2
+        );
         let moved = [
             tenant("oil-a", "oil"),
             tenant("oil-b", "oil"),
             tenant("oil-c", "gas"),
         ];
-        let plan = plan_copies(&kc, "u1", Some(&data), &moved, &observed).unwrap();
         assert_eq!(
-            plan.delete,
+            plan(&kc, Some(&data), &moved, &observed).delete,
             [("oil-c".to_string(), "flux-kubeconfig".to_string())]
         );
-        // No primary yet: nothing is written, stale copies still go.
-        let plan = plan_copies(&kc, "u1", None, &moved, &observed).unwrap();
-        assert!(plan.write.is_empty() && plan.delete.len() == 1);
+        // No valid credential: nothing is written, and every copy goes.
+        let withdrawn = plan(&kc, None, &namespaces, &observed);
+        assert!(withdrawn.write.is_empty() && withdrawn.delete.len() == 2);
         // Distribution removed: every copy goes.
         let mut without = kc.clone();
         without.spec.distribution = None;
-        let plan = plan_copies(&without, "u1", Some(&data), &namespaces, &observed).unwrap();
-        assert_eq!(plan.delete.len(), 2);
+        assert_eq!(
+            plan(&without, Some(&data), &namespaces, &observed)
+                .delete
+                .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn only_namespaces_the_policy_allows_and_nobody_claims_are_targets() {
+        let kc = kubeconfig(json!({"namespaceSelector": {}}));
+        let namespaces = [
+            tenant("oil-a", "oil"),
+            tenant("oil-b", "oil"),
+            tenant("oil-c", "oil"),
+            ("kube-system".to_string(), BTreeMap::new()),
+        ];
+        // No policy selector: nowhere, and each namespace says why.
+        let none = targets(&kc, None, &namespaces, &[]).unwrap();
+        assert!(none.allowed.is_empty());
+        assert_eq!(none.refused.len(), 3, "{:?}", none.refused);
+        assert!(none.refused.iter().any(|r| r.starts_with("kube-system (")));
+        let policy: LabelSelector =
+            serde_json::from_value(json!({"matchLabels": {"tenant": "oil"}})).unwrap();
+        let some = targets(&kc, Some(&policy), &namespaces, &["oil-c".to_string()]).unwrap();
+        assert_eq!(some.allowed, ["oil-b"]);
+        assert_eq!(some.refused.len(), 2);
+        assert!(
+            some.refused
+                .iter()
+                .any(|r| r.starts_with("oil-c (a Kubeconfig there"))
+        );
+        let bad: LabelSelector = serde_json::from_value(
+            json!({"matchExpressions": [{"key": "a", "operator": "Bogus"}]}),
+        )
+        .unwrap();
+        assert!(targets(&kc, Some(&bad), &namespaces, &[]).is_err());
+    }
+
+    #[test]
+    fn the_subject_is_what_the_credential_authenticates_as() {
+        let kc = kubeconfig(json!({"namespaceSelector": {}}));
+        let cert = subject(&kc, "u1").unwrap();
+        assert_eq!(cert.user, "x");
+        assert_eq!(
+            cert.groups,
+            [
+                "kubeconfig:flux",
+                "kubeconfig-uid:u1",
+                "system:authenticated"
+            ]
+        );
+        let sa: Kubeconfig = serde_json::from_value(json!({
+            "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
+            "metadata": {"name": "flux", "namespace": "oil-a", "uid": "u1"},
+            "spec": {"serviceAccountRef": {"name": "flux"}, "validity": "1h", "secretRef": {"name": "s"}},
+        }))
+        .unwrap();
+        let token = subject(&sa, "u1").unwrap();
+        assert_eq!(token.user, "system:serviceaccount:oil-a:flux");
+        assert_eq!(
+            token.groups,
+            [
+                "system:serviceaccounts",
+                "system:serviceaccounts:oil-a",
+                "system:authenticated"
+            ]
+        );
     }
 }

@@ -73,9 +73,10 @@ pub fn needs_finalizer(kc: &Kubeconfig) -> bool {
         .is_some_and(|n| n > 0);
     // A CSR waiting for its signer is cluster-scoped: it is deleted by cleanup.
     let csr_pending = kc.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.reason == credential::CSR_PENDING)
+        s.conditions.iter().any(|c| {
+            c.type_ == "Ready"
+                && (c.reason == credential::CSR_PENDING || c.reason == RENEWAL_BLOCKED)
+        })
     });
     binds
         || spec.distribution.is_some()
@@ -323,6 +324,8 @@ pub enum SecretPlan {
         renew_at: OffsetDateTime,
     },
     Write(WriteReason, String),
+    /// A copy another Kubeconfig (named) distributed holds the name: deleted, then written.
+    ReplaceCopy(String),
     /// A Secret of that name exists and is not ours: never overwritten.
     Conflict(Problem),
 }
@@ -337,6 +340,16 @@ pub fn plan_secret(
     let Some(secret) = observed else {
         return SecretPlan::Write(WriteReason::Issue, "no Secret yet".into());
     };
+    let copy_of_another = secret.controller_uid.is_none()
+        && secret
+            .kubeconfig_uid
+            .as_deref()
+            .is_some_and(|other| other != uid);
+    if copy_of_another {
+        // A copy another Kubeconfig distributed here never takes a name a Kubeconfig of this
+        // namespace refers to (`distribution`): it goes, and this one's Secret takes its place.
+        return SecretPlan::ReplaceCopy(secret.kubeconfig.clone().unwrap_or_default());
+    }
     if secret.controller_uid.as_deref() != Some(uid) {
         return SecretPlan::Conflict(Problem::new(
             "SecretConflict",
@@ -737,14 +750,20 @@ fn owner_reference(kc: &Kubeconfig, uid: &str) -> OwnerReference {
 /// The credential a Secret ends up holding, or the problem that stopped it.
 pub enum Outcome {
     /// `written` names what was done to the Secret in this reconcile; `None` when it was kept.
+    /// `blocked`: the authority cannot sign now, and the credential held (still valid, for
+    /// the spec as it is) is kept until it expires.
     Ready {
         held: Held,
         renew_at: OffsetDateTime,
         written: Option<WriteReason>,
         message: String,
+        blocked: Option<Problem>,
     },
     NotReady(Problem),
 }
+
+/// The Ready reason of a valid credential that cannot be renewed now.
+pub const RENEWAL_BLOCKED: &str = "RenewalBlocked";
 
 /// The status to write. Keeps a condition's lastTransitionTime while its status holds. Pure.
 pub fn status(
@@ -772,6 +791,11 @@ pub fn status(
     };
     let (ready, reason, message) = match outcome {
         Outcome::Ready {
+            blocked: Some(_),
+            message,
+            ..
+        } => ("True", RENEWAL_BLOCKED, message.clone()),
+        Outcome::Ready {
             written: Some(w),
             message,
             ..
@@ -786,24 +810,30 @@ pub fn status(
     };
     let mut conditions = vec![condition("Ready", ready, reason, message)];
     if let Some(d) = distributed.filter(|_| kc.spec.distribution.is_some()) {
-        conditions.push(match (&d.problem, d.conflicts.as_slice()) {
-            (Some(p), _) => condition(DISTRIBUTED, "False", p.reason, p.message.clone()),
-            (None, []) => condition(
-                DISTRIBUTED,
-                "True",
-                "Distributed",
-                format!("{} matching namespaces hold a current copy", d.copies),
-            ),
-            (None, conflicts) => condition(
-                DISTRIBUTED,
-                "False",
-                "SecretConflict",
-                format!(
-                    "Secret {} exists in namespace(s) {} and was not created by this controller: left untouched; delete it there or exclude the namespace",
-                    kc.spec.secret_ref.name,
-                    conflicts.join(", ")
-                ),
-            ),
+        conditions.push(match &d.problem {
+            Some(p) => condition(DISTRIBUTED, "False", p.reason, p.message.clone()),
+            None => {
+                let mut message = format!("{} matching namespaces hold a current copy", d.copies);
+                if !d.conflicts.is_empty() {
+                    message += &format!(
+                        "; Secret {} exists in namespace(s) {} and was not created by this controller: left untouched; delete it there or exclude the namespace",
+                        kc.spec.secret_ref.name,
+                        d.conflicts.join(", ")
+                    );
+                }
+                if !d.refused.is_empty() {
+                    message += &format!(
+                        "; refused: {}. A copy needs the authority's policy.distributionNamespaceSelector to match the namespace and the credential's identity to be allowed to create and update the Secret there",
+                        d.refused.join(", ")
+                    );
+                }
+                let (status, reason) = match (d.conflicts.is_empty(), d.refused.is_empty()) {
+                    (true, true) => ("True", "Distributed"),
+                    (false, _) => ("False", "SecretConflict"),
+                    (true, false) => ("False", "DistributionRefused"),
+                };
+                condition(DISTRIBUTED, status, reason, message)
+            }
         });
     }
     let mut status = KubeconfigStatus {
@@ -815,6 +845,10 @@ pub fn status(
         status.distributed_copies = Some(d.copies).filter(|n| *n > 0);
     }
     match outcome {
+        // The next attempt is no renewal time: the one recorded stays.
+        Outcome::Ready {
+            blocked: Some(_), ..
+        } => {}
         Outcome::Ready { held, renew_at, .. } => {
             status.secret_name = Some(kc.spec.secret_ref.name.clone());
             let id = Some(held.id.clone()).filter(|id| !id.is_empty());
@@ -827,7 +861,15 @@ pub fn status(
             status.not_after = Some(to_time(held.not_after));
             status.renewal_time = Some(to_time(*renew_at));
         }
-        Outcome::NotReady(_) => status.renewal_time = None,
+        // Nothing is held (see `withdraw`).
+        Outcome::NotReady(_) => {
+            status.renewal_time = None;
+            status.secret_name = None;
+            status.serial_number = None;
+            status.token_id = None;
+            status.not_before = None;
+            status.not_after = None;
+        }
     }
     status
 }
@@ -843,8 +885,7 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     let now = OffsetDateTime::now_utc();
 
     // The authority must exist and its policy allow the request before anything is bound or
-    // issued; a refused Kubeconfig keeps no binding (an issued certificate stays valid until it
-    // expires but is not renewed, and grants nothing through this controller).
+    // issued.
     let namespace_labels = ctx
         .namespaces
         .get(&ObjectRef::new(&namespace))
@@ -859,26 +900,49 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
         )
         .map(|()| found)
     });
-    // Bindings depend on the spec and the policy alone, so they are kept right whatever else
-    // (the CA, the Secret) is wrong.
-    let rbac_problem = apply_bindings(&kc, &uid, found.is_ok(), ctx).await?;
-
-    let (outcome, data) = match found {
-        Err(problem) => (Outcome::NotReady(problem), None),
-        Ok(found) => match authority::load(&found, &namespace, ctx).await? {
-            Err(problem) => (Outcome::NotReady(problem), None),
-            Ok(resolved) => match Desired::from_spec(&kc, &uid, &resolved) {
-                Err(problem) => (Outcome::NotReady(problem), None),
-                Ok(desired) => apply_secret(&kc, &uid, &desired, &resolved, ctx, now).await?,
-            },
+    if let Ok(found) = &found {
+        authority::report_ca_key(found, ctx).await?;
+    }
+    let copies_allowed = found
+        .as_ref()
+        .ok()
+        .and_then(|f| f.config.policy.as_ref())
+        .and_then(|p| p.distribution_namespace_selector.clone());
+    let prepared = match found {
+        Err(problem) => Err(problem),
+        Ok(found) => authority::load(&found, &namespace, ctx)
+            .await?
+            .and_then(|resolved| Desired::from_spec(&kc, &uid, &resolved).map(|d| (resolved, d))),
+    };
+    let (outcome, data) = match &prepared {
+        Err(problem) => (Outcome::NotReady(problem.clone()), None),
+        Ok((resolved, desired)) => apply_secret(&kc, &uid, desired, resolved, ctx, now).await?,
+    };
+    // A Kubeconfig holds its credential and its bindings together or not at all. When the
+    // authority cannot sign just now, a valid credential for the spec as it is stays (Ready,
+    // `RenewalBlocked`) until it expires.
+    let outcome = match outcome {
+        Outcome::NotReady(problem) => match still_valid(&kc, &uid, problem, ctx, now) {
+            Ok(kept) => {
+                if let Some(problem) = apply_bindings(&kc, &uid, true, ctx).await? {
+                    withdraw(&kc, &uid, ctx).await?;
+                    Outcome::NotReady(problem)
+                } else {
+                    kept
+                }
+            }
+            Err(problem) => {
+                withdraw(&kc, &uid, ctx).await?;
+                Outcome::NotReady(problem)
+            }
         },
+        ready => ready,
     };
     // Copies follow a Secret that holds a valid credential (read live when the cache, which
     // keeps no data, answered).
-    let ready = matches!(outcome, Outcome::Ready { .. });
-    let primary = match data {
-        Some(data) if ready => Some(data),
-        None if ready && kc.spec.distribution.is_some() => {
+    let primary = match (&outcome, data) {
+        (Outcome::Ready { .. }, Some(data)) => Some(data),
+        (Outcome::Ready { .. }, None) if kc.spec.distribution.is_some() => {
             Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
                 .get_opt(&kc.spec.secret_ref.name)
                 .await
@@ -887,11 +951,15 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
         }
         _ => None,
     };
-    let distributed = distribution::apply(&kc, &uid, primary.as_ref(), ctx).await?;
-    let outcome = match (outcome, rbac_problem) {
-        (Outcome::Ready { .. }, Some(problem)) => Outcome::NotReady(problem),
-        (outcome, _) => outcome,
-    };
+    let subject = distribution::subject(&kc, &uid);
+    let distributed = distribution::apply(
+        &kc,
+        &uid,
+        primary.as_ref().zip(subject.as_ref()),
+        copies_allowed.as_ref(),
+        ctx,
+    )
+    .await?;
     let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
     let mut new_status = status(&kc, &outcome, distributed.as_ref(), now);
     // A first credential just written to an object with no status yet: nothing live can
@@ -916,7 +984,7 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
         if let Some(live) = live {
             new_status = status(&live, &outcome, distributed.as_ref(), now);
             if live.status.as_ref() == Some(&new_status) {
-                return Ok(requeue_for(&outcome));
+                return Ok(requeue_for(&outcome, distributed.as_ref()));
             }
         }
         let patch = json!({"apiVersion": Kubeconfig::api_version(&()), "kind": Kubeconfig::kind(&()), "status": new_status});
@@ -924,7 +992,7 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
             .await
             .map_err(Error::kube("updating status"))?;
     } else {
-        return Ok(requeue_for(&outcome));
+        return Ok(requeue_for(&outcome, distributed.as_ref()));
     }
     if let Outcome::NotReady(problem) = &outcome {
         // Reported once per change of the status (the patch above), not on every retry.
@@ -940,7 +1008,7 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    Ok(requeue_for(&outcome))
+    Ok(requeue_for(&outcome, distributed.as_ref()))
 }
 
 /// Applies a Kubeconfig's status. The API server is asked to answer with the metadata only:
@@ -972,14 +1040,21 @@ async fn apply_status(
 /// The `Accept` header of an answer with the object's metadata only.
 const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
 
-/// Ready: at the renewal time. Not ready: the watches bring the object back when something it
-/// depends on changes; a slow retry covers anything they cannot see.
-fn requeue_for(outcome: &Outcome) -> Action {
+/// Ready: at the renewal time, and with copies at least every [`distribution::RECHECK`] (sooner
+/// while a namespace is refused by an access review: rights often follow a new namespace by a
+/// moment). Not ready: the watches bring the object back when something it depends on
+/// changes; a slow retry covers anything they cannot see.
+fn requeue_for(outcome: &Outcome, distributed: Option<&Distributed>) -> Action {
     match outcome {
         Outcome::Ready { renew_at, .. } => {
             let wait = (*renew_at - OffsetDateTime::now_utc())
                 .try_into()
                 .unwrap_or(Duration::ZERO);
+            let wait = match distributed {
+                Some(d) if d.reviews_refused => wait.min(distribution::RECHECK_REFUSED),
+                Some(_) => wait.min(distribution::RECHECK),
+                None => wait,
+            };
             Action::requeue(wait.max(Duration::from_millis(100)))
         }
         Outcome::NotReady(p) if p.reason == credential::CSR_PENDING => {
@@ -1006,7 +1081,9 @@ async fn apply_secret(
         .get(&ObjectRef::new(&desired.secret_name).within(&namespace));
     let cached_plan = cached.map(|c| plan_secret(desired, uid, Some(&c), now));
     let (plan, data) = match cached_plan {
-        Some(plan) if !matches!(plan, SecretPlan::Write(..)) => (plan, None),
+        Some(plan) if !matches!(plan, SecretPlan::Write(..) | SecretPlan::ReplaceCopy(_)) => {
+            (plan, None)
+        }
         // Not cached (perhaps not ours), or the cache says write: ask the live object, once.
         _ => {
             let live = secrets
@@ -1026,16 +1103,29 @@ async fn apply_secret(
     let ready_message = format!("Secret {} holds a valid kubeconfig", desired.secret_name);
     let (reason, why) = match plan {
         SecretPlan::Keep { held, renew_at } => {
+            if let Some(problem) = apply_bindings(kc, uid, true, ctx).await? {
+                return Ok((Outcome::NotReady(problem), None));
+            }
             let outcome = Outcome::Ready {
                 held,
                 renew_at,
                 written: None,
                 message: ready_message,
+                blocked: None,
             };
             return Ok((outcome, data));
         }
         SecretPlan::Conflict(problem) => return Ok((Outcome::NotReady(problem), None)),
         SecretPlan::Write(reason, why) => (reason, why),
+        SecretPlan::ReplaceCopy(owner) => {
+            // Deleted first: the deletion brings the distributing Kubeconfig back, which then
+            // sees the name claimed here.
+            delete_ignoring_absent(secrets.clone(), &desired.secret_name).await?;
+            (
+                WriteReason::Issue,
+                format!("the copy Kubeconfig {owner} had distributed under that name was removed"),
+            )
+        }
     };
     ctx.spend(uid, Written::Secret)?;
     let mut issued = match credential::issue(kc, uid, desired, &resolved.signer, ctx, now).await? {
@@ -1055,6 +1145,11 @@ async fn apply_secret(
         Ok(secret) => secret,
         Err(problem) => return Ok((Outcome::NotReady(problem), None)),
     };
+    // The bindings are in place before the credential is written; if they cannot be, the
+    // credential is never written.
+    if let Some(problem) = apply_bindings(kc, uid, true, ctx).await? {
+        return Ok((Outcome::NotReady(problem), None));
+    }
     ctx.write_managed_secret(&namespace, &secret)
         .await
         .map_err(Error::kube(format!(
@@ -1095,12 +1190,86 @@ async fn apply_secret(
             Some(note) => format!("{ready_message}; {note}"),
             None => ready_message,
         },
+        blocked: None,
     };
     Ok((outcome, secret.data))
 }
 
 /// A Secret's data.
 type SecretData = BTreeMap<String, ByteString>;
+
+/// How often a credential that cannot be renewed is tried again (the watches of the CA and
+/// the authority usually bring it back sooner).
+const RETRY_BLOCKED: Duration = Duration::from_secs(60);
+
+/// When `problem` only stops the authority from signing now, the credential the Secret holds
+/// stays Ready while it is valid, intact and was issued for the spec as it is (the last status
+/// was Ready for this generation). Otherwise the problem stands.
+fn still_valid(
+    kc: &Kubeconfig,
+    uid: &str,
+    problem: Problem,
+    ctx: &Context,
+    now: OffsetDateTime,
+) -> Result<Outcome, Problem> {
+    if !problem.blocks_renewal_only() {
+        return Err(problem);
+    }
+    let status = kc.status.as_ref();
+    let was_ready = status.is_some_and(|s| {
+        s.observed_generation == kc.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    });
+    let namespace = kc.namespace().unwrap_or_default();
+    let held = ctx
+        .secrets
+        .get(&ObjectRef::new(&kc.spec.secret_ref.name).within(&namespace))
+        .filter(|s| was_ready && s.controller_uid.as_deref() == Some(uid) && s.intact)
+        .and_then(|s| s.held.clone())
+        .filter(|held| now >= held.not_before && now < held.not_after);
+    let Some(held) = held else {
+        return Err(problem);
+    };
+    let retry = if problem.reason == credential::CSR_PENDING {
+        credential::CSR_RETRY
+    } else {
+        RETRY_BLOCKED
+    };
+    let message = format!(
+        "Secret {} holds a valid kubeconfig until {}, but it cannot be renewed now: {}",
+        kc.spec.secret_ref.name, held.not_after, problem.message
+    );
+    Ok(Outcome::Ready {
+        renew_at: (now + retry).min(held.not_after),
+        held,
+        written: None,
+        message,
+        blocked: Some(problem),
+    })
+}
+
+/// Removes what a Kubeconfig that is not Ready must not hold: its bindings and its own Secret
+/// (copies go with distribution). A Secret it does not own is left alone.
+async fn withdraw(kc: &Kubeconfig, uid: &str, ctx: &Context) -> Result<()> {
+    apply_bindings(kc, uid, false, ctx).await?;
+    let namespace = kc.namespace().unwrap_or_default();
+    let name = &kc.spec.secret_ref.name;
+    let ours = ctx
+        .secrets
+        .get(&ObjectRef::new(name).within(&namespace))
+        .is_some_and(|s| s.controller_uid.as_deref() == Some(uid));
+    if ours {
+        info!(secret = %name, "removing the Secret of a Kubeconfig that is not Ready");
+        delete_ignoring_absent(
+            Api::<Secret>::namespaced(ctx.client.clone(), &namespace),
+            name,
+        )
+        .await?;
+    }
+    Ok(())
+}
 
 /// The Ready reason of a credential that is kept: what was last done to it, as the current
 /// status says (when it is about the same credential), else `Issued`.
@@ -1698,6 +1867,7 @@ mod tests {
             renew_at: t0,
             written: Some(WriteReason::Issue),
             message: "ok".into(),
+            blocked: None,
         };
         let first = status(&kc, &ready, None, t0);
         assert_eq!(first.conditions[0].status, "True");
@@ -1707,10 +1877,11 @@ mod tests {
         assert_eq!(first.token_id, None);
         kc.status = Some(first.clone());
         let kept = Outcome::Ready {
-            held,
+            held: held.clone(),
             renew_at: t0,
             written: None,
             message: "ok".into(),
+            blocked: None,
         };
         assert_eq!(
             status(&kc, &kept, None, t0 + Duration::from_secs(60)),
@@ -1734,5 +1905,27 @@ mod tests {
             first.conditions[0].last_transition_time
         );
         assert!(failed.renewal_time.is_none());
+        assert!(
+            failed.serial_number.is_none() && failed.not_after.is_none(),
+            "a Kubeconfig that is not Ready holds nothing"
+        );
+        // The CA is away, the credential valid: Ready, the renewal time as it was.
+        let blocked = Outcome::Ready {
+            held,
+            renew_at: t0 + Duration::from_secs(60),
+            written: None,
+            message: "valid, cannot be renewed".into(),
+            blocked: Some(Problem::new("CASecretNotFound", "gone")),
+        };
+        let kept = status(&kc, &blocked, None, t0 + Duration::from_secs(60));
+        assert_eq!(
+            (
+                kept.conditions[0].status.as_str(),
+                kept.conditions[0].reason.as_str()
+            ),
+            ("True", RENEWAL_BLOCKED)
+        );
+        assert_eq!(kept.renewal_time, first.renewal_time);
+        assert_eq!(kept.serial_number, first.serial_number);
     }
 }

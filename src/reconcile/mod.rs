@@ -66,6 +66,8 @@ pub struct Context {
     /// How often each Kubeconfig's objects were written lately (see [`Context::spend`]).
     pub write_budgets: Mutex<HashMap<(String, Written), kubeconfig_authority_pki::WriteBudget>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The authority conditions this process wrote (see [`authority::report_ca_key`]).
+    pub flagged: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What a reconcile writes, each bounded on its own by [`Context::spend`].

@@ -306,14 +306,20 @@ impl Term<'_> {
             pending_csrs: Default::default(),
             own_writes: Default::default(),
             write_budgets: Default::default(),
+            flagged: Default::default(),
             metrics: self.metrics.clone(),
         });
 
         self.metrics.observe(Some(kubeconfigs.clone()));
         let default = self.options.default_authority.clone();
+        // An authority's own status (written by this controller) brings nothing back.
         let by_authority = {
             let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
+            let (store, seen) = (authorities.clone(), SpecChanges::default());
             move |a: Authority| {
+                if !seen.changed(&a, store.get(&ObjectRef::from_obj(&a)).is_some()) {
+                    return Vec::new();
+                }
                 users_of(
                     &kubeconfigs,
                     default.as_ref(),
@@ -325,7 +331,11 @@ impl Term<'_> {
         };
         let by_cluster_authority = {
             let (kubeconfigs, default) = (kubeconfigs.clone(), default.clone());
+            let (store, seen) = (cluster_authorities.clone(), SpecChanges::default());
             move |a: ClusterAuthority| {
+                if !seen.changed(&a, store.get(&ObjectRef::from_obj(&a)).is_some()) {
+                    return Vec::new();
+                }
                 users_of(
                     &kubeconfigs,
                     default.as_ref(),
@@ -792,6 +802,28 @@ type ReadsFn = fn(&AuthorityConfig, Option<&str>) -> Vec<(String, String)>;
 fn owner_of(annotation: Option<&String>) -> Option<ObjectRef<Kubeconfig>> {
     let (namespace, name) = annotation?.split_once('/')?;
     Some(ObjectRef::new(name).within(namespace))
+}
+
+/// The generation each object was last seen at: tells a change of its spec (or its coming or
+/// going) from a change of its status alone.
+#[derive(Default)]
+struct SpecChanges(std::sync::Mutex<std::collections::HashMap<String, Option<i64>>>);
+
+impl SpecChanges {
+    /// Whether `object` (`present`: still in the cache, so not deleted) changed more than its
+    /// status since last seen.
+    fn changed<K: kube::Resource>(&self, object: &K, present: bool) -> bool {
+        let key = object.meta().uid.clone().unwrap_or_default();
+        let Ok(mut seen) = self.0.lock() else {
+            return true;
+        };
+        if !present {
+            seen.remove(&key);
+            return true;
+        }
+        let generation = object.meta().generation;
+        seen.insert(key, generation) != Some(generation)
+    }
 }
 
 /// The Kubeconfigs that use an authority.

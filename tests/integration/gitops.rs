@@ -9,7 +9,7 @@ use k8s_openapi::api::{
     authentication::v1::SelfSubjectReview,
     certificates::v1::CertificateSigningRequest,
     core::v1::{Namespace, Secret, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding},
+    rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding},
 };
 use kube::{
     Api, Client,
@@ -291,6 +291,36 @@ async fn copies_follow_a_tenant_s_namespaces_and_every_rotation() {
         json!({"capsule.clastix.io/tenant": tenant}),
     )
     .await;
+    // The tenant's owner (Flux's ServiceAccount) may write Secrets in the tenant's namespaces,
+    // as Capsule grants its owners; in one of them it may not.
+    let flux = format!("system:serviceaccount:{ns}:flux");
+    for member in members.iter().chain([&taken]) {
+        let binding: RoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": "tenant-owner"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "ServiceAccount", "name": "flux", "namespace": ns}],
+        }))
+        .unwrap();
+        Api::<RoleBinding>::namespaced(admin.clone(), member)
+            .create(&PostParams::default(), &binding)
+            .await
+            .unwrap();
+    }
+    let unowned = labelled_namespace(
+        &admin,
+        "dist-unowned",
+        json!({"capsule.clastix.io/tenant": tenant}),
+    )
+    .await;
+    // The authority's policy lets copies go to the tenant's namespaces (default: nowhere).
+    authority(
+        &admin,
+        &ns,
+        "tokens",
+        json!({"server": plane().server, "signer": {"serviceAccountToken": {}},
+            "policy": {"distributionNamespaceSelector": {"matchLabels": {"capsule.clastix.io/tenant": tenant}}}}),
+    )
+    .await;
     let unmanaged: Secret = serde_json::from_value(
         json!({"metadata": {"name": "flux-kubeconfig"}, "stringData": {"kubeconfig": "mine"}}),
     )
@@ -355,6 +385,17 @@ async fn copies_follow_a_tenant_s_namespaces_and_every_rotation() {
         ("False", "SecretConflict")
     );
     assert!(condition.message.contains(&taken), "{}", condition.message);
+    assert!(
+        condition
+            .message
+            .contains(&format!("{unowned} ({flux} may not create")),
+        "{}",
+        condition.message
+    );
+    assert!(
+        secret(&admin, &unowned, "flux-kubeconfig").await.is_none(),
+        "no copy where its identity could not write it"
+    );
     let kept = secret(&admin, &taken, "flux-kubeconfig").await.unwrap();
     assert_eq!(
         kept.data.unwrap()["kubeconfig"].0,

@@ -283,6 +283,12 @@ async fn the_helm_chart_renders_and_passes_a_server_side_dry_run() {
             "resources.limits.memory=128Mi",
             "--set",
             "extraBindableRoles={admin}",
+            "--set",
+            "clusterAuthority.create=true",
+            "--set",
+            "clusterAuthority.server=https://api.example.com:6443",
+            "--set",
+            "clusterAuthority.policy.maxValidity=720h",
         ],
         root,
     );
@@ -310,4 +316,14 @@ async fn the_helm_chart_renders_and_passes_a_server_side_dry_run() {
     assert!(
         rendered.contains("system:serviceaccount:kubeconfig-authority-system:kubeconfig-authority")
     );
+    // The chart's ClusterAuthority keeps its CA key in the release's namespace.
+    let authority = serde_yaml::Deserializer::from_str(&rendered)
+        .filter_map(|d| serde::Deserialize::deserialize(d).ok())
+        .find(|v: &serde_yaml::Value| v["kind"] == "ClusterAuthority")
+        .expect("a ClusterAuthority");
+    assert_eq!(
+        authority["spec"]["signer"]["caSecretRef"]["namespace"],
+        "kubeconfig-authority-system"
+    );
+    assert_eq!(authority["spec"]["policy"]["maxValidity"], "720h");
 }

@@ -763,7 +763,16 @@ async fn keys_and_tokens_never_reach_logs_or_events() {
     // A CA Secret whose key does not match its certificate, then garbage.
     let other = TestCa::new("other");
     crate::kubeconfig::put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &other.key_pem).await;
-    wait_condition(&admin, &ns, "b", "False", None, Duration::from_secs(10)).await;
+    // (Its certificate is still valid: kept, and the status says it cannot be renewed.)
+    wait_condition(
+        &admin,
+        &ns,
+        "b",
+        "True",
+        Some("RenewalBlocked"),
+        Duration::from_secs(10),
+    )
+    .await;
     crate::kubeconfig::put_ca_secret(&admin, &ns, "cluster-ca", "garbage", &ca.key_pem).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     crate::kubeconfig::put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &ca.key_pem).await;
@@ -1063,4 +1072,611 @@ async fn bindings_never_outlive_their_kubeconfig() {
             .len(),
         1
     );
+}
+
+/// A user who may request Kubeconfigs in `ns` and bind `view` and `edit` there, and claim the
+/// usernames `identities` (a team member, as the README sets one up). Returns their client.
+async fn team_member(admin: &Client, ns: &str, user: &str, identities: &[&str]) -> Client {
+    for (binding, role) in [
+        ("requester", "kubeconfig-authority:requester"),
+        ("binder", "kubeconfig-authority:namespace-binder"),
+    ] {
+        grant(admin, user_binding(binding, Some(ns), role, user)).await;
+    }
+    let claims = format!("identities-{user}");
+    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": claims},
+        "rules": [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"], "resourceNames": identities}],
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
+        .patch(
+            &claims,
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&role),
+        )
+        .await
+        .unwrap();
+    grant(admin, user_binding(&claims, None, &claims, user)).await;
+    plane().client_for(user, &[]).await
+}
+
+/// Creates a Kubeconfig as `client`, retrying while the requester's new rights reach the
+/// authorizer.
+async fn create_as(client: &Client, ns: &str, name: &str, spec: Value) {
+    eventually(Duration::from_secs(10), name, || {
+        let (client, ns, spec) = (client.clone(), ns.to_string(), spec.clone());
+        async move {
+            create(&client, &ns, name, spec)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+}
+
+async fn label(admin: &Client, ns: &str, labels: Value) {
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": labels}})),
+        )
+        .await
+        .unwrap();
+}
+
+fn distributed(kc: &Kubeconfig) -> Option<(String, String, String)> {
+    kc.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Distributed")
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// `spec.distribution` puts the requester's credential nowhere they could not have written it:
+/// only into namespaces the authority's policy allows (default none) where the credential's
+/// own identity may write that Secret, never `kube-system`, never over a name a Kubeconfig of
+/// that namespace uses.
+#[tokio::test]
+async fn copies_go_only_where_their_identity_could_write_them() {
+    let ca = &plane().ca;
+    let (admin, ns) = setup("copies", ca).await;
+    let suffix = ns[ns.len() - 6..].to_string();
+    let (user, identity) = (format!("rita-{suffix}"), format!("sue-{suffix}"));
+    let as_rita = team_member(&admin, &ns, &user, &[&identity]).await;
+    // Two namespaces of the team; the identity may write Secrets only in the first.
+    let (_, team_b) = setup("copies-b", ca).await;
+    let foreign = plane().namespace("copies-f").await;
+    for n in [&team_b, &foreign] {
+        label(&admin, n, json!({"team": suffix})).await;
+    }
+    grant(
+        &admin,
+        user_binding("sue-edits", Some(&team_b), "edit", &identity),
+    )
+    .await;
+
+    // Everywhere, asked by a limited user: the authority allows copies nowhere yet.
+    let wanted = json!({"authorityRef": {"name": "cluster-ca"}, "username": identity,
+        "validity": "1h", "secretRef": {"name": "sue-kubeconfig"},
+        "distribution": {"namespaceSelector": {}}});
+    create_as(&as_rita, &ns, "sue", wanted).await;
+    wait_ready(&admin, &ns, "sue").await;
+    let kc = eventually(Duration::from_secs(10), "distribution refused", || {
+        let api = Api::<Kubeconfig>::namespaced(admin.clone(), &ns);
+        async move {
+            let kc = api.get("sue").await.map_err(|e| e.to_string())?;
+            match distributed(&kc) {
+                Some((s, r, _)) if s == "False" && r == "DistributionRefused" => Ok(kc),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let message = distributed(&kc).unwrap().2;
+    assert!(
+        message.contains("kube-system (not matched by the authority's policy"),
+        "{message}"
+    );
+    for n in ["kube-system", "default", team_b.as_str(), foreign.as_str()] {
+        assert!(
+            secret(&admin, n, "sue-kubeconfig").await.is_none(),
+            "no copy in {n}"
+        );
+    }
+
+    // The admin allows the team's namespaces: a copy where the identity may write, none where
+    // it may not.
+    Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &ns)
+        .patch(
+            "cluster-ca",
+            &PatchParams::apply("tests-distribution"),
+            &Patch::Apply(json!({"apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+                "metadata": {"name": "cluster-ca"},
+                "spec": {"policy": {"distributionNamespaceSelector": {"matchLabels": {"team": suffix}}}}})),
+        )
+        .await
+        .unwrap();
+    let copy = eventually(Duration::from_secs(10), "the copy in team-b", || {
+        let (admin, team_b) = (admin.clone(), team_b.clone());
+        async move {
+            secret(&admin, &team_b, "sue-kubeconfig")
+                .await
+                .ok_or("none".to_string())
+        }
+    })
+    .await;
+    let primary = secret(&admin, &ns, "sue-kubeconfig").await.unwrap();
+    assert_eq!(copy.data, primary.data);
+    let kc = eventually(Duration::from_secs(10), "one copy counted", || {
+        let api = Api::<Kubeconfig>::namespaced(admin.clone(), &ns);
+        async move {
+            let kc = api.get("sue").await.map_err(|e| e.to_string())?;
+            match kc.status.as_ref().and_then(|s| s.distributed_copies) {
+                Some(1) => Ok(kc),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let message = distributed(&kc).unwrap().2;
+    assert!(
+        message.contains(&format!(
+            "{foreign} ({identity} may not create Secret sue-kubeconfig"
+        )),
+        "{message}"
+    );
+    for n in ["kube-system", foreign.as_str()] {
+        assert!(
+            secret(&admin, n, "sue-kubeconfig").await.is_none(),
+            "no copy in {n}"
+        );
+    }
+
+    // A Kubeconfig of team-b that uses that Secret name gets it: the copy makes way.
+    apply(
+        &admin,
+        &team_b,
+        "claim",
+        spec("claimer", json!({"secretRef": {"name": "sue-kubeconfig"}})),
+    )
+    .await;
+    wait_ready(&admin, &team_b, "claim").await;
+    let claimed = secret(&admin, &team_b, "sue-kubeconfig").await.unwrap();
+    assert_eq!(
+        claimed.owner_references()[0].name,
+        "claim",
+        "the Secret is the claimer's own"
+    );
+    let kc = eventually(Duration::from_secs(10), "the copy given up", || {
+        let api = Api::<Kubeconfig>::namespaced(admin.clone(), &ns);
+        async move {
+            let kc = api.get("sue").await.map_err(|e| e.to_string())?;
+            match (
+                kc.status.as_ref().and_then(|s| s.distributed_copies),
+                distributed(&kc),
+            ) {
+                (None, Some((_, _, m))) if m.contains("a Kubeconfig there writes its own") => {
+                    Ok(kc)
+                }
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert!(distributed(&kc).unwrap().2.contains(&team_b));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let still = secret(&admin, &team_b, "sue-kubeconfig").await.unwrap();
+    assert_eq!(still.owner_references()[0].name, "claim", "not taken back");
+    wait_ready(&admin, &team_b, "claim").await;
+}
+
+/// A team member with `edit` in their namespace, set up as the README says (a ClusterAuthority
+/// whose CA Secret lives in the controller's namespace), cannot read any CA key, and neither
+/// can the kubeconfig they get. An Authority that keeps its CA key in a team namespace is
+/// flagged.
+#[tokio::test]
+async fn a_requester_following_the_readme_cannot_reach_a_ca_key() {
+    let plane = plane();
+    let admin = plane.admin().await;
+    let ns = plane.namespace("readme").await;
+    let suffix = ns[ns.len() - 6..].to_string();
+    let system = "kubeconfig-authority-system";
+    // config/samples/authority.yaml, under a name of this test's own, its CA in `system`.
+    let mut sample: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples/authority.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let name = format!("readme-{suffix}");
+    sample["metadata"]["name"] = name.clone().into();
+    sample["spec"]["server"] = plane.server.clone().into();
+    assert_eq!(
+        sample["spec"]["signer"]["caSecretRef"]["namespace"], system,
+        "the sample keeps the CA key in the controller's namespace"
+    );
+    sample["spec"]["signer"]["caSecretRef"]["name"] = name.clone().into();
+    crate::kubeconfig::put_ca_secret(&admin, system, &name, &plane.ca.cert_pem, &plane.ca.key_pem)
+        .await;
+    let authority: ClusterAuthority = serde_json::from_value(sample).unwrap();
+    Api::<ClusterAuthority>::all(admin.clone())
+        .create(&PostParams::default(), &authority)
+        .await
+        .unwrap();
+
+    let user = format!("tess-{suffix}");
+    let as_tess = team_member(&admin, &ns, &user, &["susan"]).await;
+    grant(&admin, user_binding("tess-edits", Some(&ns), "edit", &user)).await;
+    create_as(
+        &as_tess,
+        &ns,
+        "susan",
+        json!({"authorityRef": {"kind": "ClusterAuthority", "name": name}, "username": "susan",
+            "validity": "1h", "secretRef": {"name": "susan-kubeconfig"},
+            "authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "edit"}]}}),
+    )
+    .await;
+    wait_ready(&admin, &ns, "susan").await;
+    // Tess reads her kubeconfig (edit reads Secrets in her namespace) ...
+    let kubeconfig = eventually(Duration::from_secs(10), "tess reads her kubeconfig", || {
+        let (client, ns) = (as_tess.clone(), ns.clone());
+        async move {
+            Ok::<_, String>(
+                secret(&client, &ns, "susan-kubeconfig")
+                    .await
+                    .ok_or("none")?,
+            )
+        }
+    })
+    .await;
+    let issued = client_from_kubeconfig(
+        &String::from_utf8(kubeconfig.data.unwrap()["kubeconfig"].0.clone()).unwrap(),
+    )
+    .await;
+    // ... and no Secret of her namespace holds a CA key; neither she nor the kubeconfig can
+    // read the controller's namespace.
+    for s in Api::<Secret>::namespaced(as_tess.clone(), &ns)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        let keys: Vec<&String> = s
+            .data
+            .as_ref()
+            .map(|d| d.keys().collect())
+            .unwrap_or_default();
+        assert!(
+            !keys.iter().any(|k| *k == "ca.key"),
+            "{} holds a CA key",
+            s.name_any()
+        );
+    }
+    for (who, client) in [("tess", &as_tess), ("her kubeconfig", &issued)] {
+        let secrets = Api::<Secret>::namespaced(client.clone(), system);
+        assert_eq!(
+            refusal(secrets.get(&name).await).0,
+            403,
+            "{who} reads the CA"
+        );
+        assert_eq!(
+            refusal(secrets.list(&ListParams::default()).await).0,
+            403,
+            "{who} lists the controller's Secrets"
+        );
+    }
+    // The ClusterAuthority is not flagged; an Authority with its CA key in a team namespace is.
+    let cluster = Api::<ClusterAuthority>::all(admin.clone())
+        .get(&name)
+        .await
+        .unwrap();
+    assert!(
+        cluster
+            .status
+            .unwrap_or_default()
+            .conditions
+            .iter()
+            .all(|c| c.status == "True"),
+        "a CA key in the controller's namespace is not flagged"
+    );
+    let (_, team) = setup("readme-team", &plane.ca).await;
+    apply(&admin, &team, "local", spec("local", json!({}))).await;
+    wait_ready(&admin, &team, "local").await;
+    let flagged = eventually(Duration::from_secs(10), "the Authority flagged", || {
+        let api = Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &team);
+        async move {
+            let a = api.get("cluster-ca").await.map_err(|e| e.to_string())?;
+            a.status
+                .unwrap_or_default()
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "CAKeyIsolated" && c.status == "False")
+                .ok_or("not flagged".to_string())
+        }
+    })
+    .await;
+    assert_eq!(flagged.reason, "CAKeyWithRequesters");
+    assert!(
+        flagged.message.contains(&format!("{team}/cluster-ca")),
+        "{}",
+        flagged.message
+    );
+    let events = Api::<Event>::namespaced(admin.clone(), &team)
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("CAKeyWithRequesters")
+                && e.type_.as_deref() == Some("Warning")),
+        "a Warning event on the Authority"
+    );
+    Api::<ClusterAuthority>::all(admin.clone())
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
+}
+
+/// Whatever stops a Kubeconfig from being Ready, it holds neither a credential nor bindings;
+/// while only the authority's CA is away, a valid credential is kept (Ready, RenewalBlocked).
+#[tokio::test]
+async fn a_kubeconfig_that_is_not_ready_holds_neither_credential_nor_bindings() {
+    let (admin, ns) = setup("holds", &plane().ca).await;
+    let binds = |extra: Value| {
+        let mut s = spec(
+            "holder",
+            json!({"authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "view"}]}}),
+        );
+        for (k, v) in extra.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        s
+    };
+    // Refused from the start: an invalid validity; a Secret name someone else uses; a role
+    // the controller may not bind.
+    let clash: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "taken"}, "stringData": {"x": "y"}}))
+            .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &clash)
+        .await
+        .unwrap();
+    let cases = [
+        (
+            "short",
+            binds(json!({"validity": "1m", "secretRef": {"name": "short"}})),
+            "InvalidSpec",
+        ),
+        (
+            "clash",
+            binds(json!({"secretRef": {"name": "taken"}})),
+            "SecretConflict",
+        ),
+        (
+            "admin",
+            binds(json!({"secretRef": {"name": "admin"},
+                "authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "admin"}]}})),
+            "RBACFailed",
+        ),
+    ];
+    for (name, s, reason) in &cases {
+        apply(&admin, &ns, name, s.clone()).await;
+        wait_condition(
+            &admin,
+            &ns,
+            name,
+            "False",
+            Some(reason),
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (name, _, _) in &cases {
+        let secret_name = if *name == "clash" { "never" } else { name };
+        nothing_issued(&admin, &ns, name, secret_name).await;
+    }
+    let clash_secret = secret(&admin, &ns, "taken").await.unwrap();
+    assert!(
+        clash_secret.owner_references().is_empty(),
+        "someone else's Secret untouched"
+    );
+
+    // Ready with its binding, then refused by a tightened policy: both go.
+    apply(
+        &admin,
+        &ns,
+        "good",
+        binds(json!({"secretRef": {"name": "good"}})),
+    )
+    .await;
+    wait_ready(&admin, &ns, "good").await;
+    let uid = Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+        .get("good")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+    let bound =
+        ListParams::default().labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
+    assert_eq!(
+        Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+            .list(&bound)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    // The CA Secret goes: the credential is still valid, so it stays, with its binding.
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .delete("cluster-ca", &Default::default())
+        .await
+        .unwrap();
+    let kc = wait_condition(
+        &admin,
+        &ns,
+        "good",
+        "True",
+        Some("RenewalBlocked"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let message = &kc.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains("cannot be renewed now") && message.contains("cluster-ca"),
+        "{message}"
+    );
+    assert!(secret(&admin, &ns, "good").await.is_some());
+    assert_eq!(
+        Api::<RoleBinding>::namespaced(admin.clone(), &ns)
+            .list(&bound)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    crate::kubeconfig::put_ca_secret(
+        &admin,
+        &ns,
+        "cluster-ca",
+        &plane().ca.cert_pem,
+        &plane().ca.key_pem,
+    )
+    .await;
+    wait_condition(
+        &admin,
+        &ns,
+        "good",
+        "True",
+        Some("Issued"),
+        Duration::from_secs(10),
+    )
+    .await;
+    Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &ns)
+        .patch(
+            "cluster-ca",
+            &PatchParams::apply("tests-policy"),
+            &Patch::Apply(json!({"apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+                "metadata": {"name": "cluster-ca"}, "spec": {"policy": {"allowedClusterRoles": ["edit"]}}})),
+        )
+        .await
+        .unwrap();
+    let kc = wait_condition(
+        &admin,
+        &ns,
+        "good",
+        "False",
+        Some("PolicyViolation"),
+        Duration::from_secs(10),
+    )
+    .await;
+    let status = kc.status.unwrap();
+    assert!(
+        status.serial_number.is_none() && status.secret_name.is_none(),
+        "{status:?}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "credential and binding withdrawn",
+        || {
+            let (admin, ns) = (admin.clone(), ns.clone());
+            async move { nothing_issued_yet(&admin, &ns, "good").await }
+        },
+    )
+    .await;
+}
+
+/// Whether neither the Secret `name` nor a binding of the Kubeconfig `name` exists.
+async fn nothing_issued_yet(admin: &Client, ns: &str, name: &str) -> Result<(), String> {
+    if secret(admin, ns, name).await.is_some() {
+        return Err("the Secret is still there".into());
+    }
+    let uid = Api::<Kubeconfig>::namespaced(admin.clone(), ns)
+        .get(name)
+        .await
+        .map_err(|e| e.to_string())?
+        .uid()
+        .unwrap_or_default();
+    let selector =
+        ListParams::default().labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
+    let left = Api::<RoleBinding>::all(admin.clone())
+        .list(&selector)
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .len();
+    match left {
+        0 => Ok(()),
+        n => Err(format!("{n} bindings left")),
+    }
+}
+
+/// Kubernetes checks impersonation of `system:serviceaccount:<ns>:<name>` on the resource
+/// `serviceaccounts`, not `users`: so does the guard.
+#[tokio::test]
+async fn service_account_usernames_need_the_right_to_impersonate_that_service_account() {
+    let (admin, ns) = setup("sa-user", &plane().ca).await;
+    let suffix = ns[ns.len() - 6..].to_string();
+    let sa_user = format!("system:serviceaccount:{ns}:robot");
+    // Impersonation of `users` by that name is what the old guard checked; Kubernetes would
+    // not let this user act as the ServiceAccount.
+    let user = format!("uma-{suffix}");
+    let as_uma = team_member(&admin, &ns, &user, &[&sa_user]).await;
+    let wanted = spec(
+        &sa_user,
+        json!({"groups": [], "secretRef": {"name": "robot"}}),
+    );
+    let (code, message) = eventually(Duration::from_secs(10), "refused", || {
+        let (client, ns, wanted) = (as_uma.clone(), ns.clone(), wanted.clone());
+        async move {
+            match create(&client, &ns, "robot", wanted).await {
+                Err(kube::Error::Api(s)) if s.message.contains("impersonate") => {
+                    Ok((s.code, s.message))
+                }
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(code, 403, "{message}");
+    assert!(message.contains("that ServiceAccount"), "{message}");
+    // With impersonate on that ServiceAccount, admitted (the default policy then refuses a
+    // system: name, which is the authority's business).
+    let role: k8s_openapi::api::rbac::v1::Role = serde_json::from_value(json!({
+        "metadata": {"name": "robot-impersonator"},
+        "rules": [{"apiGroups": [""], "resources": ["serviceaccounts"], "verbs": ["impersonate"], "resourceNames": ["robot"]}],
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::Role>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
+    grant(
+        &admin,
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "robot-impersonator", "namespace": ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "robot-impersonator"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+        }),
+    )
+    .await;
+    create_as(&as_uma, &ns, "robot", wanted).await;
+    wait_condition(
+        &admin,
+        &ns,
+        "robot",
+        "False",
+        Some("PolicyViolation"),
+        Duration::from_secs(10),
+    )
+    .await;
 }

@@ -339,10 +339,15 @@ impl ControlPlane {
     pub fn detach(mut self) -> PathBuf {
         let processes = std::mem::take(self.processes.get_mut().expect("processes"));
         // Last started first: the controller, kube-controller-manager, kube-apiserver, etcd.
-        let pids: Vec<String> = processes
+        // Each is named by its pid and its start time (from /proc), so that the script never
+        // signals a process that took over a pid later; each leads its own process group.
+        let targets: Vec<String> = processes
             .iter()
             .rev()
-            .map(|p| p.child.id().to_string())
+            .filter_map(|p| {
+                let pid = p.child.id();
+                Some(format!("{pid}:{}", start_time(pid)?))
+            })
             .collect();
         processes.into_iter().for_each(std::mem::forget);
         let dir = std::mem::replace(
@@ -351,8 +356,20 @@ impl ControlPlane {
         )
         .keep();
         let script = format!(
-            "#!/bin/sh\n# Stops the demo's processes in order, each within 10 s, then removes this folder.\nfor pid in {}; do\n  kill \"$pid\" 2>/dev/null || continue\n  for _ in $(seq 100); do kill -0 \"$pid\" 2>/dev/null || break; sleep 0.1; done\n  kill -9 \"$pid\" 2>/dev/null\ndone\nrm -rf \"{}\"\n",
-            pids.join(" "),
+            r#"#!/bin/sh
+# Stops the demo's processes in order, each within 10 s, then removes this folder. A process is
+# signalled (with its process group) only while its pid still has the start time it had.
+started() {{ sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }}
+for target in {}; do
+  pid=${{target%%:*}}; start=${{target#*:}}
+  [ "$(started "$pid")" = "$start" ] || continue
+  kill -TERM -- "-$pid" 2>/dev/null
+  for _ in $(seq 100); do [ "$(started "$pid")" = "$start" ] || break; sleep 0.1; done
+  [ "$(started "$pid")" = "$start" ] && kill -KILL -- "-$pid" 2>/dev/null
+done
+rm -rf "{}"
+"#,
+            targets.join(" "),
             dir.display()
         );
         let stop = dir.join("stop");
@@ -782,6 +799,14 @@ pub async fn client_from_kubeconfig(yaml: &str) -> Client {
         .await
         .expect("client config");
     Client::try_from(config).expect("client")
+}
+
+/// A process's start time in clock ticks since boot (field 22 of `/proc/<pid>/stat`): with
+/// the pid, it names one process for as long as the machine runs.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split(' ').nth(19).map(String::from)
 }
 
 /// A child process in its own process group, killed (group and all) on drop, and by the kernel
