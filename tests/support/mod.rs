@@ -363,9 +363,9 @@ started() {{ sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }}
 for target in {}; do
   pid=${{target%%:*}}; start=${{target#*:}}
   [ "$(started "$pid")" = "$start" ] || continue
-  kill -TERM -- "-$pid" 2>/dev/null
+  kill -TERM "-$pid" 2>/dev/null
   for _ in $(seq 100); do [ "$(started "$pid")" = "$start" ] || break; sleep 0.1; done
-  [ "$(started "$pid")" = "$start" ] && kill -KILL -- "-$pid" 2>/dev/null
+  [ "$(started "$pid")" = "$start" ] && kill -KILL "-$pid" 2>/dev/null
 done
 rm -rf "{}"
 "#,
