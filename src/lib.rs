@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod cli;
+pub mod client;
+pub mod controllers;
 pub mod metrics;
-pub mod reconcile;
+pub mod model;
 pub mod runtime;

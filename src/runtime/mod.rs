@@ -38,25 +38,26 @@ use kube::{
 use tracing::{info, warn};
 
 mod leader;
-pub mod watch;
 
 use leader::LEASE_SECONDS;
 pub use leader::LeaderElection;
-use watch::{Watches, watch};
 
 use crate::{
     api::{
         Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority,
         KUBECONFIG_ANNOTATION, Kubeconfig, KubeconfigGenerator, MANAGED_BY, MANAGED_BY_LABEL,
     },
-    reconcile::{
-        Context, Error,
-        authority::{ROOT_CA_CONFIG_MAP, authority_ref, config_maps_of, refers_to, secrets_of},
-        generator, kubeconfig,
-        managed::ManagedSecret,
+    client::watch::{self, Watches, watch},
+    controllers::{
+        generator,
+        kubeconfig::{
+            self, Context,
+            orphans::{self, Candidate},
+            resolve::{ROOT_CA_CONFIG_MAP, authority_ref, config_maps_of, refers_to, secrets_of},
+        },
         onboarding,
-        orphans::{self, Candidate},
     },
+    model::{Error, managed::ManagedSecret},
 };
 
 /// How the controller runs.
@@ -121,6 +122,15 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
         metrics.observe(None);
         watches.clear();
         health.set_stalled(None);
+        if let TermEnd::Stalled(message) = &end {
+            // Not ready until it competes again: a replica that gave up leading for this
+            // must not look like a healthy leader meanwhile.
+            warn!(
+                "giving up the leader lease: {message}; a standby replica leads meanwhile, this one competes again in {}s",
+                STEPPED_DOWN.as_secs()
+            );
+            health.set_stalled(Some(format!("stepped down as leader: {message}")));
+        }
         if let Some(lease) = lease {
             lease.release().await;
         }
@@ -130,26 +140,28 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
                 return Ok(());
             }
             TermEnd::LostLease => warn!("lost the leader lease; waiting to lead again"),
-            TermEnd::Stalled => {
-                warn!(
-                    "gave up the leader lease: the watches stalled; a standby replica leads meanwhile"
-                );
+            TermEnd::Stalled(_) => {
                 // Leave the Lease to the others for a while before competing again.
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_secs(LEASE_SECONDS * 2)) => {}
+                    () = tokio::time::sleep(STEPPED_DOWN) => {}
                     () = terminated() => return Ok(()),
                 }
+                health.set_stalled(None);
             }
         }
     }
 }
 
+/// How long a leader whose watches stalled leaves the Lease to the others.
+const STEPPED_DOWN: Duration = Duration::from_secs(LEASE_SECONDS * 3);
+
 /// Why a term of reconciling ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum TermEnd {
     Shutdown,
     LostLease,
-    Stalled,
+    /// The watches stalled (what `/readyz` said).
+    Stalled(String),
 }
 
 /// What one term of reconciling uses from the process.
@@ -184,7 +196,7 @@ impl Term<'_> {
         Ok(tokio::select! {
             () = controllers => TermEnd::Shutdown,
             () = lost => TermEnd::LostLease,
-            () = stalled => TermEnd::Stalled,
+            message = stalled => TermEnd::Stalled(message),
         })
     }
 
@@ -445,7 +457,7 @@ impl Term<'_> {
             .run(
                 onboarding::reconcile,
                 |sa, error: &Error, _| {
-                    warn!(serviceaccount = %format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any()), reason = error.reason(), "{error}");
+                    warn!(serviceaccount = %format!("{}/{}", sa.namespace().unwrap_or_default(), sa.name_any()), reason = %error.reason(), "{error}");
                     Action::requeue(Duration::from_secs(5))
                 },
                 Arc::new(onboarding::Context {
@@ -607,14 +619,16 @@ async fn sweep_orphans(
 }
 
 /// Every second: counts the stalled watches (metric, `/readyz`) and, when `step_down`, ends
-/// as soon as one has stalled. Without leader election there is no one to hand over to: the
-/// watches keep retrying on their own, and the stall is reported until they recover.
+/// as soon as one has stalled, with what it reported. Without leader election there is no one
+/// to hand over to: the watches keep retrying on their own, and the stall is reported until
+/// they recover.
 async fn watch_progress(
     watches: &Watches,
     health: &Health,
     metrics: &crate::metrics::Metrics,
     step_down: bool,
-) {
+) -> String {
+    metrics.watches_stalled.set(0);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let stalled = watches.stalled(std::time::Instant::now(), watch::STALL_AFTER);
@@ -633,9 +647,9 @@ async fn watch_progress(
             names.join("; ")
         );
         warn!("{message}");
-        health.set_stalled(Some(message));
+        health.set_stalled(Some(message.clone()));
         if step_down {
-            return;
+            return message;
         }
     }
 }
@@ -710,7 +724,7 @@ impl Health {
             return ("200 OK", "ok: follower, idle".into());
         }
         if let Some(stalled) = self.stalled.lock().ok().and_then(|s| s.clone()) {
-            return (unavailable, format!("leader, but {stalled}"));
+            return (unavailable, format!("not serving: {stalled}"));
         }
         match state {
             3 => ("200 OK", "ok: leader, caches synced".into()),
@@ -790,8 +804,8 @@ where
 }
 
 fn error_policy(kc: Arc<Kubeconfig>, error: &Error, ctx: Arc<Context>) -> Action {
-    crate::metrics::Metrics::count(&ctx.metrics.failures, error.reason());
-    warn!(kubeconfig = %format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any()), reason = error.reason(), "{error}");
+    crate::metrics::Metrics::count(&ctx.metrics.failures, error.reason().as_str());
+    warn!(kubeconfig = %format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any()), reason = %error.reason(), "{error}");
     Action::requeue(error.retry_after())
 }
 

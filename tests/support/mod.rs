@@ -655,6 +655,13 @@ impl Drop for ControlPlane {
                 drop(p);
             }
         }
+        // KUBECONFIG_AUTHORITY_KEEP_LOGS=1 keeps the folder (and its logs) after a failure.
+        if std::env::var("KUBECONFIG_AUTHORITY_KEEP_LOGS").is_ok()
+            && let Ok(placeholder) = tempfile::tempdir()
+        {
+            let dir = std::mem::replace(&mut self.dir, placeholder).keep();
+            eprintln!("kept {}", dir.display());
+        }
     }
 }
 

@@ -28,13 +28,16 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tracing::{Instrument, info, warn};
 
-use crate::runtime::watch::watch;
+use crate::client::watch::watch;
 
-use super::{Error, Result, filled, kubeconfig::delete_ignoring_absent};
 use crate::api::{
     Authority, AuthorityKind, FIELD_MANAGER, GeneratorError, GeneratorTarget, KAMAJI_API_VERSION,
     KAMAJI_KIND, Kubeconfig, KubeconfigGenerator, KubeconfigGeneratorSpec,
     KubeconfigGeneratorStatus, MANAGED_BY, MANAGED_BY_LABEL,
+};
+use crate::{
+    client::{delete_ignoring_absent, filled},
+    model::{Error, Result},
 };
 
 /// On the Kubeconfigs and Authorities a generator makes: its name.
@@ -55,7 +58,7 @@ pub struct Context {
     kinds: Mutex<HashMap<(String, String), ApiResource>>,
     /// Target kinds with a watch running; each change triggers every generator.
     watched: Mutex<HashSet<(String, String)>>,
-    watches: std::sync::Arc<crate::runtime::watch::Watches>,
+    watches: std::sync::Arc<crate::client::watch::Watches>,
     trigger: mpsc::UnboundedSender<()>,
 }
 
@@ -66,7 +69,7 @@ impl Context {
         namespaces: Store<PartialObjectMeta<Namespace>>,
         kubeconfigs: Store<Kubeconfig>,
         authorities: Store<Authority>,
-        watches: std::sync::Arc<crate::runtime::watch::Watches>,
+        watches: std::sync::Arc<crate::client::watch::Watches>,
     ) -> (Self, impl futures::Stream<Item = ()> + Send + 'static) {
         let (trigger, changes) = mpsc::unbounded_channel();
         // Namespaces entering or leaving a namespace selector.
@@ -341,7 +344,7 @@ pub async fn reconcile(generator: Arc<KubeconfigGenerator>, ctx: Arc<Context>) -
     })
     .instrument(span)
     .await;
-    super::finalizer_outcome(result)
+    crate::client::finalizer_outcome(result)
 }
 
 /// Deletes the Kubeconfigs and Authorities the generator owns, except those in `keep`.
@@ -588,7 +591,7 @@ fn condition(
                 .find(|c| c.type_ == "Ready" && c.status == status)
         })
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| super::to_time(OffsetDateTime::now_utc()));
+        .unwrap_or_else(|| crate::model::to_time(OffsetDateTime::now_utc()));
     Condition {
         type_: "Ready".into(),
         status: status.into(),
@@ -628,7 +631,7 @@ pub fn error_policy(
     error: &Error,
     _ctx: Arc<Context>,
 ) -> Action {
-    warn!(generator = %generator.name_any(), reason = error.reason(), "{error}");
+    warn!(generator = %generator.name_any(), reason = %error.reason(), "{error}");
     Action::requeue(Duration::from_secs(5))
 }
 

@@ -25,11 +25,14 @@ use kube::{
 };
 use tracing::warn;
 
-/// How long a watch may fail without progress before it counts as stalled.
-pub const STALL_AFTER: Duration = Duration::from_secs(30);
+/// How long a watch may fail without progress before it counts as stalled: longer than an
+/// API server restart takes (about 25 s from stop to serving again, measured in
+/// `tests/integration/faults.rs`), so that a restart does not make the leader step down.
+pub const STALL_AFTER: Duration = Duration::from_secs(60);
 
-/// The longest pause between two attempts of a failing watch.
-const MAX_BACKOFF: Duration = Duration::from_secs(15);
+/// The longest pause between two attempts of a failing watch: short enough that after an
+/// outage of 15 s every watch has listed again well within [`STALL_AFTER`].
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The progress of every watch, by name.
 #[derive(Debug, Default)]
@@ -148,7 +151,7 @@ mod tests {
     #[test]
     fn backoff_doubles_to_its_cap() {
         let pauses: Vec<u64> = (0..8).map(|f| backoff(f).as_millis() as u64).collect();
-        assert_eq!(pauses, [0, 500, 1000, 2000, 4000, 8000, 15000, 15000]);
+        assert_eq!(pauses, [0, 500, 1000, 2000, 4000, 5000, 5000, 5000]);
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 
@@ -163,7 +166,7 @@ mod tests {
         watches.update("namespaces", |p| p.failing_since = None);
         assert!(
             watches
-                .stalled(start + Duration::from_secs(29), STALL_AFTER)
+                .stalled(start + STALL_AFTER - Duration::from_secs(1), STALL_AFTER)
                 .is_empty()
         );
         assert_eq!(

@@ -1,9 +1,6 @@
 //! Issuing the credential a Kubeconfig asks for: a certificate signed here, a certificate
 //! signed through the CSR API, or a ServiceAccount token from the TokenRequest API.
 
-use std::time::Duration;
-
-use base64::Engine;
 use k8s_openapi::{
     ByteString,
     api::{
@@ -21,109 +18,23 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use kubeconfig_authority_pki::{
-    CertificateInfo, CertificateRequest, Identity, KeyAlgorithm, inspect_certificate,
-    parse_certificates,
+    CertificateRequest, Identity, KeyAlgorithm, inspect_certificate, parse_certificates,
 };
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{
-    Context, Error, Result,
-    authority::{Problem, ResolvedSigner},
-    kubeconfig::{Credential, Desired, secret_shell},
+    Context,
+    request::{Credential, Desired},
+    secret::secret_shell,
 };
-use crate::api::{FIELD_MANAGER, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig};
-
-/// What a Secret holds, as far as renewal and status care. Recorded on the Secret as JSON in
-/// `kubeconfig-authority.dev/credential`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Held {
-    /// The certificate's serial number (hex), or the token's ID (`jti`).
-    pub id: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_before: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub not_after: OffsetDateTime,
-    #[serde(rename = "token")]
-    pub is_token: bool,
-    /// When the controller received it (a signer back-dates `notBefore` for clock skew, and
-    /// renewal counts the lifetime from issuance). Absent in records of older versions.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "time::serde::rfc3339::option"
-    )]
-    pub issued_at: Option<OffsetDateTime>,
-}
-
-impl Held {
-    /// The moment the lifetime counts from: the issuance when recorded, else `notBefore`.
-    pub fn issued_at(&self) -> OffsetDateTime {
-        self.issued_at
-            .unwrap_or(self.not_before)
-            .clamp(self.not_before, self.not_after.max(self.not_before))
-    }
-
-    pub fn kind(&self) -> &'static str {
-        if self.is_token {
-            "token"
-        } else {
-            "certificate"
-        }
-    }
-}
-
-impl From<CertificateInfo> for Held {
-    fn from(info: CertificateInfo) -> Self {
-        Self {
-            id: info.serial,
-            not_before: info.not_before,
-            not_after: info.not_after,
-            is_token: false,
-            issued_at: None,
-        }
-    }
-}
-
-/// The secret half of a new credential. No `Debug`: it must never be printed.
-pub enum IssuedCredential {
-    Certificate {
-        certificate_pem: String,
-        private_key_pem: String,
+use crate::{
+    api::{FIELD_MANAGER, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig},
+    model::{
+        Error, Problem, Reason, Result,
+        authority::ResolvedSigner,
+        credential::{Held, Issued, IssuedCredential, token_held},
     },
-    Token(String),
-}
-
-/// A new credential.
-pub struct Issued {
-    pub credential: IssuedCredential,
-    pub held: Held,
-    /// Something the person should know (the validity was cut short).
-    pub note: Option<String>,
-}
-
-/// The times and ID of a ServiceAccount token, from its claims (the token is not verified:
-/// it is the one the API server gave this controller).
-pub fn token_held(token: &str) -> Option<Held> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    let time = |name: &str| {
-        claims[name]
-            .as_i64()
-            .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
-    };
-    Some(Held {
-        id: claims["jti"].as_str().unwrap_or_default().to_string(),
-        not_before: time("nbf").or_else(|| time("iat"))?,
-        not_after: time("exp")?,
-        is_token: true,
-        issued_at: None,
-    })
-}
+};
 
 /// Runs what generates a key where it cannot stall the controller: an RSA key takes up to
 /// seconds and is made on the blocking pool; the others take well under a millisecond.
@@ -184,7 +95,7 @@ pub async fn issue(
                         private_key_pem: issued.private_key_pem,
                     },
                 }),
-                Err(e) => Err(Problem::new("IssueFailed", e.to_string())),
+                Err(e) => Err(Problem::new(Reason::IssueFailed, e.to_string())),
             },
         ),
         (
@@ -202,7 +113,7 @@ pub async fn issue(
             ResolvedSigner::Token { .. },
         ) => token(kc, uid, desired, service_account, audiences, ctx).await,
         _ => Ok(Err(Problem::new(
-            "SignerMismatch",
+            Reason::SignerMismatch,
             "the Kubeconfig's credential does not match its authority's signer",
         ))),
     }
@@ -271,7 +182,7 @@ async fn token(
         Ok(answer) => answer,
         Err(kube::Error::Api(status)) if status.code == 404 => {
             return Ok(Err(Problem::new(
-                "ServiceAccountNotFound",
+                Reason::ServiceAccountNotFound,
                 format!(
                     "ServiceAccount {namespace}/{service_account} does not exist; create it or fix spec.serviceAccountRef"
                 ),
@@ -286,13 +197,13 @@ async fn token(
     };
     let Some(token) = answer.status.map(|s| s.token) else {
         return Ok(Err(Problem::new(
-            "IssueFailed",
+            Reason::IssueFailed,
             "the TokenRequest API answered without a token",
         )));
     };
     let Some(held) = token_held(&token) else {
         return Ok(Err(Problem::new(
-            "IssueFailed",
+            Reason::IssueFailed,
             "the token the API server issued has no readable expiry",
         )));
     };
@@ -357,9 +268,9 @@ async fn through_csr(
                 delete_csr(&api, &pending.name).await?;
                 return Ok(Err(Problem::new(
                     if c.type_ == "Denied" {
-                        "CSRDenied"
+                        Reason::CSRDenied
                     } else {
-                        "CSRFailed"
+                        Reason::CSRFailed
                     },
                     format!(
                         "CertificateSigningRequest {} was {} by {signer_name}: {} {}; a new request is made when the spec or authority changes",
@@ -383,7 +294,7 @@ async fn through_csr(
                     .and_then(|ders| ders.first().and_then(|d| inspect_certificate(d).ok()));
                 let Some(info) = info else {
                     return Ok(Err(Problem::new(
-                        "CSRFailed",
+                        Reason::CSRFailed,
                         format!("the signer {signer_name} returned no readable certificate"),
                     )));
                 };
@@ -418,7 +329,7 @@ async fn through_csr(
     .await
     {
         Ok(new) => new,
-        Err(e) => return Ok(Err(Problem::new("IssueFailed", e.to_string()))),
+        Err(e) => return Ok(Err(Problem::new(Reason::IssueFailed, e.to_string()))),
     };
     let mut usages = vec!["client auth".to_string(), "digital signature".to_string()];
     if algorithm.is_rsa() {
@@ -465,7 +376,7 @@ async fn through_csr(
         Err(kube::Error::Api(status)) if status.code == 403 => {
             delete_csr(&api, &name).await?;
             return Ok(Err(Problem::new(
-                "CSRApprovalRefused",
+                Reason::CSRApprovalRefused,
                 format!(
                     "the controller may not approve requests for signer {signer_name} ({}); grant it the verb approve on signers/{signer_name}",
                     status.message
@@ -531,12 +442,10 @@ async fn approve(
     Ok(())
 }
 
-/// The reason while a CSR waits for its signer.
-pub const CSR_PENDING: &str = "CSRPending";
-
+/// The problem while a CSR waits for its signer.
 fn waiting(name: &str, signer_name: &str) -> Problem {
     Problem::new(
-        CSR_PENDING,
+        Reason::CSRPending,
         format!(
             "CertificateSigningRequest {name} is approved and waits for signer {signer_name} to issue it; if this lasts, check that the signer runs (kube-controller-manager signs kubernetes.io/kube-apiserver-client)"
         ),
@@ -551,25 +460,5 @@ async fn delete_csr(api: &Api<CertificateSigningRequest>, name: &str) -> Result<
             action: format!("deleting CSR {name}"),
             source: e,
         }),
-    }
-}
-
-/// How soon to look again at a Kubeconfig whose CSR waits.
-pub const CSR_RETRY: Duration = Duration::from_secs(2);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_claims_give_the_lifetime_and_id() {
-        let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(br#"{"iat":1700000000,"exp":1700000600,"jti":"abc"}"#);
-        let held = token_held(&format!("eyJhbGciOiJSUzI1NiJ9.{claims}.sig")).unwrap();
-        assert_eq!(held.id, "abc");
-        assert_eq!((held.not_after - held.not_before).whole_seconds(), 600);
-        assert!(held.is_token);
-        assert!(token_held("not-a-token").is_none());
-        assert!(token_held("a.b.c").is_none());
     }
 }

@@ -19,59 +19,19 @@ use kubeconfig_authority_pki::{CertificateAuthority, kubeconfig as kc_file, pars
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::{Context, Error, Result};
-use crate::api::{
-    Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority, FIELD_MANAGER,
-    Kubeconfig,
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::{Context, policy, request::Desired};
+use crate::{
+    api::{
+        Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority, FIELD_MANAGER,
+        Kubeconfig,
+    },
+    model::{
+        Error, Problem, Reason, Result,
+        authority::{Resolved, ResolvedSigner},
+    },
 };
-
-/// A usable authority.
-pub struct Resolved {
-    pub server: String,
-    /// PEM of the bundle that verifies the server.
-    pub server_ca_pem: String,
-    pub signer: ResolvedSigner,
-}
-
-/// Why a Kubeconfig cannot be issued now: a reason for the condition, and a message that says
-/// what to fix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            reason,
-            message: message.into(),
-        }
-    }
-
-    /// Whether the problem only keeps the authority from signing now (its CA, its CA bundle
-    /// or its signer is unavailable or broken), as opposed to a refusal of the Kubeconfig
-    /// itself (its spec, its authority's policy, its Secret's name, its bindings). A valid
-    /// credential already held outlives the first kind, never the second.
-    pub fn blocks_renewal_only(&self) -> bool {
-        matches!(
-            self.reason,
-            "CASecretNotFound"
-                | "CASecretInvalid"
-                | "CAExpired"
-                | "CANotACA"
-                | "CABundleNotFound"
-                | "CABundleInvalid"
-                | "KubeconfigSecretNotFound"
-                | "KubeconfigSecretInvalid"
-                | "InvalidAuthority"
-                | "IssueFailed"
-                | "CSRPending"
-                | "CSRFailed"
-                | "CSRApprovalRefused"
-        )
-    }
-}
 
 /// The authority a Kubeconfig uses: its own reference, or the controller's default.
 pub fn authority_ref<'a>(
@@ -159,12 +119,52 @@ pub struct Found {
     pub conditions: Vec<Condition>,
 }
 
+/// What a Kubeconfig needs before anything is written: its authority found, its policy
+/// satisfied, the authority's CA and bundle loaded, and the spec read once; or the problem that
+/// stops it. Also where the authority lets copies go. An authority whose CA key sits with
+/// requesters is flagged on the way.
+pub async fn prepare(
+    kc: &Kubeconfig,
+    uid: &str,
+    ctx: &Context,
+) -> Result<(Result<(Resolved, Desired), Problem>, Option<LabelSelector>)> {
+    let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let namespace_labels = ctx
+        .namespaces
+        .get(&ObjectRef::new(&namespace))
+        .map(|n| n.labels().clone());
+    let found = find(kc, ctx)?.and_then(|found| {
+        policy::check(
+            found.config.policy.as_ref(),
+            &kc.spec,
+            &namespace,
+            namespace_labels.as_ref(),
+            &found.described,
+        )
+        .map(|()| found)
+    });
+    let found = match found {
+        Ok(found) => found,
+        Err(problem) => return Ok((Err(problem), None)),
+    };
+    report_ca_key(&found, ctx).await?;
+    let copies_allowed = found
+        .config
+        .policy
+        .as_ref()
+        .and_then(|p| p.distribution_namespace_selector.clone());
+    let prepared = load(&found, &namespace, ctx)
+        .await?
+        .and_then(|resolved| Desired::from_spec(kc, uid, &resolved).map(|d| (resolved, d)));
+    Ok((prepared, copies_allowed))
+}
+
 /// Finds the authority of `kc` in the caches. A missing one is a [`Problem`].
 pub fn find(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Found, Problem>> {
     let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let Some(aref) = authority_ref(kc, ctx.default_authority.as_ref()) else {
         return Ok(Err(Problem::new(
-            "NoAuthority",
+            Reason::NoAuthority,
             "spec.authorityRef is not set and the controller has no default authority; set spec.authorityRef",
         )));
     };
@@ -181,8 +181,7 @@ pub fn find(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Found, Problem>> {
                     name: aref.name.clone(),
                     conditions: a.status.clone().unwrap_or_default().conditions,
                 })
-                .ok_or_else(|| Problem::new(
-                    "AuthorityNotFound",
+                .ok_or_else(|| Problem::new(Reason::AuthorityNotFound,
                     format!("{described} does not exist; an Authority serves only the Kubeconfigs of its own namespace: create it here, or use a ClusterAuthority that admits this namespace"),
                 ))
         }
@@ -200,7 +199,7 @@ pub fn find(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Found, Problem>> {
                 })
                 .ok_or_else(|| {
                     Problem::new(
-                        "AuthorityNotFound",
+                        Reason::AuthorityNotFound,
                         format!("{described} does not exist; create it or fix spec.authorityRef"),
                     )
                 })
@@ -236,14 +235,14 @@ pub fn ca_key_condition(
     let (status, reason, message) = match exposed {
         Some((ns, name)) => (
             "False",
-            "CAKeyWithRequesters",
+            Reason::CAKeyWithRequesters,
             format!(
                 "the CA key in Secret {ns}/{name} sits in a namespace where Kubeconfigs are requested: whoever can read Secrets there can sign any identity, system:masters included. Keep CA keys in the controller's namespace and issue through a ClusterAuthority (README, Security)"
             ),
         ),
         None if current.is_some() => (
             "True",
-            "CAKeyApart",
+            Reason::CAKeyApart,
             "no Kubeconfig is requested in the namespace of the CA key's Secret".to_string(),
         ),
         None => return None,
@@ -251,14 +250,15 @@ pub fn ca_key_condition(
     if current.is_some_and(|c| c.status == status && c.message == message) {
         return None;
     }
-    Some(Condition {
-        type_: CA_KEY_ISOLATED.into(),
-        status: status.into(),
-        reason: reason.into(),
+    Some(crate::model::condition(
+        &found.conditions,
+        CA_KEY_ISOLATED,
+        status,
+        reason,
         message,
-        observed_generation: None,
-        last_transition_time: super::to_time(now),
-    })
+        None,
+        now,
+    ))
 }
 
 /// Whether this process has not written `condition` to the authority yet (`None`: the cache
@@ -325,7 +325,7 @@ pub async fn report_ca_key(found: &Found, ctx: &Context) -> Result<()> {
         tracing::warn!(authority = %found.described, "{}", condition.message);
         let event = Event {
             type_: EventType::Warning,
-            reason: "CAKeyWithRequesters".into(),
+            reason: Reason::CAKeyWithRequesters.as_str().into(),
             note: Some(condition.message.clone()),
             action: "Check".into(),
             secondary: None,
@@ -335,16 +335,6 @@ pub async fn report_ca_key(found: &Found, ctx: &Context) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The signer of a resolved authority.
-pub enum ResolvedSigner {
-    /// Certificates signed here with this CA.
-    Ca(Arc<CertificateAuthority>),
-    /// Certificates signed through the CSR API by this signer.
-    Csr { signer_name: String },
-    /// ServiceAccount tokens with these audiences.
-    Token { audiences: Vec<String> },
 }
 
 /// The CSR API signer of API server client certificates, run by kube-controller-manager.
@@ -379,14 +369,14 @@ pub async fn load(
             (Some(own), None) => Ok(own.to_string()),
             (Some(own), Some(other)) if other == own => Ok(own.to_string()),
             (Some(_), Some(other)) => Err(Problem::new(
-                "InvalidAuthority",
+                Reason::InvalidAuthority,
                 format!(
                     "{described}: {field} names namespace {other:?}; an Authority may only read objects of its own namespace (use a ClusterAuthority)"
                 ),
             )),
             (None, Some(ns)) => Ok(ns.to_string()),
             (None, None) => Err(Problem::new(
-                "InvalidAuthority",
+                Reason::InvalidAuthority,
                 format!("{described}: {field}.namespace is required for a ClusterAuthority"),
             )),
         }
@@ -409,7 +399,7 @@ pub async fn load(
         }
     } else {
         return Ok(Err(Problem::new(
-            "InvalidAuthority",
+            Reason::InvalidAuthority,
             format!(
                 "{described} has no signer: set caSecretRef, serviceAccountToken or certificateSigningRequest"
             ),
@@ -429,12 +419,12 @@ pub async fn load(
                 let text =
                     attempt!(secret_key(ctx, &ns, &r.name, key).await?.ok_or_else(
                         || Problem::new(
-                            "KubeconfigSecretNotFound",
+                            Reason::KubeconfigSecretNotFound,
                             format!("{what} does not exist or lacks the key")
                         )
                     ));
                 Some(attempt!(kc_file::parse(&text).map_err(|e| Problem::new(
-                    "KubeconfigSecretInvalid",
+                    Reason::KubeconfigSecretInvalid,
                     format!("{what}: {e}")
                 ))))
             }
@@ -445,7 +435,7 @@ pub async fn load(
         .or_else(|| from_kubeconfig.as_ref().map(|k| k.server.clone()))
     else {
         return Ok(Err(Problem::new(
-            "InvalidAuthority",
+            Reason::InvalidAuthority,
             format!("{described} has no server: set server or kubeconfigSecretRef"),
         )));
     };
@@ -463,12 +453,10 @@ pub async fn load(
             } else {
                 None
             };
-            let text = attempt!(text.ok_or_else(|| Problem::new(
-                "CABundleNotFound",
+            let text = attempt!(text.ok_or_else(|| Problem::new(Reason::CABundleNotFound,
                 format!("{described}: the caBundle it names does not exist or lacks its key"),
             )));
-            attempt!(parse_certificates(&text).map_err(|e| Problem::new(
-                "CABundleInvalid",
+            attempt!(parse_certificates(&text).map_err(|e| Problem::new(Reason::CABundleInvalid,
                 format!("{described}: caBundle: {e}")
             )));
             text
@@ -483,8 +471,7 @@ pub async fn load(
             (None, _) => attempt!(
                 config_map_key(ctx, namespace, ROOT_CA_CONFIG_MAP, "ca.crt")
                     .await?
-                    .ok_or_else(|| Problem::new(
-                        "CABundleNotFound",
+                    .ok_or_else(|| Problem::new(Reason::CABundleNotFound,
                         format!("{described} sets no caBundle and ConfigMap {namespace}/kube-root-ca.crt does not exist; set caBundle")
                     ))
             ),
@@ -554,7 +541,7 @@ async fn load_ca(
         .map_err(Error::kube(format!("reading CA Secret {namespace}/{name}")))?;
     let Some(secret) = secret else {
         return Ok(Err(Problem::new(
-            "CASecretNotFound",
+            Reason::CASecretNotFound,
             format!("{what} does not exist; create it with tls.crt/tls.key or ca.crt/ca.key"),
         )));
     };
@@ -580,7 +567,7 @@ async fn load_ca(
         (_, _, Some(c), Some(k)) => (c, k),
         _ => {
             return Ok(Err(Problem::new(
-                "CASecretInvalid",
+                Reason::CASecretInvalid,
                 format!("{what} has neither tls.crt and tls.key nor ca.crt and ca.key"),
             )));
         }
@@ -589,10 +576,10 @@ async fn load_ca(
         Ok(ca) => Arc::new(ca),
         Err(e) => {
             let reason = match e {
-                kubeconfig_authority_pki::Error::CaExpired { .. } => "CAExpired",
+                kubeconfig_authority_pki::Error::CaExpired { .. } => Reason::CAExpired,
                 kubeconfig_authority_pki::Error::NotCa { .. }
-                | kubeconfig_authority_pki::Error::CannotSign { .. } => "CANotACA",
-                _ => "CASecretInvalid",
+                | kubeconfig_authority_pki::Error::CannotSign { .. } => Reason::CANotACA,
+                _ => Reason::CASecretInvalid,
             };
             return Ok(Err(Problem::new(reason, format!("{what}: {e}"))));
         }

@@ -13,8 +13,12 @@ use k8s_openapi::api::{
 use kube::{Api, ResourceExt, runtime::reflector::ObjectRef};
 use tracing::info;
 
-use super::{Context, Error, Result, kubeconfig::delete_ignoring_absent};
+use super::Context;
 use crate::api::{KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig};
+use crate::{
+    client::{self},
+    model::{Error, Result},
+};
 
 /// An object that may be an orphan, by kind, namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -109,16 +113,17 @@ pub async fn sweep(ctx: &Context, candidates: Vec<Candidate>) -> Result<usize> {
         let client = ctx.client.clone();
         match &candidate {
             Candidate::ClusterRoleBinding(name) => {
-                delete_ignoring_absent(Api::<ClusterRoleBinding>::all(client), name).await?
+                client::delete_ignoring_absent(Api::<ClusterRoleBinding>::all(client), name).await?
             }
             Candidate::RoleBinding(ns, name) => {
-                delete_ignoring_absent(Api::<RoleBinding>::namespaced(client, ns), name).await?
+                client::delete_ignoring_absent(Api::<RoleBinding>::namespaced(client, ns), name)
+                    .await?
             }
             Candidate::Role(ns, name) => {
-                delete_ignoring_absent(Api::<Role>::namespaced(client, ns), name).await?
+                client::delete_ignoring_absent(Api::<Role>::namespaced(client, ns), name).await?
             }
             Candidate::Copy(ns, name) => {
-                delete_ignoring_absent(Api::<Secret>::namespaced(client, ns), name).await?
+                client::delete_ignoring_absent(Api::<Secret>::namespaced(client, ns), name).await?
             }
         }
         info!(orphan = ?candidate, kubeconfig = owner.as_deref().unwrap_or("?"), "removed: its Kubeconfig no longer exists");

@@ -5,13 +5,10 @@ use std::collections::BTreeMap;
 use kube::core::{Selector, SelectorExt};
 use kubeconfig_authority_pki::{format_duration, parse_duration};
 
-use super::authority::Problem;
-use crate::api::{KubeconfigSpec, Policy};
-
-/// The reason of every refusal by the policy.
-pub const VIOLATION: &str = "PolicyViolation";
-/// The reason when the authority does not serve the Kubeconfig's namespace.
-pub const NAMESPACE_NOT_ALLOWED: &str = "NamespaceNotAllowed";
+use crate::{
+    api::{KubeconfigSpec, Policy},
+    model::{Problem, Reason},
+};
 
 const RESERVED_PREFIX: &str = "system:";
 const MASTERS: &str = "system:masters";
@@ -49,7 +46,7 @@ pub fn check(
     let policy = policy.unwrap_or(&default);
     let violation = |message: String| {
         Problem::new(
-            VIOLATION,
+            Reason::PolicyViolation,
             format!("{described} refuses this Kubeconfig: {message}"),
         )
     };
@@ -57,14 +54,14 @@ pub fn check(
     if let Some(selector) = &policy.namespace_selector {
         let selector = Selector::try_from(selector.clone()).map_err(|e| {
             Problem::new(
-                "InvalidAuthority",
+                Reason::InvalidAuthority,
                 format!("{described}: policy.namespaceSelector: {e}"),
             )
         })?;
         let empty = BTreeMap::new();
         if !selector.matches(namespace_labels.unwrap_or(&empty)) {
             return Err(Problem::new(
-                NAMESPACE_NOT_ALLOWED,
+                Reason::NamespaceNotAllowed,
                 format!(
                     "{described} does not serve namespace {namespace}: its policy.namespaceSelector ({selector}) does not match the namespace's labels; use another authority or ask its owner to admit the namespace"
                 ),
@@ -75,7 +72,7 @@ pub fn check(
     if let Some(max) = &policy.max_validity {
         let max = parse_duration(max).map_err(|e| {
             Problem::new(
-                "InvalidAuthority",
+                Reason::InvalidAuthority,
                 format!("{described}: policy.maxValidity: {e}"),
             )
         })?;
@@ -329,7 +326,7 @@ mod tests {
         let labels = BTreeMap::from([("tenant".to_string(), "oil".to_string())]);
         assert!(check(Some(&p), &spec(json!({})), "team-a", Some(&labels), "x").is_ok());
         let problem = check(Some(&p), &spec(json!({})), "team-b", None, "x").unwrap_err();
-        assert_eq!(problem.reason, NAMESPACE_NOT_ALLOWED);
+        assert_eq!(problem.reason, Reason::NamespaceNotAllowed);
         assert!(
             problem.message.contains("tenant=oil"),
             "{}",

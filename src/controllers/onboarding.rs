@@ -20,8 +20,8 @@ use kube::{
 use serde_json::json;
 use tracing::{Instrument, info, warn};
 
-use super::{Error, Result};
 use crate::api::{AuthorityKind, AuthorityRef, FIELD_MANAGER, Kubeconfig};
+use crate::model::{Error, Result};
 
 /// `<name>` (an Authority of the ServiceAccount's namespace) or `ClusterAuthority/<name>`.
 pub const AUTHORITY_ANNOTATION: &str = "kubeconfig-authority.dev/authority";
@@ -121,7 +121,7 @@ pub async fn reconcile(sa: Arc<ServiceAccount>, ctx: Arc<Context>) -> Result<Act
     async {
         let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
         let name = kubeconfig_name(&sa.name_any());
-        super::filled(&ctx.kubeconfigs).await;
+        crate::client::filled(&ctx.kubeconfigs).await;
         let existing = ctx
             .kubeconfigs
             .get(&ObjectRef::new(&name).within(&namespace));
@@ -159,7 +159,7 @@ pub async fn reconcile(sa: Arc<ServiceAccount>, ctx: Arc<Context>) -> Result<Act
                 }
             }
             (Ok(None), Some(true)) => {
-                super::kubeconfig::delete_ignoring_absent(api, &name).await?;
+                crate::client::delete_ignoring_absent(api, &name).await?;
                 info!("removed Kubeconfig {name}: the ServiceAccount no longer asks for one");
             }
             (Ok(None), _) => {}

@@ -1,0 +1,161 @@
+//! Thin helpers over the API client that the controllers share: deletes that ignore absence,
+//! metadata-only status writes, events, waiting for a cache, the finalizer's outcome, and
+//! watches that recover from every fault ([`watch`]).
+
+pub mod watch;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+    core::PartialObjectMeta,
+    runtime::{
+        controller::Action,
+        events::{Event, EventType, Recorder},
+        reflector::Store,
+    },
+};
+use serde_json::Value;
+use tracing::warn;
+
+use crate::{
+    api::FIELD_MANAGER,
+    model::{Error, Result},
+};
+
+/// Applies an object's status (server-side apply, the controller's field manager). The API
+/// server is asked to answer with the metadata only: nothing reads the answer, and the whole
+/// object would be decoded for nothing.
+pub async fn apply_status<K>(
+    client: &Client,
+    namespace: Option<&str>,
+    name: &str,
+    patch: &Value,
+) -> kube::Result<()>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut request = kube::core::Request::new(K::url_path(&(), namespace))
+        .patch_subresource(
+            "status",
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .map_err(kube::Error::BuildRequest)?;
+    request.headers_mut().insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static(METADATA_ONLY),
+    );
+    client
+        .request::<PartialObjectMeta<K>>(request)
+        .await
+        .map(drop)
+}
+
+/// The `Accept` header of an answer with the object's metadata only.
+const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+/// Deletes an object; one that is gone already is no error.
+pub async fn delete_ignoring_absent<K>(api: Api<K>, name: &str) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(Error::Kube {
+            action: format!("deleting {name}"),
+            source: e,
+        }),
+    }
+}
+
+/// Deletes every object of a kind that carries the selector's label (from a list of the API
+/// server, not a cache, so that nothing is missed), but those in a namespace `keep` names.
+pub async fn delete_labelled<K>(
+    client: &kube::Client,
+    selector: &ListParams,
+    api_for: impl Fn(Option<String>) -> Api<K>,
+    keep: impl Fn(&str) -> bool,
+) -> Result<()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let plural = K::plural(&K::DynamicType::default()).into_owned();
+    let listed = Api::<kube::core::PartialObjectMeta<K>>::all_with(
+        client.clone(),
+        &K::DynamicType::default(),
+    )
+    .list(selector)
+    .await
+    .map_err(Error::kube(format!("listing {plural}")))?;
+    for object in listed {
+        let namespace = object.namespace();
+        if namespace.as_deref().is_some_and(&keep) {
+            continue;
+        }
+        delete_ignoring_absent(api_for(namespace), &object.name_any()).await?;
+    }
+    Ok(())
+}
+
+/// Publishes one event about `regarding`; a failure is logged, never fatal.
+pub async fn publish(
+    recorder: &Recorder,
+    regarding: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+    action: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, regarding).await {
+        warn!("could not publish an event: {e}");
+    }
+}
+
+/// Waits until a store has been filled once. A waiter registered before the fill is not
+/// always woken (observed with two controllers sharing stores), so the wait is retried.
+pub async fn filled<K>(store: &Store<K>)
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            store.wait_until_ready(),
+        )
+        .await
+        {
+            // An error means the watch was dropped: the controller is shutting down.
+            Ok(_) => return,
+            Err(_) => continue,
+        }
+    }
+}
+
+/// The outcome of kube-runtime's finalizer helper as a reconcile result. A finalizer that was
+/// removed already by an earlier reconcile of the same deletion (the cache lagged) means the
+/// object is gone and nothing is left to do.
+pub fn finalizer_outcome(
+    result: std::result::Result<Action, kube::runtime::finalizer::Error<Error>>,
+) -> Result<Action> {
+    use kube::runtime::finalizer::Error as FinalizerError;
+    match result {
+        Ok(action) => Ok(action),
+        Err(FinalizerError::ApplyFailed(e) | FinalizerError::CleanupFailed(e)) => Err(e),
+        Err(FinalizerError::RemoveFinalizer(kube::Error::Api(status))) if status.code == 404 => {
+            Ok(Action::await_change())
+        }
+        Err(other) => Err(Error::Finalizer(other.to_string())),
+    }
+}

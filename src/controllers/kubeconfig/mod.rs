@@ -1,0 +1,115 @@
+//! The Kubeconfig controller. One reconcile reads top to bottom in [`apply`]:
+//!
+//! 1. observe: the authority and the namespace from the caches ([`resolve::find`]), the policy
+//!    ([`policy::check`]), the CA and bundles ([`resolve::load`]), the spec read once
+//!    ([`request::Desired`]);
+//! 2. decide and write the credential with its bindings ([`write::apply_secret`]: the Secret
+//!    plan is [`secret::plan_secret`], the bindings plan [`bindings::plan_bindings`]), or
+//!    withdraw both ([`write::withdraw`]) unless only renewal is blocked
+//!    ([`status::still_valid`]);
+//! 3. the copies ([`copies`]);
+//! 4. report: the status ([`status::status`]), a Warning event on a new problem, and the next
+//!    look ([`status::requeue_for`]).
+//!
+//! Pure files: `request`, `policy`, `secret`, `bindings`, `copies` (its plan), `status`. I/O
+//! files: `resolve`, `issue`, `write`, `orphans`, `context`.
+
+pub mod bindings;
+pub mod context;
+pub mod copies;
+#[cfg(test)]
+mod fixtures;
+pub mod issue;
+pub mod orphans;
+pub mod policy;
+pub mod request;
+pub mod resolve;
+pub mod secret;
+pub mod status;
+pub mod write;
+
+use std::sync::Arc;
+
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        controller::Action,
+        finalizer::{Event as FinalizerEvent, finalizer},
+    },
+};
+use serde_json::json;
+use time::OffsetDateTime;
+use tracing::Instrument;
+
+use crate::{
+    api::{FINALIZER, Kubeconfig},
+    client,
+    model::{Error, Result},
+};
+
+pub use context::Context;
+
+/// Entry point. With a finalizer (see [`request::needs_finalizer`]) the finalizer helper adds it
+/// first and runs [`write::cleanup`] on deletion; without one, a deleted object is left to the garbage
+/// collector, and a plain issuance costs one write fewer.
+pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
+    let span =
+        tracing::info_span!("reconcile", kubeconfig = %format!("{namespace}/{}", kc.name_any()));
+    let _timer = crate::metrics::ReconcileTimer::start(&ctx.metrics);
+    let has_finalizer = kc.finalizers().iter().any(|f| f == FINALIZER);
+    if !has_finalizer && !request::needs_finalizer(&kc) {
+        if kc.meta().deletion_timestamp.is_some() {
+            return Ok(Action::await_change());
+        }
+        return apply(kc, &ctx).instrument(span).await;
+    }
+    let result = finalizer(&api, FINALIZER, kc, |event| async {
+        match event {
+            FinalizerEvent::Apply(kc) => {
+                let action = apply(kc.clone(), &ctx).await?;
+                if request::needs_finalizer(&kc) {
+                    return Ok(action);
+                }
+                // Nothing outside the garbage collector's reach is left (this apply removed
+                // it): the finalizer goes.
+                let live = api
+                    .get_opt(&kc.name_any())
+                    .await
+                    .map_err(Error::kube("reading the Kubeconfig"))?;
+                if let Some(live) = live.filter(|l| !request::needs_finalizer(l) && l.uid() == kc.uid()) {
+                    let rest: Vec<&String> =
+                        live.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+                    let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": live.resource_version()}});
+                    api.patch(&live.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                        .await
+                        .map_err(Error::kube("removing the finalizer"))?;
+                }
+                Ok(action)
+            }
+            FinalizerEvent::Cleanup(kc) => write::cleanup(kc, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await;
+    client::finalizer_outcome(result)
+}
+
+/// One pass over a Kubeconfig, top to bottom.
+async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
+    let uid = kc.uid().ok_or(Error::MissingMetadata("uid"))?;
+    ctx.caches_ready().await;
+    let now = OffsetDateTime::now_utc();
+    // 1. The authority, its policy, its CA and the spec, read once; nothing is written before.
+    let (prepared, copies_allowed) = resolve::prepare(&kc, &uid, ctx).await?;
+    // 2. The credential and its bindings, together or not at all.
+    let (outcome, data) = write::credential(&kc, &uid, prepared, ctx, now).await?;
+    // 3. The copies of a Secret that holds a valid credential; none otherwise.
+    let distributed =
+        write::copies(&kc, &uid, &outcome, data, copies_allowed.as_ref(), ctx).await?;
+    // 4. The status, and a Warning event when a problem is new.
+    write::report(&kc, &outcome, distributed.as_ref(), ctx, now).await?;
+    Ok(status::requeue_for(&outcome, distributed.as_ref()))
+}

@@ -1,0 +1,264 @@
+//! What a Kubeconfig asks for, read once from its spec and its authority. Pure.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kubeconfig_authority_pki::{
+    Identity, KeyAlgorithm, MIN_VALIDITY, format_duration, parse_duration,
+};
+use serde_json::json;
+
+use crate::{
+    api::{Kubeconfig, UID_GROUP_PREFIX},
+    model::{
+        Problem, Reason, Result,
+        authority::{Resolved, ResolvedSigner},
+        managed::{self},
+    },
+};
+
+/// Whether a Kubeconfig makes anything the garbage collector cannot remove by ownerReference
+/// (cluster-scoped or other-namespace bindings and copies, Roles): only then does it carry the
+/// finalizer. Its Secret is owned by it, and the tokens bound to that Secret die with it.
+pub fn needs_finalizer(kc: &Kubeconfig) -> bool {
+    let spec = &kc.spec;
+    let binds = spec.authorization.as_ref().is_some_and(|a| {
+        !a.role_bindings.is_empty()
+            || a.cluster_role_bindings
+                .as_ref()
+                .is_some_and(|c| !c.cluster_roles.is_empty())
+    });
+    let copies = kc
+        .status
+        .as_ref()
+        .and_then(|s| s.distributed_copies)
+        .is_some_and(|n| n > 0);
+    // A CSR waiting for its signer is cluster-scoped: it is deleted by cleanup.
+    let csr_pending = kc.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Ready"
+                && (c.reason == Reason::CSRPending.as_str()
+                    || c.reason == Reason::RenewalBlocked.as_str())
+        })
+    });
+    binds
+        || spec.distribution.is_some()
+        || copies
+        || csr_pending
+        || self_impersonating(kc).is_some()
+}
+
+/// The credential a Kubeconfig asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credential {
+    /// A client certificate with a fresh key.
+    Certificate {
+        identity: Identity,
+        algorithm: KeyAlgorithm,
+    },
+    /// A token of a ServiceAccount of the Kubeconfig's namespace.
+    Token {
+        service_account: String,
+        audiences: Vec<String>,
+    },
+}
+
+/// What the spec and the authority ask the Secret to hold.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub credential: Credential,
+    /// The user's name inside the kubeconfig file.
+    pub user_name: String,
+    pub validity: Duration,
+    pub renew_before: Option<Duration>,
+    pub kubeconfig_keys: Vec<String>,
+    pub certificate_keys: bool,
+    pub secret_name: String,
+    pub server: String,
+    pub server_ca_pem: String,
+    /// A digest of everything above plus the signer: when it changes, reissue.
+    pub inputs_digest: String,
+}
+
+impl Desired {
+    /// Reads the spec; a bad value is a [`Problem`] naming the field.
+    pub fn from_spec(kc: &Kubeconfig, uid: &str, authority: &Resolved) -> Result<Self, Problem> {
+        let spec = &kc.spec;
+        let namespace = kc.namespace().unwrap_or_default();
+        let invalid = |field: &str, e: &dyn std::fmt::Display| {
+            Problem::new(Reason::InvalidSpec, format!("spec.{field}: {e}"))
+        };
+        let validity = parse_duration(&spec.validity).map_err(|e| invalid("validity", &e))?;
+        let renew_before = spec
+            .renew_before
+            .as_deref()
+            .map(parse_duration)
+            .transpose()
+            .map_err(|e| invalid("renewBefore", &e))?;
+        let mismatch = |message: &str| Problem::new(Reason::SignerMismatch, message.to_string());
+        let (credential, user_name, signer) = match (
+            &spec.username,
+            &spec.service_account_ref,
+            &authority.signer,
+        ) {
+            (Some(_), _, ResolvedSigner::Token { .. }) => {
+                return Err(mismatch(
+                    "spec.username asks for a certificate, but the authority's signer is serviceAccountToken: use spec.serviceAccountRef, or an authority that signs certificates",
+                ));
+            }
+            (Some(username), _, signer) => {
+                if validity < MIN_VALIDITY {
+                    return Err(invalid(
+                        "validity",
+                        &format!(
+                            "{} is too short: a certificate is asked for at least {}, so that it is renewed at least a minute after it is issued and before it expires",
+                            spec.validity,
+                            format_duration(MIN_VALIDITY)
+                        ),
+                    ));
+                }
+                let algorithm = match &spec.private_key {
+                    None => KeyAlgorithm::default(),
+                    Some(pk) => KeyAlgorithm::from_parts(pk.algorithm.as_str(), pk.size)
+                        .map_err(|e| invalid("privateKey", &e))?,
+                };
+                let mut identity =
+                    Identity::new(username.as_str(), spec.groups.iter().map(String::as_str))
+                        .and_then(|i| i.with_kubeconfig_name(&kc.name_any()))
+                        .map_err(|e| invalid("username/groups", &e))?;
+                identity
+                    .add_group(format!("{UID_GROUP_PREFIX}{uid}"))
+                    .map_err(|e| invalid("metadata.uid", &e))?;
+                let signer = match signer {
+                    ResolvedSigner::Ca(ca) => json!({"ca": ca.certificate_pem()}),
+                    ResolvedSigner::Csr { signer_name } => json!({"csr": signer_name}),
+                    ResolvedSigner::Token { .. } => json!(null),
+                };
+                let user = identity.username.clone();
+                (
+                    Credential::Certificate {
+                        identity,
+                        algorithm,
+                    },
+                    user,
+                    signer,
+                )
+            }
+            (None, Some(sa), ResolvedSigner::Token { audiences }) => {
+                if validity < MIN_TOKEN_LIFETIME {
+                    return Err(invalid(
+                        "validity",
+                        &"a ServiceAccount token lives at least 10m (the TokenRequest API's minimum)",
+                    ));
+                }
+                (
+                    Credential::Token {
+                        service_account: sa.name.clone(),
+                        audiences: audiences.clone(),
+                    },
+                    format!("system:serviceaccount:{namespace}:{}", sa.name),
+                    json!({"token": audiences}),
+                )
+            }
+            (None, Some(_), _) => {
+                return Err(mismatch(
+                    "spec.serviceAccountRef asks for a token, but the authority's signer makes certificates: use an authority whose signer is serviceAccountToken",
+                ));
+            }
+            (None, None, _) => {
+                return Err(invalid("username", &"set username or serviceAccountRef"));
+            }
+        };
+        let kubeconfig_keys = spec
+            .secret_ref
+            .kubeconfig_keys
+            .clone()
+            .unwrap_or_else(|| vec!["kubeconfig".into(), "value".into()]);
+        let certificate_keys = spec.secret_ref.certificate_keys.unwrap_or(true)
+            && matches!(credential, Credential::Certificate { .. });
+        let inputs = json!({
+            "credential": match &credential {
+                Credential::Certificate { identity, algorithm } => json!({"identity": identity, "algorithm": algorithm.name()}),
+                Credential::Token { service_account, .. } => json!({"serviceAccount": service_account}),
+            },
+            "validity": validity.as_secs(),
+            "renewBefore": renew_before.map(|d| d.as_secs()),
+            "kubeconfigKeys": kubeconfig_keys,
+            "certificateKeys": certificate_keys,
+            "server": authority.server,
+            "serverCA": authority.server_ca_pem,
+            "signer": signer,
+        });
+        Ok(Self {
+            credential,
+            user_name,
+            validity,
+            renew_before,
+            kubeconfig_keys,
+            certificate_keys,
+            secret_name: spec.secret_ref.name.clone(),
+            server: authority.server.clone(),
+            server_ca_pem: authority.server_ca_pem.clone(),
+            inputs_digest: managed::digest(inputs.to_string().as_bytes()),
+        })
+    }
+}
+
+/// The shortest token lifetime the TokenRequest API accepts.
+pub const MIN_TOKEN_LIFETIME: Duration = Duration::from_secs(600);
+
+pub fn self_impersonating(kc: &Kubeconfig) -> Option<&str> {
+    kc.spec
+        .service_account_ref
+        .as_ref()
+        .filter(|sa| sa.impersonate_self == Some(true))
+        .map(|sa| sa.name.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::kubeconfig::fixtures::*;
+
+    #[test]
+    fn the_identity_is_unique_to_the_object() {
+        let ca = make_ca("a");
+        let desired = Desired::from_spec(&kubeconfig(base_spec()), UID, &resolved(&ca)).unwrap();
+        let Credential::Certificate {
+            identity,
+            algorithm,
+        } = &desired.credential
+        else {
+            panic!("a certificate")
+        };
+        assert_eq!(identity.username, "susan");
+        assert_eq!(
+            identity.groups,
+            ["dev", "kubeconfig:susan", &format!("kubeconfig-uid:{UID}")]
+        );
+        assert_eq!(desired.kubeconfig_keys, ["kubeconfig", "value"]);
+        assert_eq!(*algorithm, KeyAlgorithm::EcdsaP256);
+    }
+
+    #[test]
+    fn bad_spec_values_name_the_field() {
+        let ca = make_ca("a");
+        let mut spec = base_spec();
+        spec["validity"] = json!("7d");
+        let problem = Desired::from_spec(&kubeconfig(spec), UID, &resolved(&ca)).unwrap_err();
+        assert_eq!(problem.reason, Reason::InvalidSpec);
+        assert!(
+            problem.message.starts_with("spec.validity:") && problem.message.contains("168h"),
+            "{}",
+            problem.message
+        );
+        let mut spec = base_spec();
+        spec["privateKey"] = json!({"algorithm": "RSA", "size": 1024});
+        assert!(
+            Desired::from_spec(&kubeconfig(spec), UID, &resolved(&ca))
+                .unwrap_err()
+                .message
+                .starts_with("spec.privateKey:")
+        );
+    }
+}

@@ -1,0 +1,327 @@
+//! The outcome of a reconcile as status, and when to look again. Pure.
+
+use std::time::Duration;
+
+use kube::runtime::controller::Action;
+use time::OffsetDateTime;
+
+use super::{
+    copies::{self, Distributed},
+    secret::WriteReason,
+};
+use crate::{
+    api::{Kubeconfig, KubeconfigStatus},
+    model::{Problem, Reason, Result, credential::Held, managed::ManagedSecret, to_time},
+};
+
+/// How long a Kubeconfig that waits for a person's fix is left alone before it is looked at
+/// again anyway (its watches usually bring it back sooner).
+const RETRY_PROBLEM: Duration = Duration::from_secs(300);
+
+/// The credential a Secret ends up holding, or the problem that stopped it.
+pub enum Outcome {
+    /// `written` names what was done to the Secret in this reconcile; `None` when it was kept.
+    /// `blocked`: the authority cannot sign now, and the credential held (still valid, for
+    /// the spec as it is) is kept until it expires.
+    Ready {
+        held: Held,
+        renew_at: OffsetDateTime,
+        written: Option<WriteReason>,
+        message: String,
+        blocked: Option<Problem>,
+    },
+    NotReady(Problem),
+}
+
+/// The status to write. Keeps a condition's lastTransitionTime while its status holds. Pure.
+pub fn status(
+    kc: &Kubeconfig,
+    outcome: &Outcome,
+    distributed: Option<&Distributed>,
+    now: OffsetDateTime,
+) -> KubeconfigStatus {
+    let previous = kc.status.clone().unwrap_or_default();
+    let condition = |type_: &str, status: &str, reason: Reason, message: String| {
+        crate::model::condition(
+            &previous.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            kc.metadata.generation,
+            now,
+        )
+    };
+    let (ready, reason, message) = match outcome {
+        Outcome::Ready {
+            blocked: Some(_),
+            message,
+            ..
+        } => ("True", Reason::RenewalBlocked, message.clone()),
+        Outcome::Ready {
+            written: Some(w),
+            message,
+            ..
+        } => ("True", w.reason(), message.clone()),
+        Outcome::Ready {
+            written: None,
+            held,
+            message,
+            ..
+        } => ("True", kept_reason(kc, &held.id), message.clone()),
+        Outcome::NotReady(p) => ("False", p.reason, p.message.clone()),
+    };
+    let mut conditions = vec![condition(READY, ready, reason, message)];
+    if let Some(d) = distributed.filter(|_| kc.spec.distribution.is_some()) {
+        conditions.push(match &d.problem {
+            Some(p) => condition(DISTRIBUTED, "False", p.reason, p.message.clone()),
+            None => {
+                let mut message = format!("{} matching namespaces hold a current copy", d.copies);
+                if !d.conflicts.is_empty() {
+                    message += &format!(
+                        "; Secret {} exists in namespace(s) {} and was not created by this controller: left untouched; delete it there or exclude the namespace",
+                        kc.spec.secret_ref.name,
+                        d.conflicts.join(", ")
+                    );
+                }
+                if !d.refused.is_empty() {
+                    message += &format!(
+                        "; refused: {}. A copy needs the authority's policy.distributionNamespaceSelector to match the namespace and the credential's identity to be allowed to create and update the Secret there",
+                        d.refused.join(", ")
+                    );
+                }
+                let (status, reason) = match (d.conflicts.is_empty(), d.refused.is_empty()) {
+                    (true, true) => ("True", Reason::Distributed),
+                    (false, _) => ("False", Reason::SecretConflict),
+                    (true, false) => ("False", Reason::DistributionRefused),
+                };
+                condition(DISTRIBUTED, status, reason, message)
+            }
+        });
+    }
+    let mut status = KubeconfigStatus {
+        conditions,
+        observed_generation: kc.metadata.generation,
+        ..previous.clone()
+    };
+    if let Some(d) = distributed {
+        status.distributed_copies = Some(d.copies).filter(|n| *n > 0);
+    }
+    match outcome {
+        // The next attempt is no renewal time: the one recorded stays.
+        Outcome::Ready {
+            blocked: Some(_), ..
+        } => {}
+        Outcome::Ready { held, renew_at, .. } => {
+            status.secret_name = Some(kc.spec.secret_ref.name.clone());
+            let id = Some(held.id.clone()).filter(|id| !id.is_empty());
+            (status.serial_number, status.token_id) = if held.is_token {
+                (None, id)
+            } else {
+                (id, None)
+            };
+            status.not_before = Some(to_time(held.not_before));
+            status.not_after = Some(to_time(held.not_after));
+            status.renewal_time = Some(to_time(*renew_at));
+        }
+        // Nothing is held (see `withdraw`).
+        Outcome::NotReady(_) => {
+            status.renewal_time = None;
+            status.secret_name = None;
+            status.serial_number = None;
+            status.token_id = None;
+            status.not_before = None;
+            status.not_after = None;
+        }
+    }
+    status
+}
+
+/// The condition type about the credential.
+pub const READY: &str = "Ready";
+/// The condition type about `spec.distribution`.
+pub const DISTRIBUTED: &str = "Distributed";
+
+/// Ready: at the renewal time, and with copies at least every [`copies::RECHECK`] (sooner
+/// while a namespace is refused by an access review: rights often follow a new namespace by a
+/// moment). Not ready: the watches bring the object back when something it depends on
+/// changes; a slow retry covers anything they cannot see.
+pub fn requeue_for(outcome: &Outcome, distributed: Option<&Distributed>) -> Action {
+    match outcome {
+        Outcome::Ready { renew_at, .. } => {
+            let wait = (*renew_at - OffsetDateTime::now_utc())
+                .try_into()
+                .unwrap_or(Duration::ZERO);
+            let wait = match distributed {
+                Some(d) if d.reviews_refused => wait.min(copies::RECHECK_REFUSED),
+                Some(_) => wait.min(copies::RECHECK),
+                None => wait,
+            };
+            Action::requeue(wait.max(Duration::from_millis(100)))
+        }
+        Outcome::NotReady(p) if p.reason == Reason::CSRPending => Action::requeue(CSR_RETRY),
+        Outcome::NotReady(_) => Action::requeue(RETRY_PROBLEM),
+    }
+}
+
+/// How often a credential that cannot be renewed is tried again (the watches of the CA and
+/// the authority usually bring it back sooner).
+const RETRY_BLOCKED: Duration = Duration::from_secs(60);
+
+/// When `problem` only stops the authority from signing now, the credential the Secret holds
+/// (`cached`, as the cache of managed Secrets has it) stays Ready while it is valid, intact and
+/// was issued for the spec as it is (the last status was Ready for this generation).
+/// Otherwise the problem stands.
+pub fn still_valid(
+    kc: &Kubeconfig,
+    uid: &str,
+    problem: Problem,
+    cached: Option<&ManagedSecret>,
+    now: OffsetDateTime,
+) -> Result<Outcome, Problem> {
+    if !problem.blocks_renewal_only() {
+        return Err(problem);
+    }
+    let status = kc.status.as_ref();
+    let was_ready = status.is_some_and(|s| {
+        s.observed_generation == kc.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == READY && c.status == "True")
+    });
+    let held = cached
+        .filter(|s| was_ready && s.controller_uid.as_deref() == Some(uid) && s.intact)
+        .and_then(|s| s.held.clone())
+        .filter(|held| now >= held.not_before && now < held.not_after);
+    let Some(held) = held else {
+        return Err(problem);
+    };
+    let retry = if problem.reason == Reason::CSRPending {
+        CSR_RETRY
+    } else {
+        RETRY_BLOCKED
+    };
+    let message = format!(
+        "Secret {} holds a valid kubeconfig until {}, but it cannot be renewed now: {}",
+        kc.spec.secret_ref.name, held.not_after, problem.message
+    );
+    Ok(Outcome::Ready {
+        renew_at: (now + retry).min(held.not_after),
+        held,
+        written: None,
+        message,
+        blocked: Some(problem),
+    })
+}
+
+/// The Ready reason of a credential that is kept: what was last done to it, as the current
+/// status says (when it is about the same credential), else `Issued`.
+fn kept_reason(kc: &Kubeconfig, id: &str) -> Reason {
+    let status = kc.status.as_ref();
+    let same_certificate =
+        status.is_some_and(|s| s.serial_number.as_deref().or(s.token_id.as_deref()) == Some(id));
+    let previous = status.and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == READY && c.status == "True")
+    });
+    match previous.and_then(|c| Reason::parse(&c.reason)) {
+        Some(r @ (Reason::Renewed | Reason::Repaired | Reason::Reissued)) if same_certificate => r,
+        _ => Reason::Issued,
+    }
+}
+
+/// How soon to look again at a Kubeconfig whose CSR waits.
+pub const CSR_RETRY: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::kubeconfig::fixtures::*;
+    use crate::controllers::kubeconfig::{
+        request::Desired,
+        secret::{SecretPlan, plan_secret},
+    };
+
+    #[test]
+    fn status_keeps_the_transition_time_and_names_the_problem() {
+        let ca = make_ca("a");
+        let mut kc = kubeconfig(base_spec());
+        let desired = Desired::from_spec(&kc, UID, &resolved(&ca)).unwrap();
+        let t0 = OffsetDateTime::now_utc();
+        let secret = written(&kc, &desired, &ca, t0);
+        let SecretPlan::Keep { held, .. } = plan_secret(
+            &desired,
+            UID,
+            Some(&ManagedSecret::from(secret.clone())),
+            t0,
+        ) else {
+            panic!("kept")
+        };
+        let ready = Outcome::Ready {
+            held: held.clone(),
+            renew_at: t0,
+            written: Some(WriteReason::Issue),
+            message: "ok".into(),
+            blocked: None,
+        };
+        let first = status(&kc, &ready, None, t0);
+        assert_eq!(first.conditions[0].status, "True");
+        assert_eq!(first.conditions[0].reason, "Issued");
+        assert_eq!(first.observed_generation, Some(2));
+        assert_eq!(first.serial_number.as_deref(), Some(held.id.as_str()));
+        assert_eq!(first.token_id, None);
+        kc.status = Some(first.clone());
+        let kept = Outcome::Ready {
+            held: held.clone(),
+            renew_at: t0,
+            written: None,
+            message: "ok".into(),
+            blocked: None,
+        };
+        assert_eq!(
+            status(&kc, &kept, None, t0 + Duration::from_secs(60)),
+            first,
+            "nothing changed, nothing to write"
+        );
+        let problem = Outcome::NotReady(Problem::new(
+            Reason::CASecretNotFound,
+            "the CA Secret x/y does not exist",
+        ));
+        let failed = status(&kc, &problem, None, t0 + Duration::from_secs(60));
+        assert_eq!(
+            (
+                failed.conditions[0].status.as_str(),
+                failed.conditions[0].reason.as_str()
+            ),
+            ("False", "CASecretNotFound")
+        );
+        assert_ne!(
+            failed.conditions[0].last_transition_time,
+            first.conditions[0].last_transition_time
+        );
+        assert!(failed.renewal_time.is_none());
+        assert!(
+            failed.serial_number.is_none() && failed.not_after.is_none(),
+            "a Kubeconfig that is not Ready holds nothing"
+        );
+        // The CA is away, the credential valid: Ready, the renewal time as it was.
+        let blocked = Outcome::Ready {
+            held,
+            renew_at: t0 + Duration::from_secs(60),
+            written: None,
+            message: "valid, cannot be renewed".into(),
+            blocked: Some(Problem::new(Reason::CASecretNotFound, "gone")),
+        };
+        let kept = status(&kc, &blocked, None, t0 + Duration::from_secs(60));
+        assert_eq!(
+            (
+                kept.conditions[0].status.as_str(),
+                kept.conditions[0].reason.as_str()
+            ),
+            ("True", Reason::RenewalBlocked.as_str())
+        );
+        assert_eq!(kept.renewal_time, first.renewal_time);
+        assert_eq!(kept.serial_number, first.serial_number);
+    }
+}

@@ -1,0 +1,621 @@
+//! Applying the plans: the Secret and its credential, the bindings, the withdrawal of both, and
+//! the cleanup at deletion.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use k8s_openapi::{
+    ByteString,
+    api::{
+        certificates::v1::CertificateSigningRequest,
+        core::v1::Secret,
+        rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
+    },
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    runtime::{controller::Action, events::EventType, reflector::ObjectRef},
+};
+use kubeconfig_authority_pki::renewal_time;
+use serde_json::json;
+use time::OffsetDateTime;
+use tracing::{info, warn};
+
+use k8s_openapi::{
+    api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+    apimachinery::pkg::apis::meta::v1::LabelSelector,
+};
+use kube::api::PostParams;
+
+use super::{
+    Context,
+    bindings::plan_bindings,
+    copies::{self, Distributed, plan_copies, targets},
+    issue,
+    request::{Credential, Desired},
+    secret::{SecretData, SecretPlan, WriteReason, build_secret, first_key, plan_secret},
+    status::{self, Outcome},
+};
+use crate::{
+    api::{FIELD_MANAGER, KUBECONFIG_UID_LABEL, Kubeconfig},
+    client,
+    model::{
+        Error, Problem, Reason, Result, Written,
+        authority::{Resolved, ResolvedSigner},
+        managed::ManagedSecret,
+    },
+};
+
+/// The credential and its bindings, together or not at all: issued (or kept) with its
+/// bindings in place, or, when something stops it, withdrawn with them. When the authority
+/// cannot sign just now, a valid credential for the spec as it is stays (Ready,
+/// `RenewalBlocked`) until it expires.
+pub async fn credential(
+    kc: &Kubeconfig,
+    uid: &str,
+    prepared: Result<(Resolved, Desired), Problem>,
+    ctx: &Context,
+    now: OffsetDateTime,
+) -> Result<(Outcome, Option<SecretData>)> {
+    let (outcome, data) = match &prepared {
+        Err(problem) => (Outcome::NotReady(problem.clone()), None),
+        Ok((resolved, desired)) => apply_secret(kc, uid, desired, resolved, ctx, now).await?,
+    };
+    let Outcome::NotReady(problem) = outcome else {
+        return Ok((outcome, data));
+    };
+    let namespace = kc.namespace().unwrap_or_default();
+    let cached = ctx
+        .secrets
+        .get(&ObjectRef::new(&kc.spec.secret_ref.name).within(&namespace));
+    match status::still_valid(kc, uid, problem, cached.as_deref(), now) {
+        Ok(kept) => match apply_bindings(kc, uid, true, ctx).await? {
+            None => Ok((kept, None)),
+            Some(problem) => {
+                withdraw(kc, uid, ctx).await?;
+                Ok((Outcome::NotReady(problem), None))
+            }
+        },
+        Err(problem) => {
+            withdraw(kc, uid, ctx).await?;
+            Ok((Outcome::NotReady(problem), None))
+        }
+    }
+}
+
+/// The copies: of the Secret's data when the credential is Ready (read live when the cache,
+/// which keeps no data, answered), none otherwise.
+pub async fn copies(
+    kc: &Kubeconfig,
+    uid: &str,
+    outcome: &Outcome,
+    data: Option<SecretData>,
+    allowed_by_policy: Option<&LabelSelector>,
+    ctx: &Context,
+) -> Result<Option<Distributed>> {
+    let namespace = kc.namespace().unwrap_or_default();
+    let primary = match (outcome, data) {
+        (Outcome::Ready { .. }, Some(data)) => Some(data),
+        (Outcome::Ready { .. }, None) if kc.spec.distribution.is_some() => {
+            Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
+                .get_opt(&kc.spec.secret_ref.name)
+                .await
+                .map_err(Error::kube("reading the Secret"))?
+                .and_then(|s| s.data)
+        }
+        _ => None,
+    };
+    let subject = copies::subject(kc, uid);
+    apply_copies(
+        kc,
+        uid,
+        primary.as_ref().zip(subject.as_ref()),
+        allowed_by_policy,
+        ctx,
+    )
+    .await
+}
+
+/// Writes the status when it changed, and reports a new problem (log, metric, Warning event)
+/// once per change.
+pub async fn report(
+    kc: &Kubeconfig,
+    outcome: &Outcome,
+    distributed: Option<&Distributed>,
+    ctx: &Context,
+    now: OffsetDateTime,
+) -> Result<()> {
+    let namespace = kc.namespace().unwrap_or_default();
+    let name = kc.name_any();
+    let mut new_status = status::status(kc, outcome, distributed, now);
+    if kc.status.as_ref() == Some(&new_status) {
+        return Ok(());
+    }
+    // The cached object may lag behind our last status write: compare with the live one,
+    // unless a first credential was just written to an object with no status yet (nothing
+    // live can say so already).
+    let first_issue = kc.status.is_none()
+        && matches!(
+            outcome,
+            Outcome::Ready {
+                written: Some(_),
+                ..
+            }
+        );
+    if !first_issue {
+        let live = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace)
+            .get_opt(&name)
+            .await
+            .map_err(Error::kube("reading the Kubeconfig"))?;
+        if let Some(live) = live {
+            new_status = status::status(&live, outcome, distributed, now);
+            if live.status.as_ref() == Some(&new_status) {
+                return Ok(());
+            }
+        }
+    }
+    let patch = json!({"apiVersion": Kubeconfig::api_version(&()), "kind": Kubeconfig::kind(&()), "status": new_status});
+    client::apply_status::<Kubeconfig>(&ctx.client, Some(&namespace), &name, &patch)
+        .await
+        .map_err(Error::kube("updating status"))?;
+    if let Outcome::NotReady(problem) = outcome {
+        warn!(reason = %problem.reason, "{}", problem.message);
+        crate::metrics::Metrics::count(&ctx.metrics.failures, problem.reason.as_str());
+        ctx.publish(
+            kc,
+            EventType::Warning,
+            problem.reason,
+            &problem.message,
+            "Reconcile",
+        )
+        .await;
+    }
+    Ok(())
+}
+
+pub async fn apply_secret(
+    kc: &Kubeconfig,
+    uid: &str,
+    desired: &Desired,
+    resolved: &Resolved,
+    ctx: &Context,
+    now: OffsetDateTime,
+) -> Result<(Outcome, Option<SecretData>)> {
+    let namespace = kc.namespace().unwrap_or_default();
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
+    // The cache answers most reconciles. It can lag behind our own last write, so a plan to
+    // write is checked against the live object first: nothing is issued twice.
+    let cached = ctx
+        .secrets
+        .get(&ObjectRef::new(&desired.secret_name).within(&namespace));
+    let cached_plan = cached.map(|c| plan_secret(desired, uid, Some(&c), now));
+    let (plan, data) = match cached_plan {
+        Some(plan) if !matches!(plan, SecretPlan::Write(..) | SecretPlan::ReplaceCopy(_)) => {
+            (plan, None)
+        }
+        // Not cached (perhaps not ours), or the cache says write: ask the live object, once.
+        _ => {
+            let live = secrets
+                .get_opt(&desired.secret_name)
+                .await
+                .map_err(Error::kube(format!(
+                    "reading Secret {}",
+                    desired.secret_name
+                )))?;
+            let observed = live
+                .as_ref()
+                .map(|l| ManagedSecret::of(l, Some(first_key(desired))));
+            let plan = plan_secret(desired, uid, observed.as_ref(), now);
+            (plan, live.and_then(|l| l.data))
+        }
+    };
+    let ready_message = format!("Secret {} holds a valid kubeconfig", desired.secret_name);
+    let (reason, why) = match plan {
+        SecretPlan::Keep { held, renew_at } => {
+            if let Some(problem) = apply_bindings(kc, uid, true, ctx).await? {
+                return Ok((Outcome::NotReady(problem), None));
+            }
+            let outcome = Outcome::Ready {
+                held,
+                renew_at,
+                written: None,
+                message: ready_message,
+                blocked: None,
+            };
+            return Ok((outcome, data));
+        }
+        SecretPlan::Conflict(problem) => return Ok((Outcome::NotReady(problem), None)),
+        SecretPlan::Write(reason, why) => (reason, why),
+        SecretPlan::ReplaceCopy(owner) => {
+            // Deleted first: the deletion brings the distributing Kubeconfig back, which then
+            // sees the name claimed here.
+            client::delete_ignoring_absent(secrets.clone(), &desired.secret_name).await?;
+            (
+                WriteReason::Issue,
+                format!("the copy Kubeconfig {owner} had distributed under that name was removed"),
+            )
+        }
+    };
+    ctx.spend(uid, Written::Secret)?;
+    let mut issued = match issue::issue(kc, uid, desired, &resolved.signer, ctx, now).await? {
+        Ok(issued) => issued,
+        Err(problem) => return Ok((Outcome::NotReady(problem), None)),
+    };
+    // A token or a CSR's certificate counts from now; a CA's from `now` as passed to it.
+    issued
+        .held
+        .issued_at
+        .get_or_insert_with(OffsetDateTime::now_utc);
+    let ca_pem = match &resolved.signer {
+        ResolvedSigner::Ca(ca) => ca.certificate_pem(),
+        _ => desired.server_ca_pem.as_str(),
+    };
+    let secret = match build_secret(kc, uid, desired, &issued, ca_pem) {
+        Ok(secret) => secret,
+        Err(problem) => return Ok((Outcome::NotReady(problem), None)),
+    };
+    // The bindings are in place before the credential is written; if they cannot be, the
+    // credential is never written.
+    if let Some(problem) = apply_bindings(kc, uid, true, ctx).await? {
+        return Ok((Outcome::NotReady(problem), None));
+    }
+    ctx.write_managed_secret(&namespace, &secret)
+        .await
+        .map_err(Error::kube(format!(
+            "writing Secret {}",
+            desired.secret_name
+        )))?;
+    let held = issued.held;
+    let what = match &desired.credential {
+        Credential::Certificate { .. } => format!(
+            "a certificate for {} (serial {})",
+            desired.user_name, held.id
+        ),
+        Credential::Token { .. } => format!("a token for {}", desired.user_name),
+    };
+    let message = format!(
+        "{} {what}, valid until {}, into Secret {}: {why}",
+        reason.reason().as_str(),
+        held.not_after,
+        desired.secret_name
+    );
+    info!(reason = reason.reason().as_str(), id = %held.id, "{message}");
+    crate::metrics::Metrics::count(&ctx.metrics.issued, reason.reason().as_str());
+    ctx.publish(kc, EventType::Normal, reason.reason(), &message, "Issue")
+        .await;
+    let renew_at = renewal_time(held.issued_at(), held.not_after, desired.renew_before, uid);
+    let outcome = Outcome::Ready {
+        held,
+        renew_at,
+        written: Some(reason),
+        message: match issued.note {
+            Some(note) => format!("{ready_message}; {note}"),
+            None => ready_message,
+        },
+        blocked: None,
+    };
+    Ok((outcome, secret.data))
+}
+
+/// Removes what a Kubeconfig that is not Ready must not hold: its bindings and its own Secret
+/// (copies go with distribution). A Secret it does not own is left alone.
+pub async fn withdraw(kc: &Kubeconfig, uid: &str, ctx: &Context) -> Result<()> {
+    apply_bindings(kc, uid, false, ctx).await?;
+    let namespace = kc.namespace().unwrap_or_default();
+    let name = &kc.spec.secret_ref.name;
+    let ours = ctx
+        .secrets
+        .get(&ObjectRef::new(name).within(&namespace))
+        .is_some_and(|s| s.controller_uid.as_deref() == Some(uid));
+    if ours {
+        info!(secret = %name, "removing the Secret of a Kubeconfig that is not Ready");
+        client::delete_ignoring_absent(
+            Api::<Secret>::namespaced(ctx.client.clone(), &namespace),
+            name,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Brings the bindings in line with the spec (or removes them all when `allowed` is false). A
+/// refusal by the API server (for example the controller may not bind that role) is a problem
+/// to report, not a crash.
+pub async fn apply_bindings(
+    kc: &Kubeconfig,
+    uid: &str,
+    allowed: bool,
+    ctx: &Context,
+) -> Result<Option<Problem>> {
+    let mine = |labels: &BTreeMap<String, String>| {
+        labels.get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
+    };
+    let observed_cluster: Vec<_> = ctx
+        .cluster_role_bindings
+        .state()
+        .into_iter()
+        .filter(|b| mine(b.labels()))
+        .collect();
+    let observed_namespaced: Vec<_> = ctx
+        .role_bindings
+        .state()
+        .into_iter()
+        .filter(|b| mine(b.labels()))
+        .collect();
+    let observed_roles: Vec<_> = ctx
+        .roles
+        .state()
+        .into_iter()
+        .filter(|b| mine(b.labels()))
+        .collect();
+    let plan = plan_bindings(
+        kc,
+        uid,
+        allowed,
+        &observed_cluster,
+        &observed_namespaced,
+        &observed_roles,
+    );
+    if plan.is_empty() {
+        return Ok(None);
+    }
+    ctx.spend(uid, Written::Bindings)?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut failures = Vec::new();
+    // Roles before the bindings that refer to them.
+    for r in &plan.apply_roles {
+        let (ns, name) = (r.namespace().unwrap_or_default(), r.name_any());
+        if let Err(e) = Api::<Role>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &params, &Patch::Apply(r))
+            .await
+        {
+            failures.push(binding_failure(&format!("Role {ns}/{name}"), e)?);
+        }
+    }
+    for b in &plan.apply_cluster {
+        let name = b.name_any();
+        if let Err(e) = Api::<ClusterRoleBinding>::all(ctx.client.clone())
+            .patch(&name, &params, &Patch::Apply(b))
+            .await
+        {
+            failures.push(binding_failure(&format!("ClusterRoleBinding {name}"), e)?);
+        }
+    }
+    for b in &plan.apply_namespaced {
+        let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
+        if let Err(e) = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+            .patch(&name, &params, &Patch::Apply(b))
+            .await
+        {
+            failures.push(binding_failure(&format!("RoleBinding {ns}/{name}"), e)?);
+        }
+    }
+    for name in &plan.delete_cluster {
+        client::delete_ignoring_absent(Api::<ClusterRoleBinding>::all(ctx.client.clone()), name)
+            .await?;
+    }
+    for (ns, name) in &plan.delete_namespaced {
+        client::delete_ignoring_absent(
+            Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
+            name,
+        )
+        .await?;
+    }
+    for (ns, name) in &plan.delete_roles {
+        client::delete_ignoring_absent(Api::<Role>::namespaced(ctx.client.clone(), ns), name)
+            .await?;
+    }
+    Ok((!failures.is_empty()).then(|| Problem::new(Reason::RBACFailed, failures.join("; "))))
+}
+
+/// A binding the API server refused (4xx other than conflicts) is a problem for a person;
+/// anything else is an error to retry.
+fn binding_failure(what: &str, e: kube::Error) -> Result<String> {
+    match &e {
+        kube::Error::Api(status)
+            if (400..500).contains(&status.code) && status.code != 409 && status.code != 429 =>
+        {
+            Ok(format!("{what} was refused: {}", status.message))
+        }
+        _ => Err(Error::Kube {
+            action: format!("writing {what}"),
+            source: e,
+        }),
+    }
+}
+
+/// Runs before the object goes: every binding, Role, CSR and copy carrying its UID, then its
+/// Secret (if it is ours).
+pub async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
+    let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let uid = kc.uid().ok_or(Error::MissingMetadata("uid"))?;
+    let selector = ListParams::default().labels(&format!("{KUBECONFIG_UID_LABEL}={uid}"));
+    let client = &ctx.client;
+    let none = |_: &str| false;
+    let within = |ns: Option<String>| ns.unwrap_or_default();
+    client::delete_labelled(
+        client,
+        &selector,
+        |_| Api::<ClusterRoleBinding>::all(client.clone()),
+        none,
+    )
+    .await?;
+    client::delete_labelled(
+        client,
+        &selector,
+        |ns| Api::<RoleBinding>::namespaced(client.clone(), &within(ns)),
+        none,
+    )
+    .await?;
+    client::delete_labelled(
+        client,
+        &selector,
+        |ns| Api::<Role>::namespaced(client.clone(), &within(ns)),
+        none,
+    )
+    .await?;
+    // CSRs still waiting (a signed one is deleted when its certificate is taken).
+    if let Ok(mut pending) = ctx.pending_csrs.lock() {
+        pending.remove(&uid);
+    }
+    client::delete_labelled(
+        client,
+        &selector,
+        |_| Api::<CertificateSigningRequest>::all(client.clone()),
+        none,
+    )
+    .await?;
+    // Copies in other namespaces (spec.distribution); the Secret itself is checked below.
+    client::delete_labelled(
+        client,
+        &selector,
+        |ns| Api::<Secret>::namespaced(client.clone(), &within(ns)),
+        |ns| ns == namespace,
+    )
+    .await?;
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
+    let secret_name = &kc.spec.secret_ref.name;
+    let secret = secrets
+        .get_metadata_opt(secret_name)
+        .await
+        .map_err(Error::kube("reading the Secret"))?;
+    if secret.is_some_and(|s| s.owner_references().iter().any(|o| o.uid == uid)) {
+        client::delete_ignoring_absent(secrets, secret_name).await?;
+    }
+    info!("removed the bindings and the Secret");
+    Ok(Action::await_change())
+}
+
+/// Whether `subject` may create and update Secret `name` in `namespace`; `Some(why)` when not.
+async fn review_refusal(
+    ctx: &Context,
+    subject: &copies::Subject,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<String>> {
+    for verb in ["create", "update"] {
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(subject.user.clone()),
+                groups: Some(subject.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.into()),
+                    verb: Some(verb.into()),
+                    resource: Some("secrets".into()),
+                    name: Some(name.into()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let answer = Api::<SubjectAccessReview>::all(ctx.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(Error::kube(format!(
+                "asking whether {} may {verb} Secrets in {namespace}",
+                subject.user
+            )))?;
+        if !answer.status.is_some_and(|s| s.allowed) {
+            return Ok(Some(format!(
+                "{namespace} ({} may not {verb} Secret {name} there itself)",
+                subject.user
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Brings the copies in line. `primary` and `subject` are set when the Kubeconfig holds a
+/// valid credential; otherwise every copy goes. A Secret of the copy's name that the
+/// controller did not create is never overwritten.
+pub async fn apply_copies(
+    kc: &Kubeconfig,
+    uid: &str,
+    primary: Option<(&BTreeMap<String, ByteString>, &copies::Subject)>,
+    allowed_by_policy: Option<&LabelSelector>,
+    ctx: &Context,
+) -> Result<Option<Distributed>> {
+    let own = kc.namespace().unwrap_or_default();
+    let observed: Vec<Arc<ManagedSecret>> = ctx
+        .secrets
+        .state()
+        .into_iter()
+        .filter(|s| s.kubeconfig_uid.as_deref() == Some(uid) && s.namespace != own)
+        .collect();
+    if kc.spec.distribution.is_none() && observed.is_empty() {
+        return Ok(None);
+    }
+    let name = &kc.spec.secret_ref.name;
+    let mut outcome = Distributed::default();
+    let mut allowed = Vec::new();
+    if let Some((_, subject)) = primary {
+        let namespaces: Vec<(String, BTreeMap<String, String>)> = ctx
+            .namespaces
+            .state()
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect();
+        let claimed: Vec<String> = ctx
+            .kubeconfigs
+            .state()
+            .iter()
+            .filter(|other| {
+                other.spec.secret_ref.name == *name && other.uid().as_deref() != Some(uid)
+            })
+            .filter_map(|other| other.namespace())
+            .collect();
+        match targets(kc, allowed_by_policy, &namespaces, &claimed) {
+            Ok(targets) => {
+                outcome.refused = targets.refused;
+                for ns in targets.allowed {
+                    match review_refusal(ctx, subject, &ns, name).await? {
+                        Some(why) => {
+                            outcome.refused.push(why);
+                            outcome.reviews_refused = true;
+                        }
+                        None => allowed.push(ns),
+                    }
+                }
+            }
+            Err(problem) => outcome.problem = Some(problem),
+        }
+    }
+    let plan = plan_copies(kc, uid, primary.map(|(data, _)| data), &allowed, &observed);
+    if !plan.write.is_empty() || !plan.delete.is_empty() {
+        ctx.spend(uid, Written::Copies)?;
+    }
+    outcome.copies = plan.current;
+    for copy in plan.write {
+        let ns = copy.namespace().unwrap_or_default();
+        let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+        let known = observed
+            .iter()
+            .any(|o| o.namespace == ns && o.name == *name);
+        if !known {
+            // Not in the cache of managed Secrets: is an unmanaged one in the way?
+            let live = api
+                .get_metadata_opt(name)
+                .await
+                .map_err(Error::kube(format!("reading Secret {ns}/{name}")))?;
+            let ours = live.as_ref().is_none_or(|s| {
+                s.labels().get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
+            });
+            if !ours {
+                outcome.conflicts.push(ns);
+                continue;
+            }
+        }
+        ctx.write_managed_secret(&ns, &copy)
+            .await
+            .map_err(Error::kube(format!("writing the copy {ns}/{name}")))?;
+        outcome.copies += 1;
+    }
+    for (ns, name) in plan.delete {
+        client::delete_ignoring_absent(Api::<Secret>::namespaced(ctx.client.clone(), &ns), &name)
+            .await?;
+    }
+    outcome.conflicts.sort();
+    outcome.refused.sort();
+    Ok(Some(outcome))
+}
