@@ -5,13 +5,24 @@
 CARGO ?= cargo
 KEEP ?= 0
 
-.PHONY: all test lint unit integration controlplane demo bench crds manifests clean-controlplane
+.PHONY: all test lint unit integration controlplane demo bench manifests clean-controlplane
 
 all: test
 
 ## test: formatting, lints, unit tests and the integration tests against a real control plane
-test: lint controlplane
-	$(CARGO) test --workspace --all-targets
+test: lint unit integration
+
+## unit: every test that needs no control plane (pure code, the generated files), about a
+## minute on a warm build
+unit:
+	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p kubeconfig-authority-pki --tests --benches
+	$(CARGO) test --test crds --example demo
+
+## integration: the tests against a real etcd and kube-apiserver, and the controller benchmark
+## at a tiny scale (as a check that it works)
+integration: controlplane
+	$(CARGO) test --test integration --bench controller
 
 lint:
 	$(CARGO) fmt --all --check

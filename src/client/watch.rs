@@ -23,38 +23,66 @@ use kube::{
     Api, Resource,
     runtime::watcher::{self, watcher},
 };
-use tracing::warn;
+use tracing::{info, warn};
 
 /// How long a watch may fail without progress before it counts as stalled: longer than an
 /// API server restart takes (about 25 s from stop to serving again, measured in
 /// `tests/integration/faults.rs`), so that a restart does not make the leader step down.
 pub const STALL_AFTER: Duration = Duration::from_secs(60);
 
+/// How long after the API server came back every watch must have listed again.
+pub const FROZEN_AFTER: Duration = Duration::from_secs(15);
+
 /// The longest pause between two attempts of a failing watch: short enough that after an
 /// outage of 15 s every watch has listed again well within [`STALL_AFTER`].
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The progress of every watch, by name.
-#[derive(Debug, Default)]
-pub struct Watches(Mutex<BTreeMap<String, Progress>>);
+/// The progress of every watch, by name, and the recoveries from an unreachable API server.
+///
+/// A watch whose connection died without a word (seen after API server restarts: no error, no
+/// end, no event ever again) would otherwise wait for the server's watch timeout, minutes. So
+/// when any watch lists again after the API server was unreachable, every watch starts over
+/// with a fresh list once ([`Watches::recoveries`]).
+#[derive(Debug)]
+pub struct Watches {
+    progress: Mutex<BTreeMap<String, Progress>>,
+    /// Whether a watch found the API server unreachable since the last recovery.
+    unreachable: Mutex<bool>,
+    /// When the watches last recovered from an unreachable API server.
+    recovered_at: Mutex<Option<Instant>>,
+    recovered: tokio::sync::watch::Sender<u64>,
+}
 
-/// One watch's state: since when it has been failing, and the last error.
+impl Default for Watches {
+    fn default() -> Self {
+        Self {
+            progress: Mutex::default(),
+            unreachable: Mutex::default(),
+            recovered_at: Mutex::default(),
+            recovered: tokio::sync::watch::Sender::new(0),
+        }
+    }
+}
+
+/// One watch's state: since when it has been failing, the last error, and when it last
+/// completed a list.
 #[derive(Debug, Clone, Default)]
 struct Progress {
     failing_since: Option<Instant>,
     last_error: String,
+    listed_at: Option<Instant>,
 }
 
 impl Watches {
     fn update(&self, name: &str, change: impl FnOnce(&mut Progress)) {
-        if let Ok(mut all) = self.0.lock() {
+        if let Ok(mut all) = self.progress.lock() {
             change(all.entry(name.to_string()).or_default());
         }
     }
 
     /// The watches failing for longer than `after` as of `now`, each with its last error.
     pub fn stalled(&self, now: Instant, after: Duration) -> Vec<(String, String)> {
-        let Ok(all) = self.0.lock() else {
+        let Ok(all) = self.progress.lock() else {
             return Vec::new();
         };
         all.iter()
@@ -66,11 +94,71 @@ impl Watches {
             .collect()
     }
 
+    /// The watches that have not listed again `after` a recovery from an unreachable API
+    /// server, as of `now`: their streams are no longer polled (seen after API server
+    /// restarts), and only new ones help.
+    pub fn frozen(&self, now: Instant, after: Duration) -> Vec<String> {
+        let recovered = self.recovered_at.lock().ok().and_then(|r| *r);
+        let Some(recovered) = recovered.filter(|r| now.duration_since(*r) >= after) else {
+            return Vec::new();
+        };
+        let Ok(all) = self.progress.lock() else {
+            return Vec::new();
+        };
+        all.iter()
+            .filter(|(_, p)| p.listed_at.is_none_or(|l| l < recovered))
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// Forgets every watch (a new term starts new ones).
     pub fn clear(&self) {
-        if let Ok(mut all) = self.0.lock() {
+        if let Ok(mut all) = self.progress.lock() {
             all.clear();
         }
+        if let Ok(mut recovered) = self.recovered_at.lock() {
+            *recovered = None;
+        }
+    }
+
+    /// Notified each time the watches recover from an unreachable API server.
+    pub fn recoveries(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.recovered.subscribe()
+    }
+
+    /// A watch could not reach the API server.
+    fn unreachable(&self) {
+        if let Ok(mut unreachable) = self.unreachable.lock() {
+            *unreachable = true;
+        }
+    }
+
+    /// A watch listed: when the API server was unreachable before, every watch starts over.
+    fn listed(&self) -> bool {
+        let recovered = self
+            .unreachable
+            .lock()
+            .map(|mut unreachable| std::mem::take(&mut *unreachable))
+            .unwrap_or(false);
+        if recovered {
+            if let Ok(mut at) = self.recovered_at.lock() {
+                *at = Some(Instant::now());
+            }
+            self.recovered.send_modify(|n| *n += 1);
+        }
+        recovered
+    }
+}
+
+/// Whether a watch failed because the API server could not be reached (rather than answered
+/// with an error, such as `410 Gone`).
+fn unreachable(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => !matches!(e, kube::Error::Api(_)),
+        watcher::Error::WatchError(_) => false,
+        _ => false,
     }
 }
 
@@ -99,19 +187,40 @@ where
 {
     let (name, watches) = (name.to_string(), watches.clone());
     type Inner<K> = BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
-    futures::stream::unfold((None::<Inner<K>>, 0u32), move |(inner, failures)| {
+    struct State<K> {
+        inner: Option<Inner<K>>,
+        failures: u32,
+        recoveries: tokio::sync::watch::Receiver<u64>,
+    }
+    watches.update(&name, |_| {});
+    let state = State {
+        inner: None,
+        failures: 0,
+        recoveries: watches.recoveries(),
+    };
+    futures::stream::unfold(state, move |mut state| {
         let (api, config, name, watches) =
             (api.clone(), config.clone(), name.clone(), watches.clone());
         async move {
-            let mut inner = match inner {
+            let mut inner = match state.inner.take() {
                 Some(inner) => inner,
                 None => {
-                    tokio::time::sleep(backoff(failures)).await;
+                    tokio::time::sleep(backoff(state.failures)).await;
                     watcher(api.clone(), config.clone()).boxed()
                 }
             };
             loop {
-                match inner.next().await {
+                let next = tokio::select! {
+                    next = inner.next() => next,
+                    changed = state.recoveries.changed() => {
+                        if changed.is_ok() {
+                            info!(watch = %name, "the API server is reachable again: listing again");
+                            inner = watcher(api.clone(), config.clone()).boxed();
+                        }
+                        continue;
+                    }
+                };
+                match next {
                     Some(Ok(event)) => {
                         let progress = matches!(
                             event,
@@ -119,21 +228,31 @@ where
                                 | watcher::Event::Apply(_)
                                 | watcher::Event::Delete(_)
                         );
-                        let failures = if progress {
+                        if matches!(event, watcher::Event::InitDone) {
+                            if watches.listed() {
+                                // This watch has just listed: the others start over.
+                                state.recoveries.borrow_and_update();
+                            }
+                            watches.update(&name, |p| p.listed_at = Some(Instant::now()));
+                        }
+                        if progress {
                             watches.update(&name, |p| p.failing_since = None);
-                            0
-                        } else {
-                            failures
-                        };
-                        return Some((Ok(event), (Some(inner), failures)));
+                            state.failures = 0;
+                        }
+                        state.inner = Some(inner);
+                        return Some((Ok(event), state));
                     }
                     Some(Err(error)) => {
                         warn!(watch = %name, "watch failed, listing again: {error}");
+                        if unreachable(&error) {
+                            watches.unreachable();
+                        }
                         watches.update(&name, |p| {
                             p.failing_since.get_or_insert_with(Instant::now);
                             p.last_error = error.to_string();
                         });
-                        return Some((Err(error), (None, failures.saturating_add(1))));
+                        state.failures = state.failures.saturating_add(1);
+                        return Some((Err(error), state));
                     }
                     // A watcher does not end; should it, a new one starts.
                     None => inner = watcher(api.clone(), config.clone()).boxed(),
@@ -175,5 +294,48 @@ mod tests {
         );
         watches.update("secrets", |p| p.failing_since = None);
         assert!(watches.stalled(start + STALL_AFTER, STALL_AFTER).is_empty());
+    }
+
+    #[test]
+    fn every_watch_starts_over_once_when_the_api_server_is_back() {
+        let watches = Watches::default();
+        let mut others = watches.recoveries();
+        assert!(
+            !watches.listed(),
+            "a list without a fault before is no recovery"
+        );
+        assert!(!others.has_changed().unwrap());
+        watches.unreachable();
+        watches.unreachable();
+        assert!(watches.listed(), "the first list after the fault");
+        assert!(others.has_changed().unwrap());
+        others.borrow_and_update();
+        assert!(!watches.listed(), "only once per fault");
+        assert!(!others.has_changed().unwrap());
+    }
+
+    #[test]
+    fn a_watch_that_does_not_list_again_after_a_recovery_is_frozen() {
+        let watches = Watches::default();
+        watches.update("Kubeconfigs", |_| {});
+        watches.update("Secrets", |_| {});
+        let start = Instant::now();
+        assert!(watches.frozen(start, Duration::ZERO).is_empty(), "no fault");
+        watches.unreachable();
+        assert!(watches.listed());
+        watches.update("Secrets", |p| p.listed_at = Some(Instant::now()));
+        let later = Instant::now() + Duration::from_secs(30);
+        assert!(
+            watches
+                .frozen(Instant::now(), Duration::from_secs(20))
+                .is_empty(),
+            "too soon"
+        );
+        assert_eq!(
+            watches.frozen(later, Duration::from_secs(20)),
+            ["Kubeconfigs"]
+        );
+        watches.clear();
+        assert!(watches.frozen(later, Duration::ZERO).is_empty());
     }
 }

@@ -98,6 +98,8 @@ pub enum Error {
     #[error("finalizer: {0}")]
     Finalizer(String),
     #[error("{0}")]
+    TimedOut(String),
+    #[error("{0}")]
     Startup(String),
     #[error(
         "{what:?} written {WRITES_PER_WINDOW} times within a minute already; the next write waits until {until}"
@@ -120,6 +122,7 @@ impl Error {
             Error::Kube { .. } => Reason::APIError,
             Error::MissingMetadata(_) => Reason::InvalidObject,
             Error::Finalizer(_) => Reason::FinalizerError,
+            Error::TimedOut(_) => Reason::APIError,
             Error::Startup(_) => Reason::StartupError,
             Error::RateLimited { .. } => Reason::RateLimited,
         }

@@ -97,8 +97,13 @@ async fn outage(
             if missing.is_empty() {
                 Ok(())
             } else {
+                // What the controller is doing meanwhile, for the failure message.
+                let in_flight = match http_get(port, "/metrics").await {
+                    Some((_, text)) => metric(&text, "kubeconfig_authority_reconciles_in_flight"),
+                    None => -1.0,
+                };
                 Err(format!(
-                    "{} not Ready, e.g. {:?}",
+                    "{} not Ready, e.g. {:?}; reconciles in flight: {in_flight}",
                     missing.len(),
                     &missing[..missing.len().min(5)]
                 ))

@@ -17,6 +17,8 @@
 pub mod bindings;
 pub mod context;
 pub mod copies;
+pub mod dependents;
+pub mod distribute;
 #[cfg(test)]
 mod fixtures;
 pub mod issue;
@@ -54,6 +56,23 @@ pub use context::Context;
 /// first and runs [`write::cleanup`] on deletion; without one, a deleted object is left to the garbage
 /// collector, and a plain issuance costs one write fewer.
 pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action> {
+    let name = format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any());
+    match tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_once(kc, ctx)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::TimedOut(format!(
+            "reconciling {name} took longer than {}s; tried again",
+            RECONCILE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// The longest one reconcile may take. Whatever it waits on (a request the API server never
+/// answers, a connection half-closed by a restart), its slot is freed then and it is retried:
+/// a reconcile that never ends would hold one of the `--concurrency` slots, and with all of
+/// them held nothing is reconciled and no watch is polled any more.
+pub const RECONCILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn reconcile_once(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
     let span =

@@ -261,4 +261,21 @@ mod tests {
                 .starts_with("spec.privateKey:")
         );
     }
+
+    #[test]
+    fn a_finalizer_only_when_something_outlives_the_garbage_collector() {
+        assert!(
+            !needs_finalizer(&kubeconfig(base_spec())),
+            "a plain Secret is owned"
+        );
+        let mut binds = base_spec();
+        binds["authorization"] = json!({"clusterRoleBindings": {"clusterRoles": ["view"]}});
+        assert!(needs_finalizer(&kubeconfig(binds)));
+        let mut copies = base_spec();
+        copies["distribution"] = json!({"namespaceSelector": {}});
+        assert!(needs_finalizer(&kubeconfig(copies)));
+        let mut waiting = kubeconfig(base_spec());
+        waiting.status = Some(serde_json::from_value(json!({"conditions": [{"type": "Ready", "status": "False", "reason": "CSRPending", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})).unwrap());
+        assert!(needs_finalizer(&waiting), "a pending CSR is cluster-scoped");
+    }
 }

@@ -324,4 +324,57 @@ mod tests {
         assert_eq!(kept.renewal_time, first.renewal_time);
         assert_eq!(kept.serial_number, first.serial_number);
     }
+
+    #[test]
+    fn the_next_look_is_at_the_renewal_or_sooner_with_copies() {
+        let now = OffsetDateTime::now_utc();
+        let held = Held {
+            id: "1".into(),
+            not_before: now,
+            not_after: now + Duration::from_secs(7200),
+            is_token: false,
+            issued_at: Some(now),
+        };
+        let ready = |renew_in: u64| Outcome::Ready {
+            held: held.clone(),
+            renew_at: now + Duration::from_secs(renew_in),
+            written: None,
+            message: String::new(),
+            blocked: None,
+        };
+        let wait = |action: Action| format!("{action:?}");
+        let at = |secs: u64| wait(Action::requeue(Duration::from_secs(secs)));
+        // Within a second of the renewal time (the test's own clock moves on).
+        let renewal = wait(requeue_for(&ready(3600), None));
+        assert!(
+            renewal.contains("3599") || renewal.contains("3600"),
+            "{renewal}"
+        );
+        let copies = Distributed::default();
+        let with_copies = wait(requeue_for(&ready(3600), Some(&copies)));
+        assert_eq!(with_copies, at(copies::RECHECK.as_secs()));
+        let refused = Distributed {
+            reviews_refused: true,
+            ..Distributed::default()
+        };
+        assert_eq!(
+            wait(requeue_for(&ready(3600), Some(&refused))),
+            at(copies::RECHECK_REFUSED.as_secs())
+        );
+        let past = wait(requeue_for(&ready(0), None));
+        assert!(
+            past.contains("100ms") || past.contains("0ns") || past.contains("ms"),
+            "{past}"
+        );
+        let csr = Outcome::NotReady(Problem::new(Reason::CSRPending, "waiting"));
+        assert_eq!(
+            wait(requeue_for(&csr, None)),
+            wait(Action::requeue(CSR_RETRY))
+        );
+        let refused = Outcome::NotReady(Problem::new(Reason::PolicyViolation, "no"));
+        assert_eq!(
+            wait(requeue_for(&refused, None)),
+            wait(Action::requeue(RETRY_PROBLEM))
+        );
+    }
 }

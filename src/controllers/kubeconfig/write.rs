@@ -3,13 +3,10 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use k8s_openapi::{
-    ByteString,
-    api::{
-        certificates::v1::CertificateSigningRequest,
-        core::v1::Secret,
-        rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
-    },
+use k8s_openapi::api::{
+    certificates::v1::CertificateSigningRequest,
+    core::v1::Secret,
+    rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -21,16 +18,12 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use k8s_openapi::{
-    api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
-    apimachinery::pkg::apis::meta::v1::LabelSelector,
-};
-use kube::api::PostParams;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::{
     Context,
     bindings::plan_bindings,
-    copies::{self, Distributed, plan_copies, targets},
+    copies::{self, Distributed},
     issue,
     request::{Credential, Desired},
     secret::{SecretData, SecretPlan, WriteReason, build_secret, first_key, plan_secret},
@@ -106,7 +99,7 @@ pub async fn copies(
         _ => None,
     };
     let subject = copies::subject(kc, uid);
-    apply_copies(
+    super::distribute::apply_copies(
         kc,
         uid,
         primary.as_ref().zip(subject.as_ref()),
@@ -484,138 +477,4 @@ pub async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     }
     info!("removed the bindings and the Secret");
     Ok(Action::await_change())
-}
-
-/// Whether `subject` may create and update Secret `name` in `namespace`; `Some(why)` when not.
-async fn review_refusal(
-    ctx: &Context,
-    subject: &copies::Subject,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<String>> {
-    for verb in ["create", "update"] {
-        let review = SubjectAccessReview {
-            spec: SubjectAccessReviewSpec {
-                user: Some(subject.user.clone()),
-                groups: Some(subject.groups.clone()),
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(namespace.into()),
-                    verb: Some(verb.into()),
-                    resource: Some("secrets".into()),
-                    name: Some(name.into()),
-                    ..ResourceAttributes::default()
-                }),
-                ..SubjectAccessReviewSpec::default()
-            },
-            ..SubjectAccessReview::default()
-        };
-        let answer = Api::<SubjectAccessReview>::all(ctx.client.clone())
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(Error::kube(format!(
-                "asking whether {} may {verb} Secrets in {namespace}",
-                subject.user
-            )))?;
-        if !answer.status.is_some_and(|s| s.allowed) {
-            return Ok(Some(format!(
-                "{namespace} ({} may not {verb} Secret {name} there itself)",
-                subject.user
-            )));
-        }
-    }
-    Ok(None)
-}
-
-/// Brings the copies in line. `primary` and `subject` are set when the Kubeconfig holds a
-/// valid credential; otherwise every copy goes. A Secret of the copy's name that the
-/// controller did not create is never overwritten.
-pub async fn apply_copies(
-    kc: &Kubeconfig,
-    uid: &str,
-    primary: Option<(&BTreeMap<String, ByteString>, &copies::Subject)>,
-    allowed_by_policy: Option<&LabelSelector>,
-    ctx: &Context,
-) -> Result<Option<Distributed>> {
-    let own = kc.namespace().unwrap_or_default();
-    let observed: Vec<Arc<ManagedSecret>> = ctx
-        .secrets
-        .state()
-        .into_iter()
-        .filter(|s| s.kubeconfig_uid.as_deref() == Some(uid) && s.namespace != own)
-        .collect();
-    if kc.spec.distribution.is_none() && observed.is_empty() {
-        return Ok(None);
-    }
-    let name = &kc.spec.secret_ref.name;
-    let mut outcome = Distributed::default();
-    let mut allowed = Vec::new();
-    if let Some((_, subject)) = primary {
-        let namespaces: Vec<(String, BTreeMap<String, String>)> = ctx
-            .namespaces
-            .state()
-            .iter()
-            .map(|n| (n.name_any(), n.labels().clone()))
-            .collect();
-        let claimed: Vec<String> = ctx
-            .kubeconfigs
-            .state()
-            .iter()
-            .filter(|other| {
-                other.spec.secret_ref.name == *name && other.uid().as_deref() != Some(uid)
-            })
-            .filter_map(|other| other.namespace())
-            .collect();
-        match targets(kc, allowed_by_policy, &namespaces, &claimed) {
-            Ok(targets) => {
-                outcome.refused = targets.refused;
-                for ns in targets.allowed {
-                    match review_refusal(ctx, subject, &ns, name).await? {
-                        Some(why) => {
-                            outcome.refused.push(why);
-                            outcome.reviews_refused = true;
-                        }
-                        None => allowed.push(ns),
-                    }
-                }
-            }
-            Err(problem) => outcome.problem = Some(problem),
-        }
-    }
-    let plan = plan_copies(kc, uid, primary.map(|(data, _)| data), &allowed, &observed);
-    if !plan.write.is_empty() || !plan.delete.is_empty() {
-        ctx.spend(uid, Written::Copies)?;
-    }
-    outcome.copies = plan.current;
-    for copy in plan.write {
-        let ns = copy.namespace().unwrap_or_default();
-        let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-        let known = observed
-            .iter()
-            .any(|o| o.namespace == ns && o.name == *name);
-        if !known {
-            // Not in the cache of managed Secrets: is an unmanaged one in the way?
-            let live = api
-                .get_metadata_opt(name)
-                .await
-                .map_err(Error::kube(format!("reading Secret {ns}/{name}")))?;
-            let ours = live.as_ref().is_none_or(|s| {
-                s.labels().get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
-            });
-            if !ours {
-                outcome.conflicts.push(ns);
-                continue;
-            }
-        }
-        ctx.write_managed_secret(&ns, &copy)
-            .await
-            .map_err(Error::kube(format!("writing the copy {ns}/{name}")))?;
-        outcome.copies += 1;
-    }
-    for (ns, name) in plan.delete {
-        client::delete_ignoring_absent(Api::<Secret>::namespaced(ctx.client.clone(), &ns), &name)
-            .await?;
-    }
-    outcome.conflicts.sort();
-    outcome.refused.sort();
-    Ok(Some(outcome))
 }

@@ -1,0 +1,165 @@
+//! The KubeconfigGenerator: one Kubeconfig per matching object.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// One Kubeconfig per matching object (by default Kamaji's TenantControlPlanes), kept as
+/// objects come and go.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "kubeconfig-authority.dev",
+    version = "v1alpha1",
+    kind = "KubeconfigGenerator",
+    status = "KubeconfigGeneratorStatus",
+    shortname = "kcgen",
+    category = "kubeconfig-authority",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Resources", type_ = "integer", json_path = ".status.resources"),
+    printcolumn(
+        name = "Available",
+        type_ = "integer",
+        json_path = ".status.availableResources"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.authorityRef) || !has(self.target) || (self.target.apiVersion == 'kamaji.clastix.io/v1alpha1' && self.target.kind == 'TenantControlPlane')").message("set authorityRef: only Kamaji TenantControlPlane targets bring their own authority"))]
+pub struct KubeconfigGeneratorSpec {
+    /// The namespaces whose objects are considered. Empty: all.
+    #[serde(default)]
+    pub namespace_selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    /// What kind of object gets a kubeconfig, and which of them. Default: every Kamaji
+    /// `TenantControlPlane`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<GeneratorTarget>,
+    /// The username: a string, or a field of the object.
+    pub user: CompoundValue,
+    /// The groups: strings, or fields of the object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = admission::MAX_GROUPS))]
+    pub groups: Vec<CompoundValue>,
+    /// For TenantControlPlane targets: the key of `<tcp>-admin-kubeconfig` whose server and CA
+    /// the kubeconfigs use (`admin.conf`, `admin.svc`, `super-admin.conf`, `super-admin.svc`).
+    /// Default `admin.svc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub control_plane_endpoint_from: Option<String>,
+    /// For other kinds: the authority that issues every kubeconfig (an Authority of the
+    /// object's namespace, or a ClusterAuthority).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority_ref: Option<AuthorityRef>,
+    /// For TenantControlPlane targets: the policy of the authority made for each (by default
+    /// no `system:` names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Policy>,
+    /// The name of each Kubeconfig and its Secret, in the object's namespace: `{object}` and
+    /// `{generator}` are replaced. Default `{object}-{generator}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub secret_name: Option<String>,
+    /// Stamped on every Kubeconfig.
+    pub validity: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<PrivateKeySpec>,
+    /// The keys of each Secret (see Kubeconfig `spec.secretRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8), inner(length(max = 253)))]
+    pub kubeconfig_keys: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_keys: Option<bool>,
+    /// RBAC bound in this cluster for each identity (for targets in this cluster; a
+    /// TenantControlPlane's users live in the tenant cluster, where this controller binds
+    /// nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<Authorization>,
+}
+
+/// A kind of object and a selector over its labels.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GeneratorTarget {
+    /// Default `kamaji.clastix.io/v1alpha1`.
+    #[serde(default = "default_target_api_version")]
+    pub api_version: String,
+    /// Default `TenantControlPlane`.
+    #[serde(default = "default_target_kind")]
+    pub kind: String,
+    /// Which objects of that kind (by labels). Empty: all.
+    #[serde(default)]
+    pub selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+}
+
+pub const KAMAJI_API_VERSION: &str = "kamaji.clastix.io/v1alpha1";
+pub const KAMAJI_KIND: &str = "TenantControlPlane";
+
+fn default_target_api_version() -> String {
+    KAMAJI_API_VERSION.into()
+}
+fn default_target_kind() -> String {
+    KAMAJI_KIND.into()
+}
+
+impl Default for GeneratorTarget {
+    fn default() -> Self {
+        Self {
+            api_version: default_target_api_version(),
+            kind: default_target_kind(),
+            selector: Default::default(),
+        }
+    }
+}
+
+/// A string, or a field of the selected object. Set exactly one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.stringValue) != has(self.fromDefinition)").message("set exactly one of stringValue and fromDefinition"))]
+pub struct CompoundValue {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub string_value: Option<String>,
+    /// A field path into the object: `metadata.name`, `metadata.namespace`,
+    /// `metadata.labels['team']`, `spec.some.field`. The field must hold a string.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub from_definition: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeconfigGeneratorStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Objects matched.
+    #[serde(default)]
+    pub resources: i32,
+    /// Of those, how many have a Ready kubeconfig.
+    #[serde(default)]
+    pub available_resources: i32,
+    /// The objects that have no working kubeconfig, and why.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<GeneratorError>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GeneratorError {
+    /// `<namespace>/<name>` of the object.
+    pub resource: String,
+    pub message: String,
+}
