@@ -37,7 +37,7 @@ use crate::api::{
 };
 use crate::{
     client::{delete_ignoring_absent, filled},
-    model::{Error, Result},
+    model::{Error, Reason, Result},
 };
 
 /// On the Kubeconfigs and Authorities a generator makes: its name.
@@ -538,13 +538,13 @@ pub fn status(
     let (ready, reason, message) = if errors.is_empty() && available == resources {
         (
             "True",
-            "Generated",
+            Reason::Generated,
             format!("{available} of {resources} objects have a Ready kubeconfig"),
         )
     } else if errors.is_empty() {
         (
             "False",
-            "Pending",
+            Reason::Pending,
             format!(
                 "{available} of {resources} objects have a Ready kubeconfig; the others are being issued"
             ),
@@ -552,7 +552,7 @@ pub fn status(
     } else {
         (
             "False",
-            "Errors",
+            Reason::Errors,
             format!(
                 "{available} of {resources} objects have a Ready kubeconfig; {} have errors (see status.errors)",
                 errors.len()
@@ -570,7 +570,12 @@ pub fn status(
 
 fn not_served(generator: &KubeconfigGenerator, message: String) -> KubeconfigGeneratorStatus {
     KubeconfigGeneratorStatus {
-        conditions: vec![condition(generator, "False", "InvalidTarget", message)],
+        conditions: vec![condition(
+            generator,
+            "False",
+            Reason::InvalidTarget,
+            message,
+        )],
         observed_generation: generator.metadata.generation,
         ..KubeconfigGeneratorStatus::default()
     }
@@ -579,27 +584,18 @@ fn not_served(generator: &KubeconfigGenerator, message: String) -> KubeconfigGen
 fn condition(
     generator: &KubeconfigGenerator,
     status: &str,
-    reason: &str,
+    reason: Reason,
     message: String,
 ) -> Condition {
-    let transition = generator
-        .status
-        .as_ref()
-        .and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == "Ready" && c.status == status)
-        })
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| crate::model::to_time(OffsetDateTime::now_utc()));
-    Condition {
-        type_: "Ready".into(),
-        status: status.into(),
-        reason: reason.into(),
+    crate::model::condition(
+        &generator.status.clone().unwrap_or_default().conditions,
+        "Ready",
+        status,
+        reason,
         message,
-        observed_generation: generator.metadata.generation,
-        last_transition_time: transition,
-    }
+        generator.metadata.generation,
+        OffsetDateTime::now_utc(),
+    )
 }
 
 async fn write_status(

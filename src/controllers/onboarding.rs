@@ -13,7 +13,7 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::{Event, EventType, Recorder},
+        events::{EventType, Recorder},
         reflector::{ObjectRef, Store},
     },
 };
@@ -21,7 +21,7 @@ use serde_json::json;
 use tracing::{Instrument, info, warn};
 
 use crate::api::{AuthorityKind, AuthorityRef, FIELD_MANAGER, Kubeconfig};
-use crate::model::{Error, Result};
+use crate::model::{Error, Reason, Result};
 
 /// `<name>` (an Authority of the ServiceAccount's namespace) or `ClusterAuthority/<name>`.
 pub const AUTHORITY_ANNOTATION: &str = "kubeconfig-authority.dev/authority";
@@ -140,7 +140,7 @@ pub async fn reconcile(sa: Arc<ServiceAccount>, ctx: Arc<Context>) -> Result<Act
                 let note = format!(
                     "Kubeconfig {namespace}/{name} exists and does not belong to this ServiceAccount; it is left alone"
                 );
-                warn(&ctx, &sa, "KubeconfigConflict", &note).await;
+                warn(&ctx, &sa, Reason::KubeconfigConflict, &note).await;
             }
             (Ok(Some(authority)), _) => {
                 let object = desired(&sa, &authority);
@@ -163,7 +163,7 @@ pub async fn reconcile(sa: Arc<ServiceAccount>, ctx: Arc<Context>) -> Result<Act
                 info!("removed Kubeconfig {name}: the ServiceAccount no longer asks for one");
             }
             (Ok(None), _) => {}
-            (Err(message), _) => warn(&ctx, &sa, "InvalidAnnotation", &message).await,
+            (Err(message), _) => warn(&ctx, &sa, Reason::InvalidAnnotation, &message).await,
         }
         Ok(Action::await_change())
     }
@@ -171,18 +171,18 @@ pub async fn reconcile(sa: Arc<ServiceAccount>, ctx: Arc<Context>) -> Result<Act
     .await
 }
 
-async fn warn(ctx: &Context, sa: &ServiceAccount, reason: &str, note: &str) {
-    warn!(reason, "{note}");
-    let event = Event {
-        type_: EventType::Warning,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: "Onboard".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &sa.object_ref(&())).await {
-        warn!("could not publish an event: {e}");
-    }
+async fn warn(ctx: &Context, sa: &ServiceAccount, reason: Reason, note: &str) {
+    warn!(%reason, "{note}");
+    let reference = sa.object_ref(&());
+    crate::client::publish(
+        &ctx.recorder,
+        &reference,
+        EventType::Warning,
+        reason.as_str(),
+        note,
+        "Onboard",
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -51,6 +51,11 @@ pub enum Reason {
     Generated,
     Pending,
     Errors,
+    InvalidTarget,
+
+    // Warning events of onboarding (annotated ServiceAccounts).
+    KubeconfigConflict,
+    InvalidAnnotation,
 
     // Errors retried with backoff (metrics and logs, never a condition).
     APIError,
@@ -99,6 +104,9 @@ impl Reason {
             Self::Generated => "Generated",
             Self::Pending => "Pending",
             Self::Errors => "Errors",
+            Self::InvalidTarget => "InvalidTarget",
+            Self::KubeconfigConflict => "KubeconfigConflict",
+            Self::InvalidAnnotation => "InvalidAnnotation",
             Self::APIError => "APIError",
             Self::InvalidObject => "InvalidObject",
             Self::FinalizerError => "FinalizerError",
@@ -145,7 +153,7 @@ impl Reason {
 }
 
 /// Every reason (for parsing and tests).
-pub const ALL: [Reason; 40] = [
+pub const ALL: [Reason; 43] = [
     Reason::Issued,
     Reason::Renewed,
     Reason::Repaired,
@@ -181,6 +189,9 @@ pub const ALL: [Reason; 40] = [
     Reason::Generated,
     Reason::Pending,
     Reason::Errors,
+    Reason::InvalidTarget,
+    Reason::KubeconfigConflict,
+    Reason::InvalidAnnotation,
     Reason::APIError,
     Reason::InvalidObject,
     Reason::FinalizerError,
