@@ -74,64 +74,69 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
             (None, None) => None,
             (Some(election), None) => {
                 health.set(HealthState::Follower);
-                match leader::acquire(&client, election).await {
-                    Some(lease) => Some(lease),
-                    None => {
-                        info!("stopped before leading");
-                        return Ok(());
-                    }
-                }
+                let Some(lease) = leader::acquire(&client, election).await else {
+                    info!("stopped before leading");
+                    return Ok(());
+                };
+                Some(lease)
             }
         };
-        let end = {
-            let leading = lease.as_ref().map(|l| l.leading.clone());
-            let term = Term {
-                client: &client,
-                options: &options,
-                health: &health,
-                metrics: &metrics,
-                watches: &watches,
-            };
-            term.run(leading).await?
+        let leading = lease.as_ref().map(|l| l.leading.clone());
+        let term = Term {
+            client: &client,
+            options: &options,
+            health: &health,
+            metrics: &metrics,
+            watches: &watches,
         };
+        let end = term.run(leading).await?;
         metrics.leader.set(0);
         metrics.observe(None);
         watches.clear();
-        health.set_stalled(None);
-        if let TermEnd::Stalled(message) = &end {
-            // Not ready until it competes again: a replica that gave up leading for this
-            // must not look like a healthy leader meanwhile.
-            warn!(
-                "giving up the leader lease: {message}; a standby replica leads meanwhile, this one competes again in {}s",
-                STEPPED_DOWN.as_secs()
-            );
-            health.set_stalled(Some(format!("stepped down as leader: {message}")));
-        }
-        if let TermEnd::Restart(message) = &end {
-            warn!("starting the caches and controllers anew: {message}");
-            kept = lease;
-            continue;
-        }
-        if let Some(lease) = lease {
-            lease.release().await;
-        }
         match end {
-            TermEnd::Restart(_) => {}
+            TermEnd::Restart(message) => {
+                warn!("starting the caches and controllers anew: {message}");
+                kept = lease;
+            }
             TermEnd::Shutdown => {
+                release(lease).await;
                 info!("stopped");
                 return Ok(());
             }
-            TermEnd::LostLease => warn!("lost the leader lease; waiting to lead again"),
-            TermEnd::Stalled(_) => {
-                // Leave the Lease to the others for a while before competing again.
-                tokio::select! {
-                    () = tokio::time::sleep(STEPPED_DOWN) => {}
-                    () = terminated() => return Ok(()),
+            TermEnd::LostLease => {
+                release(lease).await;
+                warn!("lost the leader lease; waiting to lead again");
+            }
+            TermEnd::Stalled(message) => {
+                if !step_down(&health, &message, lease).await {
+                    return Ok(());
                 }
-                health.set_stalled(None);
             }
         }
     }
+}
+
+async fn release(lease: Option<leader::Held>) {
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+}
+
+/// Gives the Lease up for [`STEPPED_DOWN`], not ready meanwhile: a replica that gave up
+/// leading must not look like a healthy leader. `false` when told to stop meanwhile.
+async fn step_down(health: &Health, message: &str, lease: Option<leader::Held>) -> bool {
+    warn!(
+        "giving up the leader lease: {message}; a standby replica leads meanwhile, this one competes again in {}s",
+        STEPPED_DOWN.as_secs()
+    );
+    health.set_stalled(Some(format!("stepped down as leader: {message}")));
+    release(lease).await;
+    let waited = tokio::select! {
+        () = tokio::time::sleep(STEPPED_DOWN) => true,
+        () = terminated() => false,
+    };
+    health.set_stalled(None);
+    waited
 }
 
 /// How long a leader whose watches stalled leaves the Lease to the others.

@@ -15,7 +15,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
 };
 use kubeconfig_authority_pki::{
     CertificateRequest, Identity, KeyAlgorithm, inspect_certificate, parse_certificates,
@@ -265,7 +265,7 @@ async fn through_csr(
                 .iter()
                 .find(|c| (c.type_ == "Denied" || c.type_ == "Failed") && c.status == "True");
             if let Some(c) = failed {
-                delete_csr(&api, &pending.name).await?;
+                crate::client::delete_ignoring_absent(api.clone(), &pending.name).await?;
                 return Ok(Err(Problem::new(
                     if c.type_ == "Denied" {
                         Reason::CSRDenied
@@ -288,7 +288,7 @@ async fn through_csr(
                 .filter(|c| !c.0.is_empty());
             if let Some(certificate) = certificate {
                 let pem = String::from_utf8_lossy(&certificate.0).into_owned();
-                delete_csr(&api, &pending.name).await?;
+                crate::client::delete_ignoring_absent(api.clone(), &pending.name).await?;
                 let info = parse_certificates(&pem)
                     .ok()
                     .and_then(|ders| ders.first().and_then(|d| inspect_certificate(d).ok()));
@@ -374,7 +374,7 @@ async fn through_csr(
     match approve(&api, created, kc).await {
         Ok(()) => {}
         Err(kube::Error::Api(status)) if status.code == 403 => {
-            delete_csr(&api, &name).await?;
+            crate::client::delete_ignoring_absent(api.clone(), &name).await?;
             return Ok(Err(Problem::new(
                 Reason::CSRApprovalRefused,
                 format!(
@@ -384,7 +384,7 @@ async fn through_csr(
             )));
         }
         Err(e) => {
-            delete_csr(&api, &name).await?;
+            crate::client::delete_ignoring_absent(api.clone(), &name).await?;
             return Err(Error::Kube {
                 action: format!("approving CertificateSigningRequest {name}"),
                 source: e,
@@ -450,15 +450,4 @@ fn waiting(name: &str, signer_name: &str) -> Problem {
             "CertificateSigningRequest {name} is approved and waits for signer {signer_name} to issue it; if this lasts, check that the signer runs (kube-controller-manager signs kubernetes.io/kube-apiserver-client)"
         ),
     )
-}
-
-async fn delete_csr(api: &Api<CertificateSigningRequest>, name: &str) -> Result<()> {
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(Error::Kube {
-            action: format!("deleting CSR {name}"),
-            source: e,
-        }),
-    }
 }
