@@ -87,30 +87,8 @@ fn user_binding(name: &str, namespace: Option<&str>, cluster_role: &str, user: &
 
 /// Nothing was issued or bound for the Kubeconfig `name` of `ns`.
 async fn nothing_issued(admin: &Client, ns: &str, name: &str, secret_name: &str) {
-    assert!(
-        secret(admin, ns, secret_name).await.is_none(),
-        "no Secret for {name}"
-    );
-    let uid = Api::<Kubeconfig>::namespaced(admin.clone(), ns)
-        .get_opt(name)
-        .await
-        .unwrap()
-        .and_then(|kc| kc.uid());
-    if let Some(uid) = uid {
-        let selector =
-            ListParams::default().labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
-        let rbs = Api::<RoleBinding>::all(admin.clone())
-            .list(&selector)
-            .await
-            .unwrap();
-        let crbs = Api::<ClusterRoleBinding>::all(admin.clone())
-            .list(&selector)
-            .await
-            .unwrap();
-        assert!(
-            rbs.items.is_empty() && crbs.items.is_empty(),
-            "no binding for {name}"
-        );
+    if let Err(e) = nothing_issued_yet(admin, ns, name, secret_name).await {
+        panic!("{name}: {e}");
     }
 }
 
@@ -1588,32 +1566,45 @@ async fn a_kubeconfig_that_is_not_ready_holds_neither_credential_nor_bindings() 
         "credential and binding withdrawn",
         || {
             let (admin, ns) = (admin.clone(), ns.clone());
-            async move { nothing_issued_yet(&admin, &ns, "good").await }
+            async move { nothing_issued_yet(&admin, &ns, "good", "good").await }
         },
     )
     .await;
 }
 
-/// Whether neither the Secret `name` nor a binding of the Kubeconfig `name` exists.
-async fn nothing_issued_yet(admin: &Client, ns: &str, name: &str) -> Result<(), String> {
-    if secret(admin, ns, name).await.is_some() {
-        return Err("the Secret is still there".into());
+/// Whether neither the Secret `secret_name` nor a binding of the Kubeconfig `name` exists.
+async fn nothing_issued_yet(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    secret_name: &str,
+) -> Result<(), String> {
+    if secret(admin, ns, secret_name).await.is_some() {
+        return Err(format!("Secret {secret_name} exists"));
     }
     let uid = Api::<Kubeconfig>::namespaced(admin.clone(), ns)
-        .get(name)
+        .get_opt(name)
         .await
         .map_err(|e| e.to_string())?
-        .uid()
-        .unwrap_or_default();
+        .and_then(|kc| kc.uid());
+    let Some(uid) = uid else {
+        return Ok(());
+    };
     let selector =
         ListParams::default().labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
-    let left = Api::<RoleBinding>::all(admin.clone())
+    let namespaced = Api::<RoleBinding>::all(admin.clone())
         .list(&selector)
         .await
         .map_err(|e| e.to_string())?
         .items
         .len();
-    match left {
+    let cluster = Api::<ClusterRoleBinding>::all(admin.clone())
+        .list(&selector)
+        .await
+        .map_err(|e| e.to_string())?
+        .items
+        .len();
+    match namespaced + cluster {
         0 => Ok(()),
         n => Err(format!("{n} bindings left")),
     }
