@@ -66,10 +66,9 @@ pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action>
     }
 }
 
-/// The longest one reconcile may take. Whatever it waits on (a request the API server never
-/// answers, a connection half-closed by a restart), its slot is freed then and it is retried:
-/// a reconcile that never ends would hold one of the `--concurrency` slots, and with all of
-/// them held nothing is reconciled and no watch is polled any more.
+/// The longest one reconcile may take, a defence: whatever it waits on (a request the API
+/// server never answers, a connection half-closed by a restart), it is cut then and retried,
+/// and never holds one of the `--concurrency` slots for good.
 pub const RECONCILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 async fn reconcile_once(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action> {
