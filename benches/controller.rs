@@ -6,8 +6,7 @@
 //! same size as the controller's, at the best concurrency found. Figures go to
 //! `target/bench/controller.json`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use kubeconfig_authority_testenv as support;
 
 use std::{
     collections::HashMap,

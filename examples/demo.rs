@@ -6,8 +6,7 @@
 //! prints the answer and stops everything. With `KEEP=1` it leaves the control plane and the
 //! controller running and says how to reach them.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use kubeconfig_authority_testenv as support;
 
 use std::{
     path::Path,

@@ -15,7 +15,7 @@ use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig};
 use serde_json::json;
 
 use crate::{
-    kubeconfig::{BIN, eventually, secret},
+    BIN, eventually, secret,
     support::{ControlPlane, free_port, http_get},
 };
 

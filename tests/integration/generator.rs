@@ -16,9 +16,7 @@ use kubeconfig_authority::api::{Authority, Kubeconfig, KubeconfigGenerator};
 use serde_json::{Value, json};
 
 use crate::{
-    control_plane::whoami,
-    kubeconfig::{eventually, kubeconfig_of, plane},
-    support::client_from_kubeconfig,
+    control_plane::whoami, eventually, kubeconfig_of, plane, support::client_from_kubeconfig,
 };
 
 async fn install_tenant_control_plane_crd(admin: &Client) {

@@ -20,12 +20,11 @@ use kubeconfig_authority_pki::kubeconfig as kc_file;
 use serde_json::{Value, json};
 
 use crate::{
+    apply,
     control_plane::whoami,
-    kubeconfig::{
-        apply, delete_and_wait, eventually, kubeconfig_of, plane, secret, until_code,
-        wait_condition, wait_ready,
-    },
+    delete_and_wait, eventually, kubeconfig_of, plane, secret,
     support::{CONTROLLER_USER, client_from_kubeconfig},
+    until_code, wait_condition, wait_ready,
 };
 
 async fn service_account(admin: &Client, ns: &str, name: &str, annotations: Value) {

@@ -1,8 +1,13 @@
-//! Integration tests against a real kube-apiserver and etcd (see `tests/support`). One control
+//! Integration tests against a real kube-apiserver and etcd (see the `testenv` crate). One control
 //! plane serves every test of this binary; each test works in a namespace of its own.
 
-#[path = "../support/mod.rs"]
-mod support;
+use kubeconfig_authority_testenv as support;
+
+use kube::{Api, Client, api::PostParams};
+use kubeconfig_authority::api::Authority;
+use serde_json::json;
+pub(crate) use support::objects::*;
+use support::{ControlPlane, TestCa};
 
 mod cli;
 mod control_plane;
@@ -12,3 +17,28 @@ mod gitops;
 mod kubeconfig;
 mod operations;
 mod security;
+
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_kubeconfig-authority");
+
+pub(crate) fn plane() -> &'static ControlPlane {
+    support::shared_with_controller(BIN)
+}
+
+/// A namespace with a CA Secret (kubeadm's key names) and an Authority `cluster-ca` using it.
+pub(crate) async fn setup(prefix: &str, ca: &TestCa) -> (Client, String) {
+    let plane = plane();
+    let ns = plane.namespace(prefix).await;
+    let admin = plane.admin().await;
+    put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &ca.key_pem).await;
+    let authority: Authority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+        "metadata": {"name": "cluster-ca"},
+        "spec": {"server": plane.server, "caBundle": {"inline": plane.ca_cert_pem}, "signer": {"caSecretRef": {"name": "cluster-ca"}}},
+    }))
+    .unwrap();
+    Api::<Authority>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &authority)
+        .await
+        .unwrap();
+    (admin, ns)
+}

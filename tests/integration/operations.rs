@@ -16,8 +16,9 @@ use kubeconfig_authority::api::{Authority, Kubeconfig};
 use serde_json::json;
 
 use crate::{
-    kubeconfig::{BIN, eventually, plane, wait_ready},
+    BIN, eventually, plane,
     support::{ControlPlane, Process, free_port, http_get as get},
+    wait_ready,
 };
 
 fn replica(plane: &ControlPlane, name: &str, port: u16) -> Process {

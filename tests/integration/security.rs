@@ -17,12 +17,11 @@ use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig};
 use serde_json::{Value, json};
 
 use crate::{
+    apply,
     control_plane::whoami,
-    kubeconfig::{
-        apply, create_configmap, delete_and_wait, eventually, kubeconfig_of, plane, secret, setup,
-        spec, until_code, wait_condition, wait_ready,
-    },
+    create_configmap, delete_and_wait, eventually, kubeconfig_of, plane, secret, setup, spec,
     support::{TestCa, client_from_kubeconfig},
+    until_code, wait_condition, wait_ready,
 };
 
 /// Creates a Kubeconfig from raw JSON (so that malformed ones reach the API server).
@@ -740,7 +739,7 @@ async fn keys_and_tokens_never_reach_logs_or_events() {
     wait_ready(&admin, &ns, "a").await;
     // A CA Secret whose key does not match its certificate, then garbage.
     let other = TestCa::new("other");
-    crate::kubeconfig::put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &other.key_pem).await;
+    crate::put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &other.key_pem).await;
     // (Its certificate is still valid: kept, and the status says it cannot be renewed.)
     wait_condition(
         &admin,
@@ -751,9 +750,9 @@ async fn keys_and_tokens_never_reach_logs_or_events() {
         Duration::from_secs(10),
     )
     .await;
-    crate::kubeconfig::put_ca_secret(&admin, &ns, "cluster-ca", "garbage", &ca.key_pem).await;
+    crate::put_ca_secret(&admin, &ns, "cluster-ca", "garbage", &ca.key_pem).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    crate::kubeconfig::put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &ca.key_pem).await;
+    crate::put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &ca.key_pem).await;
     wait_ready(&admin, &ns, "b").await;
     delete_and_wait(&admin, &ns, "b").await;
 
@@ -900,7 +899,7 @@ async fn no_renewal_input_makes_the_controller_reissue_without_pause() {
         Duration::from_secs(10),
     )
     .await;
-    let (_, _, message) = crate::kubeconfig::ready_condition(&tiny).unwrap();
+    let (_, _, message) = crate::ready_condition(&tiny).unwrap();
     assert!(message.contains("at least 2m"), "{message}");
 }
 
@@ -1279,8 +1278,7 @@ async fn a_requester_following_the_readme_cannot_reach_a_ca_key() {
         "the sample keeps the CA key in the controller's namespace"
     );
     sample["spec"]["signer"]["caSecretRef"]["name"] = name.clone().into();
-    crate::kubeconfig::put_ca_secret(&admin, system, &name, &plane.ca.cert_pem, &plane.ca.key_pem)
-        .await;
+    crate::put_ca_secret(&admin, system, &name, &plane.ca.cert_pem, &plane.ca.key_pem).await;
     let authority: ClusterAuthority = serde_json::from_value(sample).unwrap();
     Api::<ClusterAuthority>::all(admin.clone())
         .create(&PostParams::default(), &authority)
@@ -1521,7 +1519,7 @@ async fn a_kubeconfig_that_is_not_ready_holds_neither_credential_nor_bindings() 
             .len(),
         1
     );
-    crate::kubeconfig::put_ca_secret(
+    crate::put_ca_secret(
         &admin,
         &ns,
         "cluster-ca",

@@ -9,7 +9,8 @@
 //! No process outlives the test binary: every child is started from one long-lived thread with
 //! `PR_SET_PDEATHSIG` (so the kernel kills it when the test process dies, however it dies) in a
 //! process group of its own (killed on drop).
-#![allow(dead_code)] // each test binary uses its own part of the harness
+
+pub mod objects;
 
 use std::{
     net::TcpListener,
@@ -30,8 +31,10 @@ use kubeconfig_authority_pki::{
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use time::OffsetDateTime;
 
-const VERSIONS: &str = include_str!("../controlplane/versions.env");
-const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const VERSIONS: &str = include_str!("../../tests/controlplane/versions.env");
+/// The repository (the workspace root), whose `crds/`, `config/` and build scripts the
+/// environment uses.
+const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// The running control plane.
 pub struct ControlPlane {
@@ -43,7 +46,7 @@ pub struct ControlPlane {
     /// Trusted by the API server for client certificates, but signs nothing until a test uses it.
     pub spare_ca: TestCa,
     bin: PathBuf,
-    etcd_url: String,
+
     /// The command lines of etcd and kube-apiserver, to start them again after a stop.
     etcd_args: Vec<String>,
     apiserver_args: Vec<String>,
@@ -198,7 +201,6 @@ impl ControlPlane {
             ca,
             spare_ca,
             bin,
-            etcd_url,
             etcd_args,
             apiserver_args,
             processes: Mutex::new(vec![etcd, apiserver]),
