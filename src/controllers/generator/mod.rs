@@ -3,37 +3,35 @@
 //! controller's job (per object, in parallel). For Kamaji TenantControlPlanes an Authority per
 //! object is made too, from `<tcp>-ca` and `<tcp>-admin-kubeconfig`.
 
+mod targets;
+
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    sync::{Arc, Mutex},
+    collections::{BTreeMap, BTreeSet, HashSet},
+    sync::Arc,
     time::Duration,
 };
 
-use futures::StreamExt;
-use k8s_openapi::{api::core::v1::Namespace, apimachinery::pkg::apis::meta::v1::Condition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
-    core::{PartialObjectMeta, Selector, SelectorExt},
+    Api, Resource, ResourceExt,
+    api::{DynamicObject, ListParams, Patch, PatchParams},
+    core::{Selector, SelectorExt},
     runtime::{
-        WatchStreamExt,
         controller::Action,
         finalizer::{Event as FinalizerEvent, finalizer},
-        reflector::Store,
-        watcher,
     },
 };
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
 use tracing::{Instrument, info, warn};
 
-use crate::client::watch::watch;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{
-    Authority, AuthorityKind, FIELD_MANAGER, GeneratorError, GeneratorTarget, KAMAJI_API_VERSION,
-    KAMAJI_KIND, Kubeconfig, KubeconfigGenerator, KubeconfigGeneratorSpec,
-    KubeconfigGeneratorStatus, MANAGED_BY, MANAGED_BY_LABEL,
+    Authority, AuthorityConfig, AuthorityKind, AuthorityRef, AuthoritySpec, FIELD_MANAGER,
+    GeneratorError, KAMAJI_API_VERSION, KAMAJI_KIND, KeyRef, Kubeconfig, KubeconfigGenerator,
+    KubeconfigGeneratorSpec, KubeconfigGeneratorStatus, KubeconfigSpec, MANAGED_BY,
+    MANAGED_BY_LABEL, SecretRef, Signer,
 };
 use crate::{
     client::{delete_ignoring_absent, filled},
@@ -49,114 +47,7 @@ const DEFAULT_NAME_TEMPLATE: &str = "{object}-{generator}";
 /// How often a generator is looked at again anyway.
 const RESYNC: Duration = Duration::from_secs(300);
 
-pub struct Context {
-    pub client: Client,
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    pub kubeconfigs: Store<Kubeconfig>,
-    pub authorities: Store<Authority>,
-    /// Resolved target kinds.
-    kinds: Mutex<HashMap<(String, String), ApiResource>>,
-    /// Target kinds with a watch running; each change triggers every generator.
-    watched: Mutex<HashSet<(String, String)>>,
-    watches: std::sync::Arc<crate::client::watch::Watches>,
-    trigger: mpsc::UnboundedSender<()>,
-}
-
-impl Context {
-    /// The context, and the stream of "something a generator may depend on changed".
-    pub fn new(
-        client: Client,
-        namespaces: Store<PartialObjectMeta<Namespace>>,
-        kubeconfigs: Store<Kubeconfig>,
-        authorities: Store<Authority>,
-        watches: std::sync::Arc<crate::client::watch::Watches>,
-    ) -> (Self, impl futures::Stream<Item = ()> + Send + 'static) {
-        let (trigger, changes) = mpsc::unbounded_channel();
-        // Namespaces entering or leaving a namespace selector.
-        let forward = trigger.clone();
-        let namespaces_watch = watch(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default(),
-            "Namespaces (generators)",
-            &watches,
-        )
-        .touched_objects();
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(namespaces_watch);
-            while events.next().await.is_some() {
-                if forward.send(()).is_err() {
-                    return;
-                }
-            }
-        });
-        let changes = futures::stream::unfold(changes, |mut rx| async move {
-            rx.recv().await.map(|()| ((), rx))
-        });
-        (
-            Self {
-                client,
-                namespaces,
-                kubeconfigs,
-                authorities,
-                kinds: Mutex::default(),
-                watched: Mutex::default(),
-                watches,
-                trigger,
-            },
-            changes,
-        )
-    }
-
-    /// The API resource of a target kind, from discovery (once per kind).
-    async fn resource(&self, target: &GeneratorTarget) -> Result<ApiResource, String> {
-        let key = (target.api_version.clone(), target.kind.clone());
-        if let Some(found) = self.kinds.lock().ok().and_then(|k| k.get(&key).cloned()) {
-            return Ok(found);
-        }
-        let (group, version) = match target.api_version.split_once('/') {
-            Some((g, v)) => (g, v),
-            None => ("", target.api_version.as_str()),
-        };
-        let gvk = GroupVersionKind::gvk(group, version, &target.kind);
-        let (resource, _) = kube::discovery::pinned_kind(&self.client, &gvk)
-            .await
-            .map_err(|e| {
-                format!(
-                    "the API server does not serve {} {} ({e}); install its CRD or fix spec.target",
-                    target.api_version, target.kind
-                )
-            })?;
-        if let Ok(mut kinds) = self.kinds.lock() {
-            kinds.insert(key, resource.clone());
-        }
-        Ok(resource)
-    }
-
-    /// Starts a watch of a target kind, once; its changes trigger every generator.
-    fn watch(&self, resource: &ApiResource) {
-        let key = (resource.api_version.clone(), resource.kind.clone());
-        let new = self.watched.lock().is_ok_and(|mut w| w.insert(key));
-        if !new {
-            return;
-        }
-        let stream = watch(
-            Api::<PartialObjectMeta<DynamicObject>>::all_with(self.client.clone(), resource),
-            watcher::Config::default(),
-            &format!("{} (generators)", resource.kind),
-            &self.watches,
-        )
-        .touched_objects();
-        let forward = self.trigger.clone();
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(stream);
-            while events.next().await.is_some() {
-                if forward.send(()).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-}
+pub use targets::Context;
 
 /// Reads a field of an object: `metadata.name`, `metadata.labels['team']`, `spec.a.b`. Pure.
 pub fn field(object: &Value, path: &str) -> Result<String, String> {
@@ -221,7 +112,7 @@ fn value(v: &crate::api::CompoundValue, object: &Value) -> Result<String, String
 pub fn desired_for(
     generator: &KubeconfigGenerator,
     object: &DynamicObject,
-) -> Result<(Option<Value>, Value), String> {
+) -> Result<(Option<Authority>, Kubeconfig), String> {
     let spec = &generator.spec;
     let target = spec.target.clone().unwrap_or_default();
     let kamaji = target.api_version == KAMAJI_API_VERSION && target.kind == KAMAJI_KIND;
@@ -257,13 +148,20 @@ pub fn desired_for(
     let owner = generator
         .controller_owner_ref(&())
         .ok_or("the generator has no UID yet")?;
-    let metadata = json!({
-        "name": name,
-        "namespace": namespace,
-        "labels": {GENERATOR_LABEL: generator.name_any(), MANAGED_BY_LABEL: MANAGED_BY},
-        "annotations": {TARGET_ANNOTATION: format!("{namespace}/{object_name}")},
-        "ownerReferences": [owner],
-    });
+    let metadata = ObjectMeta {
+        name: Some(name.clone()),
+        namespace: Some(namespace.clone()),
+        labels: Some(BTreeMap::from([
+            (GENERATOR_LABEL.to_string(), generator.name_any()),
+            (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+        ])),
+        annotations: Some(BTreeMap::from([(
+            TARGET_ANNOTATION.to_string(),
+            format!("{namespace}/{object_name}"),
+        )])),
+        owner_references: Some(vec![owner]),
+        ..ObjectMeta::default()
+    };
     let (authority, authority_ref) = if kamaji {
         if spec.authorization.is_some() {
             return Err("spec.authorization binds RBAC in this cluster, but a TenantControlPlane's users live in the tenant cluster: remove it".into());
@@ -272,55 +170,62 @@ pub fn desired_for(
             .control_plane_endpoint_from
             .as_deref()
             .unwrap_or(DEFAULT_ENDPOINT_KEY);
-        let authority = json!({
-            "apiVersion": Authority::api_version(&()), "kind": Authority::kind(&()),
-            "metadata": metadata,
-            "spec": {
-                "kubeconfigSecretRef": {"name": format!("{object_name}-admin-kubeconfig"), "key": key},
-                "signer": {"caSecretRef": {"name": format!("{object_name}-ca")}},
-                "policy": spec.policy,
+        let config = AuthorityConfig {
+            server: None,
+            kubeconfig_secret_ref: Some(KeyRef {
+                name: format!("{object_name}-admin-kubeconfig"),
+                key: Some(key.to_string()),
+                namespace: None,
+            }),
+            ca_bundle: None,
+            signer: Signer {
+                ca_secret_ref: Some(crate::api::ObjectRef {
+                    name: format!("{object_name}-ca"),
+                    namespace: None,
+                }),
+                service_account_token: None,
+                certificate_signing_request: None,
             },
-        });
-        (
-            Some(authority),
-            json!({"kind": AuthorityKind::Authority, "name": name}),
-        )
+            policy: spec.policy.clone(),
+        };
+        let authority = Authority {
+            metadata: metadata.clone(),
+            spec: AuthoritySpec { config },
+            status: None,
+        };
+        let aref = AuthorityRef {
+            kind: AuthorityKind::Authority,
+            name: name.clone(),
+        };
+        (Some(authority), aref)
     } else {
         let aref = spec
             .authority_ref
-            .as_ref()
+            .clone()
             .ok_or("spec.authorityRef is required for this kind of target")?;
-        (None, serde_json::to_value(aref).map_err(|e| e.to_string())?)
+        (None, aref)
     };
-    let kubeconfig = json!({
-        "apiVersion": Kubeconfig::api_version(&()), "kind": Kubeconfig::kind(&()),
-        "metadata": metadata,
-        "spec": {
-            "authorityRef": authority_ref,
-            "username": user,
-            "groups": groups,
-            "validity": spec.validity,
-            "renewBefore": spec.renew_before,
-            "privateKey": spec.private_key,
-            "secretRef": {"name": name, "kubeconfigKeys": spec.kubeconfig_keys, "certificateKeys": spec.certificate_keys},
-            "authorization": spec.authorization,
+    let kubeconfig = Kubeconfig {
+        metadata,
+        spec: KubeconfigSpec {
+            authority_ref: Some(authority_ref),
+            username: Some(user),
+            service_account_ref: None,
+            groups: groups.into_iter().collect(),
+            validity: spec.validity.clone(),
+            renew_before: spec.renew_before.clone(),
+            private_key: spec.private_key.clone(),
+            secret_ref: SecretRef {
+                name,
+                kubeconfig_keys: spec.kubeconfig_keys.clone(),
+                certificate_keys: spec.certificate_keys,
+            },
+            authorization: spec.authorization.clone(),
+            distribution: None,
         },
-    });
-    Ok((authority, strip_nulls(kubeconfig)))
-}
-
-/// Drops null fields, as the API server does, so that specs compare equal.
-fn strip_nulls(value: Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, strip_nulls(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(strip_nulls).collect()),
-        other => other,
-    }
+        status: None,
+    };
+    Ok((authority, kubeconfig))
 }
 
 /// The finalizer that removes what a generator made before it goes (rather than leaving it
@@ -414,7 +319,7 @@ async fn generate(generator: Arc<KubeconfigGenerator>, ctx: &Context) -> Result<
         .await
         .map_err(Error::kube(format!("listing {}", resource.plural)))?;
     let mut errors = Vec::new();
-    let mut wanted: Vec<(String, String, Option<Value>, Value)> = Vec::new();
+    let mut wanted: Vec<(String, String, Option<Authority>, Kubeconfig)> = Vec::new();
     let mut matched = 0;
     for object in objects
         .items
@@ -430,10 +335,7 @@ async fn generate(generator: Arc<KubeconfigGenerator>, ctx: &Context) -> Result<
         match desired_for(&generator, object) {
             Ok((authority, kubeconfig)) => {
                 let ns = object.namespace().unwrap_or_default();
-                let name = kubeconfig["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string();
+                let name = kubeconfig.name_any();
                 wanted.push((ns, name, authority, kubeconfig));
             }
             Err(message) => errors.push(GeneratorError {
@@ -450,7 +352,7 @@ async fn generate(generator: Arc<KubeconfigGenerator>, ctx: &Context) -> Result<
             let current = ctx
                 .authorities
                 .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns));
-            if current.is_none_or(|c| !same(&c.spec, &authority["spec"], c.labels(), &generator)) {
+            if current.is_none_or(|c| !same(&c.spec, &authority.spec, c.labels(), &generator)) {
                 Api::<Authority>::namespaced(ctx.client.clone(), ns)
                     .patch(name, &params, &Patch::Apply(authority))
                     .await
@@ -460,12 +362,12 @@ async fn generate(generator: Arc<KubeconfigGenerator>, ctx: &Context) -> Result<
         let current = ctx
             .kubeconfigs
             .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns));
-        if current.is_none_or(|c| !same(&c.spec, &kubeconfig["spec"], c.labels(), &generator)) {
+        if current.is_none_or(|c| !same(&c.spec, &kubeconfig.spec, c.labels(), &generator)) {
             Api::<Kubeconfig>::namespaced(ctx.client.clone(), ns)
                 .patch(name, &params, &Patch::Apply(kubeconfig))
                 .await
                 .map_err(Error::kube(format!("writing Kubeconfig {ns}/{name}")))?;
-            info!(kubeconfig = %format!("{ns}/{name}"), "wrote the Kubeconfig for {}", kubeconfig["metadata"]["annotations"][TARGET_ANNOTATION]);
+            info!(kubeconfig = %format!("{ns}/{name}"), "wrote the Kubeconfig for {}", target_of(kubeconfig));
         }
     }
     let keep: HashSet<(String, String)> = wanted
@@ -477,9 +379,7 @@ async fn generate(generator: Arc<KubeconfigGenerator>, ctx: &Context) -> Result<
     // Status: matched objects, Ready kubeconfigs, and why the others are not.
     let mut available = 0;
     for (ns, name, _, kubeconfig) in &wanted {
-        let target = kubeconfig["metadata"]["annotations"][TARGET_ANNOTATION]
-            .as_str()
-            .unwrap_or_default();
+        let target = target_of(kubeconfig);
         let ready = ctx
             .kubeconfigs
             .get(&kube::runtime::reflector::ObjectRef::new(name).within(ns))
@@ -508,14 +408,22 @@ async fn generate(generator: Arc<KubeconfigGenerator>, ctx: &Context) -> Result<
 }
 
 /// Whether an object made earlier still matches what is wanted (spec and generator label).
-fn same<S: serde::Serialize>(
+fn same<S: PartialEq>(
     spec: &S,
-    wanted: &Value,
+    wanted: &S,
     labels: &BTreeMap<String, String>,
     generator: &KubeconfigGenerator,
 ) -> bool {
-    labels.get(GENERATOR_LABEL) == Some(&generator.name_any())
-        && serde_json::to_value(spec).ok().map(strip_nulls).as_ref() == Some(wanted)
+    labels.get(GENERATOR_LABEL) == Some(&generator.name_any()) && spec == wanted
+}
+
+/// The object (`namespace/name`) a generated Kubeconfig is for.
+fn target_of(kubeconfig: &Kubeconfig) -> &str {
+    kubeconfig
+        .annotations()
+        .get(TARGET_ANNOTATION)
+        .map(String::as_str)
+        .unwrap_or_default()
 }
 
 fn selected_namespaces(spec: &KubeconfigGeneratorSpec, ctx: &Context) -> HashSet<String> {
@@ -689,9 +597,9 @@ mod tests {
             "groups": [{"stringValue": "customer-admins"}, {"fromDefinition": "metadata.labels['team']"}],
             "validity": "24h",
         }));
-        let (authority, kubeconfig) =
-            desired_for(&g, &tcp("prod", json!({"team": "red"}))).unwrap();
-        let authority = authority.unwrap();
+        let (authority, typed) = desired_for(&g, &tcp("prod", json!({"team": "red"}))).unwrap();
+        let authority = serde_json::to_value(authority.unwrap()).unwrap();
+        let kubeconfig = serde_json::to_value(&typed).unwrap();
         assert_eq!(authority["metadata"]["name"], "prod-tenant");
         assert_eq!(
             authority["spec"]["signer"]["caSecretRef"]["name"],
@@ -709,11 +617,12 @@ mod tests {
             json!(["customer-admins", "red"])
         );
         assert_eq!(kubeconfig["spec"]["authorityRef"]["name"], "prod-tenant");
-        // The spec deserializes, and compares equal to what the API server would return.
+        // What the API server would return (the JSON read back) compares equal: nothing is
+        // rewritten on the next pass.
         let kc: Kubeconfig = serde_json::from_value(kubeconfig.clone()).unwrap();
         assert!(same(
             &kc.spec,
-            &kubeconfig["spec"],
+            &typed.spec,
             &BTreeMap::from([(GENERATOR_LABEL.to_string(), "tenant".to_string())]),
             &g
         ));
@@ -730,7 +639,8 @@ mod tests {
             "authorityRef": {"kind": "ClusterAuthority", "name": "ca"},
             "user": {"stringValue": "bot"}, "validity": "1h", "secretName": "kc-{object}",
         }));
-        let (authority, kubeconfig) = desired_for(&g, &tcp("prod", json!({}))).unwrap();
+        let (authority, typed) = desired_for(&g, &tcp("prod", json!({}))).unwrap();
+        let kubeconfig = serde_json::to_value(&typed).unwrap();
         assert!(authority.is_none());
         assert_eq!(kubeconfig["metadata"]["name"], "kc-prod");
         assert_eq!(
