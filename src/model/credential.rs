@@ -96,6 +96,14 @@ pub struct Issued {
     pub note: Option<String>,
 }
 
+/// A CSR waiting for its certificate, with the key that stays in memory. No `Debug`: it
+/// holds a private key.
+pub struct PendingCsr {
+    pub name: String,
+    pub private_key_pem: String,
+    pub inputs_digest: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,6 @@ use kube::{
 };
 use kubeconfig_authority_pki::CertificateAuthority;
 
-use super::issue;
 use crate::{
     api::{Authority, AuthorityRef, ClusterAuthority, FIELD_MANAGER, Kubeconfig},
     client::{self, filled},
@@ -56,7 +55,7 @@ pub struct Context {
     pub ca_cache: Mutex<HashMap<SecretKey, (String, Arc<CertificateAuthority>)>>,
     /// CSRs waiting for their signer, by Kubeconfig UID (the key stays in memory; after a
     /// restart a new request is made).
-    pub pending_csrs: Mutex<HashMap<String, issue::PendingCsr>>,
+    pub pending_csrs: Mutex<HashMap<String, crate::model::credential::PendingCsr>>,
     /// The managed Secrets as the controller last wrote them.
     pub own_writes: Arc<managed::OwnWrites>,
     /// How often each Kubeconfig's objects were written lately (see [`Context::spend`]).

@@ -32,7 +32,7 @@ use crate::{
     model::{
         Error, Problem, Reason, Result,
         authority::ResolvedSigner,
-        credential::{Held, Issued, IssuedCredential, token_held},
+        credential::{Held, Issued, IssuedCredential, PendingCsr, token_held},
     },
 };
 
@@ -217,13 +217,6 @@ async fn token(
         held,
         note,
     }))
-}
-
-/// A CSR waiting for its certificate, with the key that stays here.
-pub struct PendingCsr {
-    pub name: String,
-    pub private_key_pem: String,
-    pub inputs_digest: String,
 }
 
 /// The generateName of the CSRs the controller creates; each is deleted once its certificate
