@@ -22,9 +22,11 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 
-use super::resolve::{ROOT_CA_CONFIG_MAP, authority_ref, config_maps_of, refers_to, secrets_of};
 use crate::api::{
     Authority, AuthorityConfig, AuthorityKind, AuthorityRef, ClusterAuthority, Kubeconfig,
+};
+use crate::model::authority::{
+    ROOT_CA_CONFIG_MAP, authority_ref, config_maps_of, refers_to, secrets_of,
 };
 
 /// The objects (namespace, name) an authority reads, of one kind.
