@@ -74,12 +74,11 @@ pub async fn apply_copies(
     ctx: &Context,
 ) -> Result<Option<Distributed>> {
     let own = kc.namespace().unwrap_or_default();
+    // Every reconcile passes here: the cache is searched in place, only this one's copies are
+    // taken out of it.
     let observed: Vec<Arc<ManagedSecret>> = ctx
         .secrets
-        .state()
-        .into_iter()
-        .filter(|s| s.kubeconfig_uid.as_deref() == Some(uid) && s.namespace != own)
-        .collect();
+        .state_filter(|s| s.kubeconfig_uid.as_deref() == Some(uid) && s.namespace != own);
     if kc.spec.distribution.is_none() && observed.is_empty() {
         return Ok(None);
     }

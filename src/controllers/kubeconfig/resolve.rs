@@ -70,7 +70,7 @@ pub async fn prepare(
         Ok(found) => found,
         Err(problem) => return Ok((Err(problem), None)),
     };
-    report_ca_key(&found, ctx).await?;
+    report_ca_key(&found, kc, ctx).await?;
     let copies_allowed = found
         .config
         .policy
@@ -206,12 +206,15 @@ fn first_write(ctx: &Context, described: &str, condition: Option<&Condition>) ->
 /// Flags an authority whose CA key sits where Kubeconfigs are requested: a condition, and a
 /// Warning event when it is first found. Written once per change (`flagged` remembers what
 /// this process wrote until the cache shows it).
-pub async fn report_ca_key(found: &Found, ctx: &Context) -> Result<()> {
+pub async fn report_ca_key(found: &Found, kc: &Kubeconfig, ctx: &Context) -> Result<()> {
+    // This reconcile runs for every Kubeconfig: the one at hand answers for its own namespace
+    // (always, for an Authority), and the cache is searched in place, never copied.
     let exposed = exposed_ca_key(&found.config, found.own_namespace.as_deref(), |ns| {
-        ctx.kubeconfigs
-            .state()
-            .iter()
-            .any(|kc| kc.namespace().as_deref() == Some(ns))
+        kc.namespace().as_deref() == Some(ns)
+            || ctx
+                .kubeconfigs
+                .find(|other| other.namespace().as_deref() == Some(ns))
+                .is_some()
     });
     let condition = ca_key_condition(found, exposed.as_ref(), time::OffsetDateTime::now_utc());
     let condition = match condition {

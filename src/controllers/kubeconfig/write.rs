@@ -323,24 +323,9 @@ pub async fn apply_bindings(
     let mine = |labels: &BTreeMap<String, String>| {
         labels.get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
     };
-    let observed_cluster: Vec<_> = ctx
-        .cluster_role_bindings
-        .state()
-        .into_iter()
-        .filter(|b| mine(b.labels()))
-        .collect();
-    let observed_namespaced: Vec<_> = ctx
-        .role_bindings
-        .state()
-        .into_iter()
-        .filter(|b| mine(b.labels()))
-        .collect();
-    let observed_roles: Vec<_> = ctx
-        .roles
-        .state()
-        .into_iter()
-        .filter(|b| mine(b.labels()))
-        .collect();
+    let observed_cluster = ctx.cluster_role_bindings.state_filter(|b| mine(b.labels()));
+    let observed_namespaced = ctx.role_bindings.state_filter(|b| mine(b.labels()));
+    let observed_roles = ctx.roles.state_filter(|b| mine(b.labels()));
     let plan = plan_bindings(
         kc,
         uid,
