@@ -910,45 +910,7 @@ async fn bindings_never_outlive_their_kubeconfig() {
     let (admin, ns) = setup("orphans", &plane().ca).await;
     let suffix = &ns[ns.len() - 6..];
     let user = format!("rita-{suffix}");
-    grant(
-        &admin,
-        user_binding(
-            "requester",
-            Some(&ns),
-            "kubeconfig-authority:requester",
-            &user,
-        ),
-    )
-    .await;
-    grant(
-        &admin,
-        user_binding(
-            "binder",
-            Some(&ns),
-            "kubeconfig-authority:namespace-binder",
-            &user,
-        ),
-    )
-    .await;
-    let identities: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_value(json!({
-        "metadata": {"name": format!("identities-{suffix}")},
-        "rules": [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"], "resourceNames": ["susan"]}]}))
-    .unwrap();
-    Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(admin.clone())
-        .create(&PostParams::default(), &identities)
-        .await
-        .unwrap();
-    grant(
-        &admin,
-        user_binding(
-            &format!("identities-{suffix}"),
-            None,
-            &format!("identities-{suffix}"),
-            &user,
-        ),
-    )
-    .await;
-    let as_user = plane().client_for(&user, &[]).await;
+    let as_user = team_member(&admin, &ns, &user, &["susan"]).await;
     let wanted = json!({"authorityRef": {"name": "cluster-ca"}, "username": "susan", "validity": "1h",
         "secretRef": {"name": "susan-kubeconfig"},
         "authorization": {"roleBindings": [{"namespace": ns, "clusterRole": "view"}]}});
