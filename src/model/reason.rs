@@ -219,4 +219,37 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), ALL.len());
     }
+
+    /// Every reason is written through this enum: no other file under `src/` spells one as a
+    /// string literal outside its tests (a condition type that shares a name is allowed once).
+    #[test]
+    fn no_reason_is_spelled_outside_the_enum() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut offenders = Vec::new();
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).expect("src is readable") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") || path.ends_with("model/reason.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("source is UTF-8");
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for (n, line) in code.lines().enumerate() {
+                    for r in ALL {
+                        let quoted = format!("\"{}\"", r.as_str());
+                        let condition_type = line.contains("pub const") && line.contains("&str");
+                        if line.contains(&quoted) && !condition_type {
+                            offenders.push(format!("{}:{}: {quoted}", path.display(), n + 1));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(offenders.is_empty(), "use Reason instead: {offenders:#?}");
+    }
 }
