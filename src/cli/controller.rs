@@ -97,8 +97,10 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         None => tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| "info,kube_client=warn,kube_runtime=warn".into()),
     };
+    // Colours only for a person at a terminal: a pod's log, a file or a pipe gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Text => builder.init(),

@@ -787,6 +787,10 @@ async fn keys_and_tokens_never_reach_logs_or_events() {
     .unwrap();
     let log = std::fs::read_to_string(plane().dir.path().join("controller.log")).unwrap();
     assert!(log.contains(&ns), "the log covers this test's objects");
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal colour codes in a log written to a file"
+    );
     for (what, text) in [
         ("controller log", &log),
         ("events", &events_text),
@@ -1376,8 +1380,37 @@ async fn a_kubeconfig_that_is_not_ready_holds_neither_credential_nor_bindings() 
         }
         s
     };
-    // Refused from the start: an invalid validity; a Secret name someone else uses; a role
-    // the controller may not bind.
+    // Every binding that appears in the namespace at any moment, by the Kubeconfig it serves.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let recorder = {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let config = watcher::Config::default().labels("kubeconfig-authority.dev/kubeconfig-uid");
+        let bindings = watcher(Api::<RoleBinding>::namespaced(admin.clone(), &ns), config);
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut bindings = std::pin::pin!(bindings.applied_objects());
+            while let Some(Ok(b)) = bindings.next().await {
+                if let Some(uid) = b.labels().get("kubeconfig-authority.dev/kubeconfig-uid") {
+                    seen.lock().unwrap().insert(uid.clone());
+                }
+            }
+        })
+    };
+    // The authority allows at most a day.
+    Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &ns)
+        .patch(
+            "cluster-ca",
+            &PatchParams::apply("tests-policy"),
+            &Patch::Apply(
+                json!({"apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+                "metadata": {"name": "cluster-ca"}, "spec": {"policy": {"maxValidity": "24h"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    // Refused from the start: an invalid validity; a validity the authority's policy refuses;
+    // a Secret name someone else uses; a role the controller may not bind.
     let clash: Secret =
         serde_json::from_value(json!({"metadata": {"name": "taken"}, "stringData": {"x": "y"}}))
             .unwrap();
@@ -1390,6 +1423,11 @@ async fn a_kubeconfig_that_is_not_ready_holds_neither_credential_nor_bindings() 
             "short",
             binds(json!({"validity": "1m", "secretRef": {"name": "short"}})),
             "InvalidSpec",
+        ),
+        (
+            "long",
+            binds(json!({"validity": "48h", "secretRef": {"name": "long"}})),
+            "PolicyViolation",
         ),
         (
             "clash",
@@ -1419,6 +1457,16 @@ async fn a_kubeconfig_that_is_not_ready_holds_neither_credential_nor_bindings() 
     for (name, _, _) in &cases {
         let secret_name = if *name == "clash" { "never" } else { name };
         nothing_issued(&admin, &ns, name, secret_name).await;
+        let uid = Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+            .get(name)
+            .await
+            .unwrap()
+            .uid()
+            .unwrap();
+        assert!(
+            !seen.lock().unwrap().contains(&uid),
+            "{name}: a binding existed for a moment"
+        );
     }
     let clash_secret = secret(&admin, &ns, "taken").await.unwrap();
     assert!(
@@ -1441,6 +1489,23 @@ async fn a_kubeconfig_that_is_not_ready_holds_neither_credential_nor_bindings() 
         .unwrap()
         .uid()
         .unwrap();
+    // The recorder sees bindings that exist (so its silence above means something).
+    eventually(
+        Duration::from_secs(10),
+        "the recorder saw good's binding",
+        || {
+            let found = seen.lock().unwrap().contains(&uid);
+            async move {
+                if found {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            }
+        },
+    )
+    .await;
+    recorder.abort();
     let bound =
         ListParams::default().labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
     assert_eq!(
