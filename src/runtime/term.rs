@@ -313,6 +313,9 @@ impl Term<'_> {
             all(),
             keep,
         );
+        // Namespaces entering or leaving a selector: the one Namespace watch serves both.
+        let namespace_changed = generator_context.trigger();
+        let namespace_events = namespace_events.inspect_ok(move |_| namespace_changed());
         let generators = Controller::for_stream(generator_events, generator_store)
             .owns_stream(
                 watch(

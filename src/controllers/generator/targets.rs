@@ -1,6 +1,6 @@
 //! What a generator's reconcile shares: the caches it reads, and the watches of its target
-//! kinds (started once per kind, on first use) and of namespaces, whose changes bring every
-//! generator back.
+//! kinds (started once per kind, on first use), whose changes bring every generator back, as
+//! do changes of namespaces (from the shared reflector, see [`Context::trigger`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -37,7 +37,8 @@ pub struct Context {
 }
 
 impl Context {
-    /// The context, and the stream of "something a generator may depend on changed".
+    /// The context, and the stream of "something a generator may depend on changed". Changes
+    /// of namespaces come from the term's one Namespace reflector, through [`Self::trigger`].
     pub fn new(
         client: Client,
         namespaces: Store<PartialObjectMeta<Namespace>>,
@@ -46,23 +47,6 @@ impl Context {
         watches: std::sync::Arc<crate::client::watch::Watches>,
     ) -> (Self, impl futures::Stream<Item = ()> + Send + 'static) {
         let (trigger, changes) = mpsc::unbounded_channel();
-        // Namespaces entering or leaving a namespace selector.
-        let forward = trigger.clone();
-        let namespaces_watch = watch(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watcher::Config::default(),
-            "Namespaces (generators)",
-            &watches,
-        )
-        .touched_objects();
-        tokio::spawn(async move {
-            let mut events = std::pin::pin!(namespaces_watch);
-            while events.next().await.is_some() {
-                if forward.send(()).is_err() {
-                    return;
-                }
-            }
-        });
         let changes = futures::stream::unfold(changes, |mut rx| async move {
             rx.recv().await.map(|()| ((), rx))
         });
@@ -79,6 +63,14 @@ impl Context {
             },
             changes,
         )
+    }
+
+    /// Brings every generator back (a namespace entered or left a selector, perhaps).
+    pub fn trigger(&self) -> impl Fn() + Send + 'static {
+        let trigger = self.trigger.clone();
+        move || {
+            let _ = trigger.send(());
+        }
     }
 
     /// The API resource of a target kind, from discovery (once per kind).
