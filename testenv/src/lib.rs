@@ -90,9 +90,6 @@ pub fn shared_with_controller(binary: &'static str) -> &'static ControlPlane {
     static STARTED: OnceLock<()> = OnceLock::new();
     let plane = shared();
     STARTED.get_or_init(|| {
-        // kube-controller-manager aggregates the view/edit/admin ClusterRoles, collects garbage
-        // and deletes namespaces: what a cluster a controller runs in does.
-        plane.start_controller_manager();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -100,6 +97,9 @@ pub fn shared_with_controller(binary: &'static str) -> &'static ControlPlane {
                 .expect("runtime");
             runtime.block_on(async {
                 plane.install_crds().await;
+                // kube-controller-manager aggregates the view/edit/admin ClusterRoles, collects
+                // garbage and deletes namespaces: what a cluster a controller runs in does.
+                plane.start_controller_manager();
                 plane.install_controller_rbac().await;
                 plane.apply_manifests("config/rbac/team_roles.yaml").await;
                 plane
@@ -309,7 +309,9 @@ impl ControlPlane {
     }
 
     /// Starts kube-controller-manager (once): CSR signing with the cluster CA, garbage
-    /// collection, namespace deletion, ServiceAccount controllers.
+    /// collection, namespace deletion, ServiceAccount controllers. Start it after the CRDs are established: its
+    /// garbage collector learns the kinds at start and then only every 30 s, and until then
+    /// the dependents of a custom object (a Kubeconfig's Secret) wait, in growing backoff.
     pub fn start_controller_manager(&self) {
         self.controller_manager.get_or_init(|| {
             let p = |name: &str| self.dir.path().join(name).display().to_string();

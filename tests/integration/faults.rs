@@ -163,8 +163,8 @@ async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart(
         .join()
         .unwrap()
         .unwrap();
-    plane.start_controller_manager();
     plane.install_crds().await;
+    plane.start_controller_manager();
     plane.install_controller_rbac().await;
     let admin = plane.admin().await;
     // The CA key where no requester reads it, as the README sets it up.
