@@ -5,12 +5,13 @@
 CARGO ?= cargo
 KEEP ?= 0
 
-.PHONY: all test lint unit integration controlplane demo bench manifests clean-controlplane
+.PHONY: all test lint unit integration node-test controlplane image cluster demo bench manifests clean-controlplane
 
 all: test
 
-## test: formatting, lints, unit tests and the integration tests against a real control plane
-test: lint unit integration
+## test: formatting, lints, unit tests, the integration tests against a real control plane, and
+## the image installed on a real node
+test: lint unit integration node-test
 
 ## unit: every test that needs no control plane (pure code, the generated files), about a
 ## minute on a warm build
@@ -24,6 +25,11 @@ unit:
 integration: controlplane
 	$(CARGO) test --test integration --bench controller
 
+## node-test: `make image`, a real node (containerd, kubelet, kube-proxy, kube-scheduler) beside
+## a control plane, the controller installed with helm and with kubectl apply -k (needs root)
+node-test: controlplane
+	$(CARGO) test --test node
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -31,6 +37,17 @@ lint:
 ## controlplane: build (or find) etcd, kube-apiserver and kube-controller-manager
 controlplane:
 	@tests/controlplane/build.sh >/dev/null
+
+## image: the controller's OCI image (a static binary, from scratch), reproducibly, as the OCI
+## archive target/image/kubeconfig-authority.oci.tar; prints its reference and digest
+image:
+	@config/image/controller.sh
+
+## cluster: a control plane and a real node with the image imported, left running (an admin
+## kubeconfig and a stop script); install the controller on it as the README says (needs root)
+cluster: controlplane image
+	@tests/controlplane/build.sh node >/dev/null
+	CLUSTER_IMAGES=target/image/kubeconfig-authority.oci.tar $(CARGO) run --quiet --example cluster
 
 ## demo: start a control plane, issue a kubeconfig, prove it with SelfSubjectReview (KEEP=1 leaves it running)
 demo: controlplane

@@ -10,6 +10,7 @@
 //! `PR_SET_PDEATHSIG` (so the kernel kills it when the test process dies, however it dies) in a
 //! process group of its own (killed on drop).
 
+pub mod node;
 pub mod objects;
 
 use std::{
@@ -34,7 +35,7 @@ use time::OffsetDateTime;
 const VERSIONS: &str = include_str!("../../tests/controlplane/versions.env");
 /// The repository (the workspace root), whose `crds/`, `config/` and build scripts the
 /// environment uses.
-const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+pub(crate) const REPO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 
 /// The running control plane.
 pub struct ControlPlane {
@@ -122,6 +123,14 @@ pub fn shared_with_controller(binary: &'static str) -> &'static ControlPlane {
 impl ControlPlane {
     /// Starts etcd and kube-apiserver and waits until the API server is ready.
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// As [`Self::start`], and with `node_link` (the host's address on a test node's link, see
+    /// [`crate::node`]) the API server also listens there, advertises it as the `kubernetes`
+    /// Service's endpoint, has it in its serving certificate, and reaches kubelets with a
+    /// client certificate of its own.
+    pub fn start_with(node_link: Option<std::net::Ipv4Addr>) -> Result<Self, String> {
         let started = Instant::now();
         let bin = binaries()?;
         let dir = tempfile::Builder::new()
@@ -135,12 +144,15 @@ impl ControlPlane {
         let ca = TestCa::new("kubeconfig-authority-test-ca");
         // A second CA the API server also trusts, for tests that rotate a signer's CA.
         let spare_ca = TestCa::new("kubeconfig-authority-spare-ca");
-        let (serving_cert, serving_key) = ca.serving_certificate(&[
+        let link = node_link.map(|a| a.to_string());
+        let mut names = vec![
             "localhost",
             "127.0.0.1",
             "kubernetes.default.svc",
             "10.0.0.1",
-        ]);
+        ];
+        names.extend(link.as_deref());
+        let (serving_cert, serving_key) = ca.serving_certificate(&names);
         let sa_key = KeyPair::generate().map_err(|e| e.to_string())?;
         let write = |name: &str, text: &str| {
             std::fs::write(path(name), text).map_err(|e| format!("{name}: {e}"))
@@ -173,22 +185,38 @@ impl ControlPlane {
         ];
         let etcd = Process::spawn(&bin.join("etcd"), &etcd_args, &[], &path("etcd.log"))?;
         let server = format!("https://127.0.0.1:{secure_port}");
-        let apiserver_args = vec![
+        let (bind, advertise) = match &link {
+            Some(address) => ("0.0.0.0", address.as_str()),
+            None => ("127.0.0.1", "127.0.0.1"),
+        };
+        let mut apiserver_args = vec![
             format!("--etcd-servers={etcd_url}"),
             format!("--secure-port={secure_port}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
+            format!("--bind-address={bind}"),
+            format!("--advertise-address={advertise}"),
             format!("--cert-dir={}", p("certs")),
             format!("--tls-cert-file={}", p("serving.crt")),
             format!("--tls-private-key-file={}", p("serving.key")),
             format!("--client-ca-file={}", p("client-ca.crt")),
-            "--authorization-mode=RBAC".into(),
+            // The Node authorizer gives a node's kubelet the rights on its own pods.
+            "--authorization-mode=Node,RBAC".into(),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             format!("--service-account-key-file={}", p("sa.pub")),
             format!("--service-account-signing-key-file={}", p("sa.key")),
             "--service-cluster-ip-range=10.0.0.0/24".into(),
             "--allow-privileged=true".into(),
         ];
+        if link.is_some() {
+            // Pod logs and exec go through the kubelet, which wants a client certificate.
+            let (cert, key) = ca.client_pair("kube-apiserver-kubelet-client", &["system:masters"]);
+            write("kubelet-client.crt", &cert)?;
+            write("kubelet-client.key", &key)?;
+            apiserver_args.extend([
+                format!("--kubelet-client-certificate={}", p("kubelet-client.crt")),
+                format!("--kubelet-client-key={}", p("kubelet-client.key")),
+                "--kubelet-preferred-address-types=InternalIP".into(),
+            ]);
+        }
         let apiserver = Process::spawn(
             &bin.join("kube-apiserver"),
             &apiserver_args,
@@ -364,17 +392,19 @@ impl ControlPlane {
 # Stops the demo's processes in order, each within 10 s, then removes this folder. A process is
 # signalled (with its process group) only while its pid still has the start time it had.
 started() {{ sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }}
-for target in {}; do
+# A node beside the control plane (make cluster) goes first.
+[ -x "{0}/node/stop" ] && "{0}/node/stop"
+for target in {1}; do
   pid=${{target%%:*}}; start=${{target#*:}}
   [ "$(started "$pid")" = "$start" ] || continue
   kill -TERM "-$pid" 2>/dev/null
   for _ in $(seq 100); do [ "$(started "$pid")" = "$start" ] || break; sleep 0.1; done
   [ "$(started "$pid")" = "$start" ] && kill -KILL "-$pid" 2>/dev/null
 done
-rm -rf "{}"
+rm -rf "{0}"
 "#,
+            dir.display(),
             targets.join(" "),
-            dir.display()
         );
         let stop = dir.join("stop");
         std::fs::write(&stop, script).expect("write the stop script");
@@ -731,16 +761,9 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
-    /// A kubeconfig for `server` (verified with `server_ca_pem`) with a client certificate from
-    /// this CA for `username` in `groups`, valid for a day (a cluster `make demo KEEP=1` leaves
-    /// running stays usable that long).
-    pub fn kubeconfig_for(
-        &self,
-        server: &str,
-        server_ca_pem: &str,
-        username: &str,
-        groups: &[&str],
-    ) -> String {
+    /// A client certificate from this CA for `username` in `groups`, valid for a day, with its
+    /// key: (certificate PEM, key PEM).
+    pub fn client_pair(&self, username: &str, groups: &[&str]) -> (String, String) {
         let identity = Identity::new(username, groups.iter().copied()).expect("identity");
         let issued = self
             .ca
@@ -751,6 +774,20 @@ impl TestCa {
                 OffsetDateTime::now_utc(),
             )
             .expect("issue a client certificate");
+        (issued.certificate_pem, issued.private_key_pem)
+    }
+
+    /// A kubeconfig for `server` (verified with `server_ca_pem`) with a client certificate from
+    /// this CA for `username` in `groups`, valid for a day (a cluster `make demo KEEP=1` leaves
+    /// running stays usable that long).
+    pub fn kubeconfig_for(
+        &self,
+        server: &str,
+        server_ca_pem: &str,
+        username: &str,
+        groups: &[&str],
+    ) -> String {
+        let (certificate_pem, private_key_pem) = self.client_pair(username, groups);
         kubeconfig::render(&KubeconfigSpec {
             cluster_name: "test",
             user_name: username,
@@ -759,8 +796,8 @@ impl TestCa {
             certificate_authority_pem: Some(server_ca_pem),
             namespace: None,
             credential: Credential::ClientCertificate {
-                certificate_pem: &issued.certificate_pem,
-                private_key_pem: &issued.private_key_pem,
+                certificate_pem: &certificate_pem,
+                private_key_pem: &private_key_pem,
             },
         })
         .expect("render a kubeconfig")
@@ -927,7 +964,7 @@ fn spawn_from_reaper_thread(mut command: Command) -> std::io::Result<Child> {
 
 /// With `KUBECONFIG_AUTHORITY_KEEP=1` (as `make demo KEEP=1` sets), processes are started so
 /// that they may outlive this one: see [`ControlPlane::detach`].
-fn detached_mode() -> bool {
+pub(crate) fn detached_mode() -> bool {
     std::env::var("KUBECONFIG_AUTHORITY_KEEP").is_ok_and(|v| v == "1")
 }
 

@@ -3,6 +3,10 @@
 # kube-controller-manager) from the upstream Go modules through the Go module proxy, and caches
 # the binaries outside the work tree, keyed by version. Prints the folder that holds them.
 #
+#   build.sh        the control plane
+#   build.sh node   a node's binaries: kubelet, kube-scheduler, kube-proxy, and kubectl (same
+#                   Kubernetes version, same wrapper module, same Go build cache)
+#
 # - The versions are pinned in versions.env beside this script, and nowhere else.
 # - If KUBEBUILDER_ASSETS is set (the setup-envtest convention), those binaries are used and
 #   nothing is built.
@@ -13,9 +17,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
 
-log() { echo "controlplane: $*" >&2; }
 
-if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
+set_name=${1:-controlplane}
+log() { echo "$set_name: $*" >&2; }
+case "$set_name" in
+  controlplane | node) ;;
+  *) log "unknown set '$set_name': say nothing (the control plane) or 'node'"; exit 2 ;;
+esac
+
+if [ "$set_name" = controlplane ] && [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
   for b in etcd kube-apiserver; do
     [ -x "$KUBEBUILDER_ASSETS/$b" ] || { log "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS has no executable $b; unset it to build the pinned versions"; exit 1; }
   done
@@ -24,19 +34,26 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
 fi
 
 cache_root=${KUBECONFIG_AUTHORITY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubeconfig-authority}
-dest="$cache_root/controlplane/kubernetes-$KUBERNETES_VERSION-etcd-$ETCD_VERSION"
-binaries=(etcd kube-apiserver kube-controller-manager)
+if [ "$set_name" = controlplane ]; then
+  dest="$cache_root/controlplane/kubernetes-$KUBERNETES_VERSION-etcd-$ETCD_VERSION"
+  binaries=(etcd kube-apiserver kube-controller-manager)
+  kubernetes_commands=(kube-apiserver kube-controller-manager)
+else
+  dest="$cache_root/node/kubernetes-$KUBERNETES_VERSION"
+  binaries=(kubelet kube-scheduler kube-proxy kubectl)
+  kubernetes_commands=(kubelet kube-scheduler kube-proxy kubectl)
+fi
 
 have_all() { for b in "${binaries[@]}"; do [ -x "$dest/$b" ] || return 1; done; }
 if have_all; then echo "$dest"; exit 0; fi
 
-command -v go >/dev/null || { log "Go is needed to build the control plane (or set KUBEBUILDER_ASSETS)"; exit 1; }
-mkdir -p "$cache_root/controlplane"
-exec 9>"$cache_root/controlplane/.build.lock"
+command -v go >/dev/null || { log "Go is needed to build the $set_name binaries (or set KUBEBUILDER_ASSETS)"; exit 1; }
+mkdir -p "$cache_root/$set_name"
+exec 9>"$cache_root/$set_name/.build.lock"
 flock 9
 if have_all; then echo "$dest"; exit 0; fi
 
-work=$(mktemp -d "$cache_root/controlplane/build.XXXXXX")
+work=$(mktemp -d "$cache_root/$set_name/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOWORK=off
 start=$(date +%s)
@@ -61,16 +78,11 @@ mkdir -p "$work/kubernetes"
   for m in "${staging[@]}"; do echo "	$m => $m $staging_version"; done
   echo ")"
 } >"$work/kubernetes/go.mod"
-cat >"$work/kubernetes/tools.go" <<'EOF'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-)
-EOF
+{
+  printf '//go:build tools\n\npackage tools\n\nimport (\n'
+  for b in "${kubernetes_commands[@]}"; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b"; done
+  printf ')\n'
+} >"$work/kubernetes/tools.go"
 version_pkg=k8s.io/component-base/version
 minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
 ldflags="-s -w -X $version_pkg.gitVersion=$KUBERNETES_VERSION -X $version_pkg.gitMajor=1 -X $version_pkg.gitMinor=$minor -X $version_pkg.gitTreeState=clean"
@@ -78,7 +90,7 @@ ldflags="-s -w -X $version_pkg.gitVersion=$KUBERNETES_VERSION -X $version_pkg.gi
   cd "$work/kubernetes"
   log "resolving kubernetes dependencies"
   go mod tidy >&2
-  for b in kube-apiserver kube-controller-manager; do
+  for b in "${kubernetes_commands[@]}"; do
     log "building $b $KUBERNETES_VERSION"
     go build -trimpath -ldflags "$ldflags" -o "$work/out/$b" "k8s.io/kubernetes/cmd/$b"
   done
@@ -86,6 +98,7 @@ ldflags="-s -w -X $version_pkg.gitVersion=$KUBERNETES_VERSION -X $version_pkg.gi
 
 # etcd: the server module's main package is the etcd binary. The same wrapper trick, since its
 # go.mod replaces its sibling modules with relative paths.
+if [ "$set_name" = controlplane ]; then
 mkdir -p "$work/etcd"
 cat >"$work/etcd/go.mod" <<EOF
 module kubeconfig-authority.dev/controlplane/etcd
@@ -107,6 +120,7 @@ EOF
   go mod tidy >&2
   go build -trimpath -ldflags "-s -w" -o "$work/out/etcd" go.etcd.io/etcd/server/v3
 )
+fi
 
 mkdir -p "$dest"
 for b in "${binaries[@]}"; do mv "$work/out/$b" "$dest/$b"; done
