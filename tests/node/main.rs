@@ -510,7 +510,7 @@ async fn installed_with_helm_and_kustomize_it_runs_on_a_real_node() {
     assert_no_trace(n, &dir);
 }
 
-/// After a node stopped: no process of it, no link, no cgroup, no mount.
+/// After a node stopped: no process of it, no link, no cgroup, no iptables rule, no mount.
 fn assert_no_trace(n: u8, dir: &Path) {
     let dir = dir.display().to_string();
     let mut processes = Vec::new();
@@ -534,6 +534,13 @@ fn assert_no_trace(n: u8, dir: &Path) {
         .filter(|p| p.exists())
         .collect();
     assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+    // kube-proxy's and the CNI plugins' rules lived in the node's network namespace only.
+    let nat = Command::new("iptables-save").output().unwrap();
+    let nat = String::from_utf8_lossy(&nat.stdout);
+    assert!(
+        !nat.contains("KUBE-") && !nat.contains("CNI-"),
+        "iptables rules on the host:\n{nat}"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&dir) && !mounts.contains("kubeconfig-authority-node"),
