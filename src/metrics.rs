@@ -11,6 +11,9 @@
 //! - `kubeconfig_authority_reconciles_in_flight`: reconciles running now (the runtime's queue
 //!   itself is not observable; a value that stays at `--concurrency` means work is waiting).
 //! - `kubeconfig_authority_leader`: 1 while this replica holds the lease.
+//! - `kubeconfig_authority_targets`: target clusters watched now.
+//! - `kubeconfig_authority_targets_unreachable`: of those, the ones a reconcile found
+//!   unreachable at its last look (`TargetUnreachable` on their Kubeconfigs).
 
 use std::sync::{Arc, atomic::AtomicI64};
 
@@ -41,6 +44,8 @@ pub struct Metrics {
     pub in_flight: Gauge<i64, AtomicI64>,
     pub leader: Gauge<i64, AtomicI64>,
     pub watches_stalled: Gauge<i64, AtomicI64>,
+    pub targets: Gauge<i64, AtomicI64>,
+    pub targets_unreachable: Gauge<i64, AtomicI64>,
     kubeconfigs: Arc<std::sync::Mutex<Option<Store<Kubeconfig>>>>,
 }
 
@@ -120,10 +125,20 @@ impl Metrics {
             "Watches failing without progress for 30 s or more (the leader steps down)",
             watches_stalled.clone(),
         );
+        let targets = Gauge::<i64, AtomicI64>::default();
+        registry.register("targets", "Target clusters watched now", targets.clone());
+        let targets_unreachable = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "targets_unreachable",
+            "Target clusters that could not be reached at the last look",
+            targets_unreachable.clone(),
+        );
         let kubeconfigs = Arc::default();
         registry.register_collector(Box::new(Expiry(Arc::clone(&kubeconfigs))));
         Arc::new(Self {
             watches_stalled,
+            targets,
+            targets_unreachable,
             kubeconfigs,
             registry,
             issued,

@@ -216,7 +216,51 @@ pub fn admission_objects() -> Vec<Value> {
         binding("kubeconfig-authority-generators"),
         finalizer_guard(),
         binding("kubeconfig-authority-finalizer"),
+        orphan_guard(),
+        binding("kubeconfig-authority-orphan"),
     ]
+}
+
+/// Giving up on a target cluster (the annotation [`super::ORPHAN_TARGET_ANNOTATION`]) leaves
+/// bindings there that nobody removes: only who may `orphan` kubeconfigs (a verb of this
+/// project's own, which cluster-admin's `*` includes and the team roles do not) may set it.
+fn orphan_guard() -> Value {
+    let key = super::ORPHAN_TARGET_ANNOTATION;
+    let set = |object: &str| {
+        format!(
+            "{object} != null && has({object}.metadata.annotations) && '{key}' in {object}.metadata.annotations && {object}.metadata.annotations['{key}'] == 'true'"
+        )
+    };
+    json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {
+            "name": "kubeconfig-authority-orphan",
+            "annotations": {"kubeconfig-authority.dev/purpose": "Only who may orphan kubeconfigs may give up on a target cluster."},
+        },
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [{
+                    "apiGroups": [super::GROUP],
+                    "apiVersions": ["*"],
+                    "resources": ["kubeconfigs"],
+                    "operations": ["CREATE", "UPDATE"],
+                }],
+            },
+            "matchConditions": [{
+                "name": "orphan-set",
+                "expression": format!("{} && !({})", set("object"), set("oldObject")),
+            }],
+            "validations": [validation(
+                format!("authorizer.group('{}').resource('kubeconfigs').namespace(object.metadata.namespace).check('orphan').allowed()", super::GROUP),
+                format!(
+                    "'you may not set {key}: it leaves the bindings made in the target cluster behind; that needs the verb orphan on kubeconfigs (API group {}), which cluster admins have'",
+                    super::GROUP
+                ),
+            )],
+        },
+    })
 }
 
 /// The controller's finalizer stands between a Kubeconfig and the removal of

@@ -81,9 +81,9 @@ pub struct KubeconfigGeneratorSpec {
     pub kubeconfig_keys: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_keys: Option<bool>,
-    /// RBAC bound in this cluster for each identity (for targets in this cluster; a
-    /// TenantControlPlane's users live in the tenant cluster, where this controller binds
-    /// nothing).
+    /// RBAC bound for each identity: in this cluster for targets of this cluster, in the
+    /// tenant cluster for a TenantControlPlane (its Authority's target; its `policy` must
+    /// then list the roles, see `allowedClusterRoles`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
 }

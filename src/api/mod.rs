@@ -27,6 +27,10 @@ pub const KUBECONFIG_UID_LABEL: &str = "kubeconfig-authority.dev/kubeconfig-uid"
 /// `<namespace>/<name>` of the Kubeconfig an object belongs to (an annotation: names can be
 /// longer than a label value may be).
 pub const KUBECONFIG_ANNOTATION: &str = "kubeconfig-authority.dev/kubeconfig";
+/// On a Kubeconfig being deleted, set to `"true"` by an admin: give up on its target cluster
+/// (which cannot be reached) and leave whatever was made there. The admission policy allows
+/// it only to whoever may `orphan` kubeconfigs (a verb of its own: cluster admins).
+pub const ORPHAN_TARGET_ANNOTATION: &str = "kubeconfig-authority.dev/orphan-target";
 /// On the Secret: a digest of everything the issued kubeconfig was made from.
 pub const INPUTS_ANNOTATION: &str = "kubeconfig-authority.dev/inputs-digest";
 /// On the Secret: a digest of the data written and of [`CREDENTIAL_ANNOTATION`], to notice edits.
@@ -59,6 +63,12 @@ pub const UID_GROUP_PREFIX: &str = "kubeconfig-uid:";
         json_path = ".spec.serviceAccountRef.name"
     ),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.secretName"),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".status.target.name",
+        priority = 1
+    ),
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.notAfter"),
     printcolumn(
         name = "Reason",
@@ -314,6 +324,11 @@ pub struct KubeconfigStatus {
     /// How many copies of the Secret `spec.distribution` keeps in other namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distributed_copies: Option<i32>,
+    /// The target cluster the credential's bindings were made in (the Secret of its admin
+    /// kubeconfig), when its authority names one. Cleanup goes there, even if the authority
+    /// changes or goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<KeyRef>,
 }
 
 /// Where kubeconfigs point and how identities are proven. Namespaced: usable by the
@@ -374,7 +389,7 @@ pub struct ClusterAuthoritySpec {
 /// The settings an Authority and a ClusterAuthority share.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.server) || has(self.kubeconfigSecretRef)").message("set server, or kubeconfigSecretRef to take it from a kubeconfig"))]
+#[x_kube(validation = Rule::new("has(self.server) || has(self.kubeconfigSecretRef) || has(self.target)").message("set server, or kubeconfigSecretRef or target to take it from a kubeconfig"))]
 pub struct AuthorityConfig {
     /// The API server URL written into every kubeconfig, e.g. `https://api.example.com:6443`.
     /// Default: the server of `kubeconfigSecretRef`.
@@ -391,12 +406,31 @@ pub struct AuthorityConfig {
     /// signer's CA certificate (right when one CA signs both, as kubeadm's does).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundle>,
+    /// The cluster the kubeconfigs are for, when it is not the controller's own: the bindings
+    /// of `spec.authorization`, the self-impersonation Role, ServiceAccount tokens and CSRs are
+    /// made there (the Secret with the kubeconfig stays beside the Kubeconfig). Its server
+    /// and CA are the defaults of `server` and `caBundle`. Kubeconfigs of such an authority
+    /// may bind only the roles its policy lists (`allowedClusterRoles`, `allowedRoles`): the
+    /// admission guard cannot see the target's RBAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetCluster>,
     /// How identities are proven.
     pub signer: Signer,
     /// What Kubeconfigs using this authority may ask for. The controller refuses, and issues
     /// nothing for, a Kubeconfig that breaks it (condition reason `PolicyViolation`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Policy>,
+}
+
+/// A cluster other than the controller's own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetCluster {
+    /// A kubeconfig with the rights to bind roles (and, as needed, to request tokens and
+    /// CSRs) in the target: Kamaji's `<tcp>-admin-kubeconfig` (key `admin.svc`), Cluster API's
+    /// `<cluster>-kubeconfig` (key `value`), vcluster's `vc-<name>` (key `config`), or any.
+    /// The key defaults to `kubeconfig`. A changed Secret (a rotated credential) is followed.
+    pub kubeconfig_secret_ref: KeyRef,
 }
 
 /// An issuance policy. Patterns match whole names; `*` matches any run of characters.

@@ -2,6 +2,7 @@
 //! metadata-only status writes, events, waiting for a cache, the finalizer's outcome, and
 //! watches that recover from every fault ([`watch`]).
 
+pub mod cluster;
 pub mod watch;
 
 use k8s_openapi::api::core::v1::ObjectReference;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kubeconfig_authority_pki::CertificateAuthority;
 
-use crate::api::{AuthorityConfig, AuthorityKind, AuthorityRef, Kubeconfig};
+use crate::api::{AuthorityConfig, AuthorityKind, AuthorityRef, KeyRef, Kubeconfig};
 
 /// A usable authority.
 pub struct Resolved {
@@ -13,7 +13,13 @@ pub struct Resolved {
     /// PEM of the bundle that verifies the server.
     pub server_ca_pem: String,
     pub signer: ResolvedSigner,
+    /// The target cluster's admin kubeconfig (namespace and key filled in), when the
+    /// kubeconfigs are for a cluster other than the controller's own.
+    pub target: Option<KeyRef>,
 }
+
+/// The key of a target's admin kubeconfig when `spec.target` leaves it out.
+pub const TARGET_KEY: &str = "kubeconfig";
 
 /// The signer of a resolved authority.
 pub enum ResolvedSigner {
@@ -49,8 +55,8 @@ pub fn refers_to(
         }
 }
 
-/// The Secrets (namespace, name) an authority reads: its CA Secret, its CA bundle Secret and
-/// its kubeconfig Secret.
+/// The Secrets (namespace, name) an authority reads: its CA Secret, its CA bundle Secret, its
+/// kubeconfig Secret and its target's.
 pub fn secrets_of(config: &AuthorityConfig, own_namespace: Option<&str>) -> Vec<(String, String)> {
     let ns =
         |explicit: &Option<String>| explicit.clone().or_else(|| own_namespace.map(String::from));
@@ -71,6 +77,12 @@ pub fn secrets_of(config: &AuthorityConfig, own_namespace: Option<&str>) -> Vec<
         .into_iter()
         .chain(bundle.map(|r| (&r.namespace, &r.name)))
         .chain(kubeconfig)
+        .chain(config.target.as_ref().map(|t| {
+            (
+                &t.kubeconfig_secret_ref.namespace,
+                &t.kubeconfig_secret_ref.name,
+            )
+        }))
         .filter_map(|(namespace, name)| Some((ns(namespace)?, name.clone())))
         .collect()
 }
@@ -98,3 +110,17 @@ pub fn config_maps_of(
 /// The ConfigMap kube-controller-manager publishes the cluster's CA in, in every namespace:
 /// the default CA bundle of token and CSR authorities.
 pub const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+
+/// The admin kubeconfig of an authority's target cluster (namespace and key filled in: an
+/// Authority's own namespace, the key [`TARGET_KEY`]), if it names one.
+pub fn target_of(config: &AuthorityConfig, own_namespace: Option<&str>) -> Option<KeyRef> {
+    let r = &config.target.as_ref()?.kubeconfig_secret_ref;
+    Some(KeyRef {
+        name: r.name.clone(),
+        key: Some(r.key.clone().unwrap_or_else(|| TARGET_KEY.into())),
+        namespace: r
+            .namespace
+            .clone()
+            .or_else(|| own_namespace.map(String::from)),
+    })
+}

@@ -101,6 +101,9 @@ pub enum Error {
     TimedOut(String),
     #[error("{0}")]
     Startup(String),
+    /// A target cluster that cannot be reached, while something must be done there.
+    #[error("{0}")]
+    TargetUnreachable(String),
     #[error(
         "{what:?} written {WRITES_PER_WINDOW} times within a minute already; the next write waits until {until}"
     )]
@@ -124,6 +127,7 @@ impl Error {
             Error::Finalizer(_) => Reason::FinalizerError,
             Error::TimedOut(_) => Reason::APIError,
             Error::Startup(_) => Reason::StartupError,
+            Error::TargetUnreachable(_) => Reason::TargetUnreachable,
             Error::RateLimited { .. } => Reason::RateLimited,
         }
     }

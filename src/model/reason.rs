@@ -38,6 +38,7 @@ pub enum Reason {
     CSRFailed,
     CSRApprovalRefused,
     IssueFailed,
+    TargetUnreachable,
 
     // Distributed on a Kubeconfig (with SecretConflict and InvalidSpec).
     Distributed,
@@ -97,6 +98,7 @@ impl Reason {
             Self::CSRFailed => "CSRFailed",
             Self::CSRApprovalRefused => "CSRApprovalRefused",
             Self::IssueFailed => "IssueFailed",
+            Self::TargetUnreachable => "TargetUnreachable",
             Self::Distributed => "Distributed",
             Self::DistributionRefused => "DistributionRefused",
             Self::CAKeyWithRequesters => "CAKeyWithRequesters",
@@ -135,6 +137,7 @@ impl Reason {
                 | Self::CSRPending
                 | Self::CSRFailed
                 | Self::CSRApprovalRefused
+                | Self::TargetUnreachable
         )
     }
 
@@ -153,7 +156,7 @@ impl Reason {
 }
 
 /// Every reason (for parsing and tests).
-pub const ALL: [Reason; 43] = [
+pub const ALL: [Reason; 44] = [
     Reason::Issued,
     Reason::Renewed,
     Reason::Repaired,
@@ -182,6 +185,7 @@ pub const ALL: [Reason; 43] = [
     Reason::CSRFailed,
     Reason::CSRApprovalRefused,
     Reason::IssueFailed,
+    Reason::TargetUnreachable,
     Reason::Distributed,
     Reason::DistributionRefused,
     Reason::CAKeyWithRequesters,

@@ -27,7 +27,10 @@ use crate::{
         Authority, AuthorityKind, ClusterAuthority, KUBECONFIG_ANNOTATION, Kubeconfig,
         KubeconfigGenerator, MANAGED_BY, MANAGED_BY_LABEL,
     },
-    client::watch::{self, Watches, watch},
+    client::{
+        cluster::Cluster,
+        watch::{self, Watches, keep, reflect, watch},
+    },
     controllers::{
         generator,
         kubeconfig::{
@@ -37,12 +40,12 @@ use crate::{
         },
         onboarding,
     },
-    model::{Error, labels, managed::ManagedSecret},
+    model::{Error, authority, labels, managed::ManagedSecret},
 };
 
 use super::{
     Options, TermEnd,
-    caches::{keep, not_status, reflect},
+    caches::not_status,
     http::{Health, HealthState},
 };
 
@@ -183,6 +186,11 @@ impl Term<'_> {
             controller: "kubeconfig-authority".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        // Target clusters are watched from the first Kubeconfig that needs one.
+        let (targets, target_changes) = kubeconfig::targets::Targets::new();
+        let target_changes = futures::stream::unfold(target_changes, |mut rx| async move {
+            rx.recv().await.map(|owner| (owner, rx))
+        });
         let context = Arc::new(Context {
             reporter: reporter.clone(),
             client: client.clone(),
@@ -190,9 +198,15 @@ impl Term<'_> {
             authorities: authorities.clone(),
             cluster_authorities: cluster_authorities.clone(),
             secrets,
-            cluster_role_bindings: crbs,
-            role_bindings: rbs,
-            roles,
+            local: Arc::new(Cluster {
+                client: client.clone(),
+                cluster_role_bindings: crbs,
+                role_bindings: rbs,
+                roles,
+                watches: None,
+                described: "the controller's cluster".into(),
+            }),
+            targets,
             namespaces: namespaces.clone(),
             secret_metadata,
             default_authority: self.options.default_authority.clone(),
@@ -393,6 +407,8 @@ impl Term<'_> {
             .watches_stream(role_events, |r: Role| {
                 owner_of(r.annotations().get(KUBECONFIG_ANNOTATION))
             })
+            // Objects in target clusters name their Kubeconfig.
+            .reconcile_on(target_changes)
             .watches_stream(authority_events, by_authority)
             .watches_stream(cluster_authority_events, by_cluster_authority)
             .watches_stream(secret_meta_events, by_secret)
@@ -411,11 +427,13 @@ impl Term<'_> {
 
         let controllers = futures::future::join3(kubeconfig_controller, onboarding, generators);
         let synced = lead(&context, self.health);
+        let pruned = context.clone();
         Ok(async move {
             // The sweeper never ends: the term ends with the controllers.
             tokio::select! {
                 _ = futures::future::join(controllers, synced) => {}
                 () = sweeper => {}
+                () = prune_targets(pruned) => {}
             }
         })
     }
@@ -439,6 +457,28 @@ async fn sweep_orphans(
         while let Ok(more) = suspects.try_recv() {
             batch.push(more);
         }
+    }
+}
+
+/// Every 30 s: stops watching the target clusters no authority names any more.
+async fn prune_targets(context: Arc<Context>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let named: std::collections::HashSet<_> = context
+            .authorities
+            .state()
+            .iter()
+            .filter_map(|a| authority::target_of(&a.spec.config, a.namespace().as_deref()))
+            .chain(
+                context
+                    .cluster_authorities
+                    .state()
+                    .iter()
+                    .filter_map(|a| authority::target_of(&a.spec.config, None)),
+            )
+            .collect();
+        context.targets.retain(|key| named.contains(key));
+        context.metrics.targets.set(context.targets.len() as i64);
     }
 }
 

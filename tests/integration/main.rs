@@ -17,6 +17,7 @@ mod gitops;
 mod kubeconfig;
 mod operations;
 mod security;
+mod targets;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_kubeconfig-authority");
 

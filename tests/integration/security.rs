@@ -1019,7 +1019,12 @@ async fn bindings_never_outlive_their_kubeconfig() {
 
 /// A user who may request Kubeconfigs in `ns` and bind `view` and `edit` there, and claim the
 /// usernames `identities` (a team member, as the README sets one up). Returns their client.
-async fn team_member(admin: &Client, ns: &str, user: &str, identities: &[&str]) -> Client {
+pub(crate) async fn team_member(
+    admin: &Client,
+    ns: &str,
+    user: &str,
+    identities: &[&str],
+) -> Client {
     for (binding, role) in [
         ("requester", "kubeconfig-authority:requester"),
         ("binder", "kubeconfig-authority:namespace-binder"),

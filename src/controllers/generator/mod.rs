@@ -31,7 +31,7 @@ use crate::api::{
     Authority, AuthorityConfig, AuthorityKind, AuthorityRef, AuthoritySpec, FIELD_MANAGER,
     GeneratorError, KAMAJI_API_VERSION, KAMAJI_KIND, KeyRef, Kubeconfig, KubeconfigGenerator,
     KubeconfigGeneratorSpec, KubeconfigGeneratorStatus, KubeconfigSpec, MANAGED_BY,
-    MANAGED_BY_LABEL, SecretRef, Signer,
+    MANAGED_BY_LABEL, SecretRef, Signer, TargetCluster,
 };
 use crate::{
     client::{delete_ignoring_absent, filled},
@@ -163,19 +163,21 @@ pub fn desired_for(
         ..ObjectMeta::default()
     };
     let (authority, authority_ref) = if kamaji {
-        if spec.authorization.is_some() {
-            return Err("spec.authorization binds RBAC in this cluster, but a TenantControlPlane's users live in the tenant cluster: remove it".into());
-        }
         let key = spec
             .control_plane_endpoint_from
             .as_deref()
             .unwrap_or(DEFAULT_ENDPOINT_KEY);
+        // The tenant's admin kubeconfig: its server and CA go into the kubeconfigs, and the
+        // bindings of spec.authorization are made in the tenant cluster.
         let config = AuthorityConfig {
             server: None,
-            kubeconfig_secret_ref: Some(KeyRef {
-                name: format!("{object_name}-admin-kubeconfig"),
-                key: Some(key.to_string()),
-                namespace: None,
+            kubeconfig_secret_ref: None,
+            target: Some(TargetCluster {
+                kubeconfig_secret_ref: KeyRef {
+                    name: format!("{object_name}-admin-kubeconfig"),
+                    key: Some(key.to_string()),
+                    namespace: None,
+                },
             }),
             ca_bundle: None,
             signer: Signer {
@@ -606,7 +608,7 @@ mod tests {
             "prod-ca"
         );
         assert_eq!(
-            authority["spec"]["kubeconfigSecretRef"],
+            authority["spec"]["target"]["kubeconfigSecretRef"],
             json!({"name": "prod-admin-kubeconfig", "key": "admin.svc"})
         );
         assert_eq!(kubeconfig["metadata"]["namespace"], "alpha");

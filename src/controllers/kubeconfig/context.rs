@@ -6,10 +6,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use k8s_openapi::api::{
-    core::v1::{Namespace, Secret},
-    rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
-};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams},
@@ -23,7 +20,7 @@ use kubeconfig_authority_pki::CertificateAuthority;
 
 use crate::{
     api::{Authority, AuthorityRef, ClusterAuthority, FIELD_MANAGER, Kubeconfig},
-    client::{self, filled},
+    client::{self, cluster::Cluster, filled},
     model::{Error, Reason, Result, WRITE_WINDOW, WRITES_PER_WINDOW, Written, managed},
 };
 use kube::runtime::events::EventType;
@@ -42,10 +39,10 @@ pub struct Context {
     pub cluster_authorities: Store<ClusterAuthority>,
     /// Secrets labelled as managed by this controller, without their data.
     pub secrets: Store<managed::ManagedSecret>,
-    pub cluster_role_bindings: Store<ClusterRoleBinding>,
-    pub role_bindings: Store<RoleBinding>,
-    /// Roles the controller writes (ServiceAccount self-impersonation).
-    pub roles: Store<Role>,
+    /// The controller's own cluster: where bindings go unless an authority names a target.
+    pub local: Arc<Cluster>,
+    /// The authorities' target clusters.
+    pub targets: super::targets::Targets,
     /// The metadata of every Secret (to know a CA Secret's resourceVersion without reading it).
     pub secret_metadata: Store<PartialObjectMeta<Secret>>,
     /// The labels of every namespace (for the authorities' namespace selectors).
@@ -135,9 +132,7 @@ impl Context {
         filled(&self.authorities).await;
         filled(&self.cluster_authorities).await;
         filled(&self.secrets).await;
-        filled(&self.cluster_role_bindings).await;
-        filled(&self.role_bindings).await;
-        filled(&self.roles).await;
+        self.local.filled().await;
         filled(&self.namespaces).await;
         filled(&self.secret_metadata).await;
     }

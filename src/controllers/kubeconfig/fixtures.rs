@@ -53,6 +53,7 @@ pub fn resolved(ca: &Arc<CertificateAuthority>) -> Resolved {
         server: "https://api.example:6443".into(),
         server_ca_pem: ca.certificate_pem().into(),
         signer: ResolvedSigner::Ca(ca.clone()),
+        target: None,
     }
 }
 

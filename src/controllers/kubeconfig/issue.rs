@@ -14,7 +14,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
-    Api, ResourceExt,
+    Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
 use kubeconfig_authority_pki::{
@@ -29,9 +29,10 @@ use super::{
 };
 use crate::{
     api::{FIELD_MANAGER, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, Kubeconfig},
+    client::cluster::Cluster,
     model::{
         Error, Problem, Reason, Result,
-        authority::ResolvedSigner,
+        authority::{Resolved, ResolvedSigner},
         credential::{Held, Issued, IssuedCredential, PendingCsr, token_held},
     },
 };
@@ -57,11 +58,13 @@ pub async fn issue(
     kc: &Kubeconfig,
     uid: &str,
     desired: &Desired,
-    signer: &ResolvedSigner,
+    resolved: &Resolved,
+    cluster: &Cluster,
     ctx: &Context,
     now: OffsetDateTime,
 ) -> Result<Result<Issued, Problem>> {
-    match (&desired.credential, signer) {
+    let in_target = resolved.target.is_some();
+    match (&desired.credential, &resolved.signer) {
         (
             Credential::Certificate {
                 identity,
@@ -104,14 +107,28 @@ pub async fn issue(
                 algorithm,
             },
             ResolvedSigner::Csr { signer_name },
-        ) => through_csr(kc, uid, desired, identity, *algorithm, signer_name, ctx).await,
+        ) => {
+            let csr = Csr {
+                identity,
+                algorithm: *algorithm,
+                signer_name,
+            };
+            through_csr(kc, uid, desired, csr, &cluster.client, ctx).await
+        }
         (
             Credential::Token {
                 service_account,
                 audiences,
             },
             ResolvedSigner::Token { .. },
-        ) => token(kc, uid, desired, service_account, audiences, ctx).await,
+        ) => {
+            let token_for = TokenFor {
+                service_account,
+                audiences,
+                in_target,
+            };
+            token(kc, uid, desired, token_for, &cluster.client).await
+        }
         _ => Ok(Err(Problem::new(
             Reason::SignerMismatch,
             "the Kubeconfig's credential does not match its authority's signer",
@@ -119,18 +136,33 @@ pub async fn issue(
     }
 }
 
-/// A token bound to the kubeconfig Secret: deleting the Secret (and so the Kubeconfig)
-/// invalidates it at once. The Secret is created first, empty, when it does not exist yet.
+/// The ServiceAccount a token is for, in the Kubeconfig's namespace of the cluster whose
+/// client asks.
+struct TokenFor<'a> {
+    service_account: &'a str,
+    audiences: &'a [String],
+    /// The ServiceAccount is in a target cluster: the token is bound to a Secret made there
+    /// for it (without ownerReference, which the target could not resolve).
+    in_target: bool,
+}
+
+/// A token bound to the kubeconfig Secret (or, for a target, to a Secret of the same name in
+/// the target): deleting that Secret (and so the Kubeconfig) invalidates it at once. The
+/// Secret is created first, empty, when it does not exist yet.
 async fn token(
     kc: &Kubeconfig,
     uid: &str,
     desired: &Desired,
-    service_account: &str,
-    audiences: &[String],
-    ctx: &Context,
+    token_for: TokenFor<'_>,
+    client: &Client,
 ) -> Result<Result<Issued, Problem>> {
+    let TokenFor {
+        service_account,
+        audiences,
+        in_target,
+    } = token_for;
     let namespace = kc.namespace().unwrap_or_default();
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
+    let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
     // The token is bound to the Secret's UID: an existing Secret (ours: the plan checked) keeps
     // its data while the new token is made; a missing one is created empty first. (Applying
     // the empty shell over an existing Secret would drop its data for a moment.)
@@ -141,13 +173,17 @@ async fn token(
             "reading Secret {}",
             desired.secret_name
         )))?;
+    let mut shell = secret_shell(kc, uid, &desired.secret_name);
+    if in_target {
+        shell.metadata.owner_references = None;
+    }
     let secret_uid = match existing {
         Some(meta) => meta.uid(),
         None => secrets
             .patch(
                 &desired.secret_name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&secret_shell(kc, uid, &desired.secret_name)),
+                &Patch::Apply(&shell),
             )
             .await
             .map_err(Error::kube(format!(
@@ -170,7 +206,7 @@ async fn token(
         },
         status: None,
     };
-    let answer = Api::<ServiceAccount>::namespaced(ctx.client.clone(), &namespace)
+    let answer = Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
         .create_subresource::<_, TokenRequest>(
             "token",
             service_account,
@@ -223,20 +259,30 @@ async fn token(
 /// is taken (or it failed).
 const CSR_PREFIX: &str = "kubeconfig-";
 
-/// A certificate through the CSR API: create a request with a key generated here, approve it,
-/// and take the certificate once the signer has issued it (the reconcile is requeued while it
-/// waits; a CSR watch brings it back sooner).
-#[allow(clippy::too_many_arguments)]
+/// What a CSR asks for.
+struct Csr<'a> {
+    identity: &'a Identity,
+    algorithm: KeyAlgorithm,
+    signer_name: &'a str,
+}
+
+/// A certificate through the CSR API (of the cluster whose client asks): create a request with
+/// a key generated here, approve it, and take the certificate once the signer has issued it
+/// (the reconcile is requeued while it waits; a CSR watch brings it back sooner).
 async fn through_csr(
     kc: &Kubeconfig,
     uid: &str,
     desired: &Desired,
-    identity: &Identity,
-    algorithm: KeyAlgorithm,
-    signer_name: &str,
+    csr: Csr<'_>,
+    client: &Client,
     ctx: &Context,
 ) -> Result<Result<Issued, Problem>> {
-    let api = Api::<CertificateSigningRequest>::all(ctx.client.clone());
+    let Csr {
+        identity,
+        algorithm,
+        signer_name,
+    } = csr;
+    let api = Api::<CertificateSigningRequest>::all(client.clone());
     let pending = ctx
         .pending_csrs
         .lock()

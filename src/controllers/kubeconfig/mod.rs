@@ -11,8 +11,11 @@
 //! 4. report: the status ([`status::status`]), a Warning event on a new problem, and the next
 //!    look ([`status::requeue_for`]).
 //!
+//! Bindings, Roles, tokens and CSRs go to the cluster of the authority's target, if it names
+//! one ([`targets`]), else to the controller's own.
+//!
 //! Pure files: `request`, `policy`, `secret`, `bindings`, `copies` (its plan), `status`. I/O
-//! files: `resolve`, `issue`, `write`, `orphans`, `context`.
+//! files: `resolve`, `issue`, `write`, `orphans`, `targets`, `context`.
 
 pub mod bindings;
 pub mod context;
@@ -28,6 +31,7 @@ pub mod request;
 pub mod resolve;
 pub mod secret;
 pub mod status;
+pub mod targets;
 pub mod write;
 
 use std::sync::Arc;
@@ -78,7 +82,9 @@ async fn reconcile_once(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action
         tracing::info_span!("reconcile", kubeconfig = %format!("{namespace}/{}", kc.name_any()));
     let _timer = crate::metrics::ReconcileTimer::start(&ctx.metrics);
     let has_finalizer = kc.finalizers().iter().any(|f| f == FINALIZER);
-    if !has_finalizer && !request::needs_finalizer(&kc) {
+    // Whether its authority (in the cache) binds in a target cluster.
+    let remote = matches!(resolve::find(&kc, &ctx)?, Ok(found) if found.config.target.is_some());
+    if !has_finalizer && !request::needs_finalizer(&kc, remote) {
         if kc.meta().deletion_timestamp.is_some() {
             return Ok(Action::await_change());
         }
@@ -88,7 +94,7 @@ async fn reconcile_once(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action
         match event {
             FinalizerEvent::Apply(kc) => {
                 let action = apply(kc.clone(), &ctx).await?;
-                if request::needs_finalizer(&kc) {
+                if request::needs_finalizer(&kc, remote) {
                     return Ok(action);
                 }
                 // Nothing outside the garbage collector's reach is left (this apply removed
@@ -97,7 +103,7 @@ async fn reconcile_once(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action
                     .get_opt(&kc.name_any())
                     .await
                     .map_err(Error::kube("reading the Kubeconfig"))?;
-                if let Some(live) = live.filter(|l| !request::needs_finalizer(l) && l.uid() == kc.uid()) {
+                if let Some(live) = live.filter(|l| !request::needs_finalizer(l, remote) && l.uid() == kc.uid()) {
                     let rest: Vec<&String> =
                         live.finalizers().iter().filter(|f| *f != FINALIZER).collect();
                     let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": live.resource_version()}});
@@ -122,12 +128,23 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     let now = OffsetDateTime::now_utc();
     // 1. The authority, its policy, its CA and the spec, read once; nothing is written before.
     let (prepared, copies_allowed) = resolve::prepare(&kc, &uid, ctx).await?;
+    // The cluster of the bindings: the controller's, or the authority's target.
+    let target = write::target_of(&kc, &prepared);
+    let cluster = write::cluster(target.as_ref(), ctx).await?;
     // 2. The credential and its bindings, together or not at all.
-    let (outcome, data) = write::credential(&kc, &uid, prepared, ctx, now).await?;
+    let (outcome, data) = write::credential(&kc, &uid, prepared, cluster, ctx, now).await?;
     // 3. The copies of a Secret that holds a valid credential; none otherwise.
     let distributed =
         write::copies(&kc, &uid, &outcome, data, copies_allowed.as_ref(), ctx).await?;
     // 4. The status, and a Warning event when a problem is new.
-    write::report(&kc, &outcome, distributed.as_ref(), ctx, now).await?;
+    write::report(
+        &kc,
+        &outcome,
+        distributed.as_ref(),
+        target.as_ref(),
+        ctx,
+        now,
+    )
+    .await?;
     Ok(status::requeue_for(&outcome, distributed.as_ref()))
 }

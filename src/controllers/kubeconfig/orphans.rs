@@ -41,15 +41,18 @@ fn cached(ctx: &Context, candidate: &Candidate) -> Option<(String, Option<String
     };
     match candidate {
         Candidate::ClusterRoleBinding(name) => {
-            let b = ctx.cluster_role_bindings.get(&ObjectRef::new(name))?;
+            let b = ctx.local.cluster_role_bindings.get(&ObjectRef::new(name))?;
             from(b.labels(), b.annotations())
         }
         Candidate::RoleBinding(ns, name) => {
-            let b = ctx.role_bindings.get(&ObjectRef::new(name).within(ns))?;
+            let b = ctx
+                .local
+                .role_bindings
+                .get(&ObjectRef::new(name).within(ns))?;
             from(b.labels(), b.annotations())
         }
         Candidate::Role(ns, name) => {
-            let r = ctx.roles.get(&ObjectRef::new(name).within(ns))?;
+            let r = ctx.local.roles.get(&ObjectRef::new(name).within(ns))?;
             from(r.labels(), r.annotations())
         }
         Candidate::Copy(ns, name) => {
@@ -70,9 +73,9 @@ fn cached(ctx: &Context, candidate: &Candidate) -> Option<(String, Option<String
 /// Every candidate the caches hold.
 pub fn all(ctx: &Context) -> Vec<Candidate> {
     let ns = |o: Option<String>| o.unwrap_or_default();
-    let crbs = ctx.cluster_role_bindings.state();
-    let rbs = ctx.role_bindings.state();
-    let roles = ctx.roles.state();
+    let crbs = ctx.local.cluster_role_bindings.state();
+    let rbs = ctx.local.role_bindings.state();
+    let roles = ctx.local.roles.state();
     let secrets = ctx.secrets.state();
     crbs.iter()
         .map(|b| Candidate::ClusterRoleBinding(b.name_any()))

@@ -41,6 +41,7 @@ pub fn check(
     namespace: &str,
     namespace_labels: Option<&BTreeMap<String, String>>,
     described: &str,
+    remote: bool,
 ) -> Result<(), Problem> {
     let default = Policy::default();
     let policy = policy.unwrap_or(&default);
@@ -123,7 +124,17 @@ pub fn check(
                 .flat_map(|a| a.role_bindings.iter())
                 .filter_map(|b| b.cluster_role.as_ref()),
         );
+    // In a target cluster the admission guard, which asks this cluster, cannot know what the
+    // requester may bind there: only roles the authority's owner listed may be bound.
+    let unlisted = |field: &str| {
+        violation(format!(
+            "it binds roles in the authority's target cluster, where the admission guard cannot check the requester's rights; the authority's policy must list the roles that may be bound there (policy.{field})"
+        ))
+    };
     for role in cluster_roles {
+        if remote && policy.allowed_cluster_roles.is_none() {
+            return Err(unlisted("allowedClusterRoles"));
+        }
         role_allowed("ClusterRole", role, policy.allowed_cluster_roles.as_deref())
             .map_err(violation)?;
     }
@@ -132,6 +143,9 @@ pub fn check(
         .flat_map(|a| a.role_bindings.iter())
         .filter_map(|b| b.role.as_ref());
     for role in roles {
+        if remote && policy.allowed_roles.is_none() {
+            return Err(unlisted("allowedRoles"));
+        }
         role_allowed("Role", role, policy.allowed_roles.as_deref()).map_err(violation)?;
     }
     Ok(())
@@ -205,7 +219,7 @@ mod tests {
     }
 
     fn refused(p: Option<&Policy>, s: &KubeconfigSpec) -> String {
-        let problem = check(p, s, "team-a", None, "Authority team-a/ca").unwrap_err();
+        let problem = check(p, s, "team-a", None, "Authority team-a/ca", false).unwrap_err();
         assert!(problem.message.starts_with("Authority team-a/ca"));
         problem.message
     }
@@ -225,7 +239,7 @@ mod tests {
 
     #[test]
     fn without_a_policy_only_system_names_are_refused() {
-        assert!(check(None, &spec(json!({})), "team-a", None, "x").is_ok());
+        assert!(check(None, &spec(json!({})), "team-a", None, "x", false).is_ok());
         let m = refused(None, &spec(json!({"groups": ["system:masters"]})));
         assert!(m.contains("\"system:masters\""), "{m}");
         let m = refused(None, &spec(json!({"username": "system:admin"})));
@@ -243,7 +257,8 @@ mod tests {
                 &spec(json!({"groups": ["system:nodes"]})),
                 "n",
                 None,
-                "x"
+                "x",
+                false
             )
             .is_ok()
         );
@@ -257,7 +272,8 @@ mod tests {
                 &spec(json!({"groups": ["system:masters"]})),
                 "n",
                 None,
-                "x"
+                "x",
+                false
             )
             .is_ok()
         );
@@ -285,7 +301,7 @@ mod tests {
             "authorization": {"clusterRoleBindings": {"clusterRoles": ["view"]},
                 "roleBindings": [{"namespace": "team-a", "clusterRole": "edit"}, {"namespace": "team-a", "role": "deployer"}]},
         }));
-        assert!(check(Some(&p), &ok, "team-a", None, "x").is_ok());
+        assert!(check(Some(&p), &ok, "team-a", None, "x", false).is_ok());
         let cases = [
             (json!({"validity": "200h"}), "policy.maxValidity 168h"),
             (json!({"username": "bob"}), "policy.allowedUsernames"),
@@ -324,13 +340,49 @@ mod tests {
     fn the_namespace_selector_admits_by_label() {
         let p = policy(json!({"namespaceSelector": {"matchLabels": {"tenant": "oil"}}}));
         let labels = BTreeMap::from([("tenant".to_string(), "oil".to_string())]);
-        assert!(check(Some(&p), &spec(json!({})), "team-a", Some(&labels), "x").is_ok());
-        let problem = check(Some(&p), &spec(json!({})), "team-b", None, "x").unwrap_err();
+        assert!(
+            check(
+                Some(&p),
+                &spec(json!({})),
+                "team-a",
+                Some(&labels),
+                "x",
+                false
+            )
+            .is_ok()
+        );
+        let problem = check(Some(&p), &spec(json!({})), "team-b", None, "x", false).unwrap_err();
         assert_eq!(problem.reason, Reason::NamespaceNotAllowed);
         assert!(
             problem.message.contains("tenant=oil"),
             "{}",
             problem.message
         );
+    }
+
+    #[test]
+    fn a_target_cluster_binds_only_listed_roles() {
+        let binds = spec(json!({"authorization": {
+            "clusterRoleBindings": {"clusterRoles": ["view"]},
+            "roleBindings": [{"namespace": "n", "role": "deployer"}]}}));
+        let problem = check(None, &binds, "n", None, "x", true).unwrap_err();
+        assert!(
+            problem.message.contains("policy.allowedClusterRoles"),
+            "{}",
+            problem.message
+        );
+        let listed = policy(json!({"allowedClusterRoles": ["view"]}));
+        let problem = check(Some(&listed), &binds, "n", None, "x", true).unwrap_err();
+        assert!(
+            problem.message.contains("policy.allowedRoles"),
+            "{}",
+            problem.message
+        );
+        let both = policy(json!({"allowedClusterRoles": ["view"], "allowedRoles": ["deployer"]}));
+        assert!(check(Some(&both), &binds, "n", None, "x", true).is_ok());
+        // In the controller's own cluster the admission guard checks; no list is needed.
+        assert!(check(None, &binds, "n", None, "x", false).is_ok());
+        // Nothing bound, nothing to list.
+        assert!(check(None, &spec(json!({})), "n", None, "x", true).is_ok());
     }
 }

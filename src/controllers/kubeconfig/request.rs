@@ -18,9 +18,11 @@ use crate::{
 };
 
 /// Whether a Kubeconfig makes anything the garbage collector cannot remove by ownerReference
-/// (cluster-scoped or other-namespace bindings and copies, Roles): only then does it carry the
-/// finalizer. Its Secret is owned by it, and the tokens bound to that Secret die with it.
-pub fn needs_finalizer(kc: &Kubeconfig) -> bool {
+/// (cluster-scoped or other-namespace bindings and copies, Roles, anything in a target
+/// cluster: `remote` when its authority names one): only then does it carry the finalizer. Its
+/// Secret is owned by it, and the tokens bound to that Secret die with it.
+pub fn needs_finalizer(kc: &Kubeconfig, remote: bool) -> bool {
+    let in_target = remote || kc.status.as_ref().is_some_and(|s| s.target.is_some());
     let spec = &kc.spec;
     let binds = spec.authorization.as_ref().is_some_and(|a| {
         !a.role_bindings.is_empty()
@@ -41,7 +43,8 @@ pub fn needs_finalizer(kc: &Kubeconfig) -> bool {
                     || c.reason == Reason::RenewalBlocked.as_str())
         })
     });
-    binds
+    in_target
+        || binds
         || spec.distribution.is_some()
         || copies
         || csr_pending
@@ -265,17 +268,24 @@ mod tests {
     #[test]
     fn a_finalizer_only_when_something_outlives_the_garbage_collector() {
         assert!(
-            !needs_finalizer(&kubeconfig(base_spec())),
+            !needs_finalizer(&kubeconfig(base_spec()), false),
             "a plain Secret is owned"
         );
         let mut binds = base_spec();
         binds["authorization"] = json!({"clusterRoleBindings": {"clusterRoles": ["view"]}});
-        assert!(needs_finalizer(&kubeconfig(binds)));
+        assert!(needs_finalizer(&kubeconfig(binds), false));
         let mut copies = base_spec();
         copies["distribution"] = json!({"namespaceSelector": {}});
-        assert!(needs_finalizer(&kubeconfig(copies)));
+        assert!(needs_finalizer(&kubeconfig(copies), false));
         let mut waiting = kubeconfig(base_spec());
         waiting.status = Some(serde_json::from_value(json!({"conditions": [{"type": "Ready", "status": "False", "reason": "CSRPending", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})).unwrap());
-        assert!(needs_finalizer(&waiting), "a pending CSR is cluster-scoped");
+        assert!(
+            needs_finalizer(&waiting, false),
+            "a pending CSR is cluster-scoped"
+        );
+        assert!(
+            needs_finalizer(&kubeconfig(base_spec()), true),
+            "a target cluster is out of the garbage collector's reach"
+        );
     }
 }

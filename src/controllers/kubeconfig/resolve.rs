@@ -26,7 +26,9 @@ use crate::{
     api::{Authority, AuthorityConfig, AuthorityKind, ClusterAuthority, FIELD_MANAGER, Kubeconfig},
     model::{
         Error, Problem, Reason, Result,
-        authority::{ROOT_CA_CONFIG_MAP, Resolved, ResolvedSigner, authority_ref},
+        authority::{
+            ROOT_CA_CONFIG_MAP, Resolved, ResolvedSigner, TARGET_KEY, authority_ref, target_of,
+        },
     },
 };
 
@@ -63,6 +65,7 @@ pub async fn prepare(
             &namespace,
             namespace_labels.as_ref(),
             &found.described,
+            found.config.target.is_some(),
         )
         .map(|()| found)
     });
@@ -332,16 +335,29 @@ pub async fn load(
         )));
     };
 
+    let target = match &config.target {
+        None => None,
+        Some(t) => {
+            attempt!(target_namespace(
+                &t.kubeconfig_secret_ref.namespace,
+                "target.kubeconfigSecretRef"
+            ));
+            target_of(config, own_namespace.as_deref())
+        }
+    };
+    // The server and CA come from `kubeconfigSecretRef`, or else from the target's kubeconfig.
+    let (kubeconfig_ref, field) = match (&config.kubeconfig_secret_ref, &target) {
+        (Some(r), _) => (Some(r), "kubeconfigSecretRef"),
+        (None, Some(t)) => (Some(t), "target.kubeconfigSecretRef"),
+        (None, None) => (None, ""),
+    };
     let from_kubeconfig =
-        match &config.kubeconfig_secret_ref {
+        match kubeconfig_ref {
             None => None,
             Some(r) => {
-                let ns = attempt!(target_namespace(&r.namespace, "kubeconfigSecretRef"));
-                let key = r.key.as_deref().unwrap_or("kubeconfig");
-                let what = format!(
-                    "{described}: kubeconfigSecretRef (Secret {ns}/{}, key {key})",
-                    r.name
-                );
+                let ns = attempt!(target_namespace(&r.namespace, field));
+                let key = r.key.as_deref().unwrap_or(TARGET_KEY);
+                let what = format!("{described}: {field} (Secret {ns}/{}, key {key})", r.name);
                 let text =
                     attempt!(secret_key(ctx, &ns, &r.name, key).await?.ok_or_else(
                         || Problem::new(
@@ -407,6 +423,7 @@ pub async fn load(
         server,
         server_ca_pem,
         signer,
+        target,
     }))
 }
 

@@ -10,7 +10,7 @@ use super::{
     secret::WriteReason,
 };
 use crate::{
-    api::{Kubeconfig, KubeconfigStatus},
+    api::{KeyRef, Kubeconfig, KubeconfigStatus},
     model::{Problem, Reason, Result, credential::Held, managed::ManagedSecret, to_time},
 };
 
@@ -38,6 +38,7 @@ pub fn status(
     kc: &Kubeconfig,
     outcome: &Outcome,
     distributed: Option<&Distributed>,
+    target: Option<&KeyRef>,
     now: OffsetDateTime,
 ) -> KubeconfigStatus {
     let previous = kc.status.clone().unwrap_or_default();
@@ -53,6 +54,14 @@ pub fn status(
         )
     };
     let (ready, reason, message) = match outcome {
+        // A target that cannot be reached says so by name; anything else blocks renewal.
+        Outcome::Ready {
+            blocked: Some(p),
+            message,
+            ..
+        } if p.reason == Reason::TargetUnreachable => {
+            ("True", Reason::TargetUnreachable, message.clone())
+        }
         Outcome::Ready {
             blocked: Some(_),
             message,
@@ -102,6 +111,7 @@ pub fn status(
     let mut status = KubeconfigStatus {
         conditions,
         observed_generation: kc.metadata.generation,
+        target: target.cloned(),
         ..previous.clone()
     };
     if let Some(d) = distributed {
@@ -160,6 +170,9 @@ pub fn requeue_for(outcome: &Outcome, distributed: Option<&Distributed>) -> Acti
             Action::requeue(wait.max(Duration::from_millis(100)))
         }
         Outcome::NotReady(p) if p.reason == Reason::CSRPending => Action::requeue(CSR_RETRY),
+        Outcome::NotReady(p) if p.reason == Reason::TargetUnreachable => {
+            Action::requeue(TARGET_RETRY)
+        }
         Outcome::NotReady(_) => Action::requeue(RETRY_PROBLEM),
     }
 }
@@ -196,10 +209,10 @@ pub fn still_valid(
     let Some(held) = held else {
         return Err(problem);
     };
-    let retry = if problem.reason == Reason::CSRPending {
-        CSR_RETRY
-    } else {
-        RETRY_BLOCKED
+    let retry = match problem.reason {
+        Reason::CSRPending => CSR_RETRY,
+        Reason::TargetUnreachable => TARGET_RETRY,
+        _ => RETRY_BLOCKED,
     };
     let message = format!(
         "Secret {} holds a valid kubeconfig until {}, but it cannot be renewed now: {}",
@@ -234,6 +247,10 @@ fn kept_reason(kc: &Kubeconfig, id: &str) -> Reason {
 /// How soon to look again at a Kubeconfig whose CSR waits.
 pub const CSR_RETRY: Duration = Duration::from_secs(2);
 
+/// How soon to look again at a Kubeconfig whose target cluster cannot be reached (its watches
+/// retry on their own; this brings the Kubeconfig back once they answer).
+pub const TARGET_RETRY: Duration = Duration::from_secs(5);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,7 +282,7 @@ mod tests {
             message: "ok".into(),
             blocked: None,
         };
-        let first = status(&kc, &ready, None, t0);
+        let first = status(&kc, &ready, None, None, t0);
         assert_eq!(first.conditions[0].status, "True");
         assert_eq!(first.conditions[0].reason, "Issued");
         assert_eq!(first.observed_generation, Some(2));
@@ -280,7 +297,7 @@ mod tests {
             blocked: None,
         };
         assert_eq!(
-            status(&kc, &kept, None, t0 + Duration::from_secs(60)),
+            status(&kc, &kept, None, None, t0 + Duration::from_secs(60)),
             first,
             "nothing changed, nothing to write"
         );
@@ -288,7 +305,7 @@ mod tests {
             Reason::CASecretNotFound,
             "the CA Secret x/y does not exist",
         ));
-        let failed = status(&kc, &problem, None, t0 + Duration::from_secs(60));
+        let failed = status(&kc, &problem, None, None, t0 + Duration::from_secs(60));
         assert_eq!(
             (
                 failed.conditions[0].status.as_str(),
@@ -313,7 +330,7 @@ mod tests {
             message: "valid, cannot be renewed".into(),
             blocked: Some(Problem::new(Reason::CASecretNotFound, "gone")),
         };
-        let kept = status(&kc, &blocked, None, t0 + Duration::from_secs(60));
+        let kept = status(&kc, &blocked, None, None, t0 + Duration::from_secs(60));
         assert_eq!(
             (
                 kept.conditions[0].status.as_str(),

@@ -9,7 +9,7 @@ use k8s_openapi::api::{
     rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
 };
 use kube::{
-    Api, Resource, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{ListParams, Patch, PatchParams},
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
@@ -30,8 +30,8 @@ use super::{
     status::{self, Outcome},
 };
 use crate::{
-    api::{FIELD_MANAGER, KUBECONFIG_UID_LABEL, Kubeconfig},
-    client,
+    api::{FIELD_MANAGER, KUBECONFIG_UID_LABEL, KeyRef, Kubeconfig, ORPHAN_TARGET_ANNOTATION},
+    client::{self, cluster::Cluster},
     model::{
         Error, Problem, Reason, Result, Written,
         authority::{Resolved, ResolvedSigner},
@@ -39,20 +39,52 @@ use crate::{
     },
 };
 
+/// Where a Kubeconfig's bindings are: the target its authority names (`prepared`), or when
+/// that cannot be known, the one its status recorded; `None` for the controller's cluster.
+pub fn target_of(
+    kc: &Kubeconfig,
+    prepared: &Result<(Resolved, Desired), Problem>,
+) -> Option<KeyRef> {
+    match prepared {
+        Ok((resolved, _)) => resolved.target.clone(),
+        Err(_) => kc.status.as_ref().and_then(|s| s.target.clone()),
+    }
+}
+
+/// The cluster of `target` (the controller's own for `None`); `Ok(Err(problem))` when a target
+/// cannot be used now.
+pub async fn cluster(
+    target: Option<&KeyRef>,
+    ctx: &Context,
+) -> Result<Result<Arc<Cluster>, Problem>> {
+    match target {
+        None => Ok(Ok(ctx.local.clone())),
+        Some(key) => ctx.targets.cluster(key, ctx).await,
+    }
+}
+
 /// The credential and its bindings, together or not at all: issued (or kept) with its
 /// bindings in place, or, when something stops it, withdrawn with them. When the authority
 /// cannot sign just now, a valid credential for the spec as it is stays (Ready,
-/// `RenewalBlocked`) until it expires.
+/// `RenewalBlocked`) until it expires; so it does while its target cannot be reached (its
+/// bindings there can be neither checked nor removed).
 pub async fn credential(
     kc: &Kubeconfig,
     uid: &str,
     prepared: Result<(Resolved, Desired), Problem>,
+    cluster: Result<Arc<Cluster>, Problem>,
     ctx: &Context,
     now: OffsetDateTime,
 ) -> Result<(Outcome, Option<SecretData>)> {
-    let (outcome, data) = match &prepared {
-        Err(problem) => (Outcome::NotReady(problem.clone()), None),
-        Ok((resolved, desired)) => apply_secret(kc, uid, desired, resolved, ctx, now).await?,
+    let prepared = match (prepared, &cluster) {
+        (Ok(_), Err(problem)) => Err(problem.clone()),
+        (prepared, _) => prepared,
+    };
+    let (outcome, data) = match (&prepared, &cluster) {
+        (Ok((resolved, desired)), Ok(cluster)) => {
+            apply_secret(kc, uid, desired, resolved, cluster, ctx, now).await?
+        }
+        (Err(problem), _) | (_, Err(problem)) => (Outcome::NotReady(problem.clone()), None),
     };
     let Outcome::NotReady(problem) = outcome else {
         return Ok((outcome, data));
@@ -61,16 +93,22 @@ pub async fn credential(
     let cached = ctx
         .secrets
         .get(&ObjectRef::new(&kc.spec.secret_ref.name).within(&namespace));
+    let cluster = cluster.ok();
     match status::still_valid(kc, uid, problem, cached.as_deref(), now) {
-        Ok(kept) => match apply_bindings(kc, uid, true, ctx).await? {
-            None => Ok((kept, None)),
-            Some(problem) => {
-                withdraw(kc, uid, ctx).await?;
-                Ok((Outcome::NotReady(problem), None))
+        Ok(kept) => {
+            let Some(cluster) = cluster else {
+                return Ok((kept, None));
+            };
+            match apply_bindings(kc, uid, true, &cluster, ctx).await? {
+                None => Ok((kept, None)),
+                Some(problem) => {
+                    withdraw(kc, uid, Some(&cluster), ctx).await?;
+                    Ok((Outcome::NotReady(problem), None))
+                }
             }
-        },
+        }
         Err(problem) => {
-            withdraw(kc, uid, ctx).await?;
+            withdraw(kc, uid, cluster.as_deref(), ctx).await?;
             Ok((Outcome::NotReady(problem), None))
         }
     }
@@ -115,12 +153,13 @@ pub async fn report(
     kc: &Kubeconfig,
     outcome: &Outcome,
     distributed: Option<&Distributed>,
+    target: Option<&KeyRef>,
     ctx: &Context,
     now: OffsetDateTime,
 ) -> Result<()> {
     let namespace = kc.namespace().unwrap_or_default();
     let name = kc.name_any();
-    let mut new_status = status::status(kc, outcome, distributed, now);
+    let mut new_status = status::status(kc, outcome, distributed, target, now);
     if kc.status.as_ref() == Some(&new_status) {
         return Ok(());
     }
@@ -141,7 +180,7 @@ pub async fn report(
             .await
             .map_err(Error::kube("reading the Kubeconfig"))?;
         if let Some(live) = live {
-            new_status = status::status(&live, outcome, distributed, now);
+            new_status = status::status(&live, outcome, distributed, target, now);
             if live.status.as_ref() == Some(&new_status) {
                 return Ok(());
             }
@@ -171,6 +210,7 @@ pub async fn apply_secret(
     uid: &str,
     desired: &Desired,
     resolved: &Resolved,
+    cluster: &Cluster,
     ctx: &Context,
     now: OffsetDateTime,
 ) -> Result<(Outcome, Option<SecretData>)> {
@@ -205,7 +245,7 @@ pub async fn apply_secret(
     let ready_message = format!("Secret {} holds a valid kubeconfig", desired.secret_name);
     let (reason, why) = match plan {
         SecretPlan::Keep { held, renew_at } => {
-            if let Some(problem) = apply_bindings(kc, uid, true, ctx).await? {
+            if let Some(problem) = apply_bindings(kc, uid, true, cluster, ctx).await? {
                 return Ok((Outcome::NotReady(problem), None));
             }
             let outcome = Outcome::Ready {
@@ -230,7 +270,7 @@ pub async fn apply_secret(
         }
     };
     ctx.spend(uid, Written::Secret)?;
-    let mut issued = match issue::issue(kc, uid, desired, &resolved.signer, ctx, now).await? {
+    let mut issued = match issue::issue(kc, uid, desired, resolved, cluster, ctx, now).await? {
         Ok(issued) => issued,
         Err(problem) => return Ok((Outcome::NotReady(problem), None)),
     };
@@ -249,7 +289,7 @@ pub async fn apply_secret(
     };
     // The bindings are in place before the credential is written; if they cannot be, the
     // credential is never written.
-    if let Some(problem) = apply_bindings(kc, uid, true, ctx).await? {
+    if let Some(problem) = apply_bindings(kc, uid, true, cluster, ctx).await? {
         return Ok((Outcome::NotReady(problem), None));
     }
     ctx.write_managed_secret(&namespace, &secret)
@@ -290,10 +330,18 @@ pub async fn apply_secret(
     Ok((outcome, secret.data))
 }
 
-/// Removes what a Kubeconfig that is not Ready must not hold: its bindings and its own Secret
-/// (copies go with distribution). A Secret it does not own is left alone.
-pub async fn withdraw(kc: &Kubeconfig, uid: &str, ctx: &Context) -> Result<()> {
-    apply_bindings(kc, uid, false, ctx).await?;
+/// Removes what a Kubeconfig that is not Ready must not hold: its bindings (in `cluster`,
+/// unless it cannot be reached) and its own Secret (copies go with distribution). A Secret it
+/// does not own is left alone.
+pub async fn withdraw(
+    kc: &Kubeconfig,
+    uid: &str,
+    cluster: Option<&Cluster>,
+    ctx: &Context,
+) -> Result<()> {
+    if let Some(cluster) = cluster {
+        apply_bindings(kc, uid, false, cluster, ctx).await?;
+    }
     let namespace = kc.namespace().unwrap_or_default();
     let name = &kc.spec.secret_ref.name;
     let ours = ctx
@@ -318,14 +366,18 @@ pub async fn apply_bindings(
     kc: &Kubeconfig,
     uid: &str,
     allowed: bool,
+    cluster: &Cluster,
     ctx: &Context,
 ) -> Result<Option<Problem>> {
     let mine = |labels: &BTreeMap<String, String>| {
         labels.get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
     };
-    let observed_cluster = ctx.cluster_role_bindings.state_filter(|b| mine(b.labels()));
-    let observed_namespaced = ctx.role_bindings.state_filter(|b| mine(b.labels()));
-    let observed_roles = ctx.roles.state_filter(|b| mine(b.labels()));
+    let observed_cluster = cluster
+        .cluster_role_bindings
+        .state_filter(|b| mine(b.labels()));
+    let observed_namespaced = cluster.role_bindings.state_filter(|b| mine(b.labels()));
+    let observed_roles = cluster.roles.state_filter(|b| mine(b.labels()));
+    let client = &cluster.client;
     let plan = plan_bindings(
         kc,
         uid,
@@ -343,7 +395,7 @@ pub async fn apply_bindings(
     // Roles before the bindings that refer to them.
     for r in &plan.apply_roles {
         let (ns, name) = (r.namespace().unwrap_or_default(), r.name_any());
-        if let Err(e) = Api::<Role>::namespaced(ctx.client.clone(), &ns)
+        if let Err(e) = Api::<Role>::namespaced(client.clone(), &ns)
             .patch(&name, &params, &Patch::Apply(r))
             .await
         {
@@ -352,7 +404,7 @@ pub async fn apply_bindings(
     }
     for b in &plan.apply_cluster {
         let name = b.name_any();
-        if let Err(e) = Api::<ClusterRoleBinding>::all(ctx.client.clone())
+        if let Err(e) = Api::<ClusterRoleBinding>::all(client.clone())
             .patch(&name, &params, &Patch::Apply(b))
             .await
         {
@@ -361,7 +413,7 @@ pub async fn apply_bindings(
     }
     for b in &plan.apply_namespaced {
         let (ns, name) = (b.namespace().unwrap_or_default(), b.name_any());
-        if let Err(e) = Api::<RoleBinding>::namespaced(ctx.client.clone(), &ns)
+        if let Err(e) = Api::<RoleBinding>::namespaced(client.clone(), &ns)
             .patch(&name, &params, &Patch::Apply(b))
             .await
         {
@@ -369,19 +421,15 @@ pub async fn apply_bindings(
         }
     }
     for name in &plan.delete_cluster {
-        client::delete_ignoring_absent(Api::<ClusterRoleBinding>::all(ctx.client.clone()), name)
+        client::delete_ignoring_absent(Api::<ClusterRoleBinding>::all(client.clone()), name)
             .await?;
     }
     for (ns, name) in &plan.delete_namespaced {
-        client::delete_ignoring_absent(
-            Api::<RoleBinding>::namespaced(ctx.client.clone(), ns),
-            name,
-        )
-        .await?;
+        client::delete_ignoring_absent(Api::<RoleBinding>::namespaced(client.clone(), ns), name)
+            .await?;
     }
     for (ns, name) in &plan.delete_roles {
-        client::delete_ignoring_absent(Api::<Role>::namespaced(ctx.client.clone(), ns), name)
-            .await?;
+        client::delete_ignoring_absent(Api::<Role>::namespaced(client.clone(), ns), name).await?;
     }
     Ok((!failures.is_empty()).then(|| Problem::new(Reason::RBACFailed, failures.join("; "))))
 }
@@ -408,49 +456,45 @@ pub async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let uid = kc.uid().ok_or(Error::MissingMetadata("uid"))?;
     let selector = ListParams::default().labels(&format!("{KUBECONFIG_UID_LABEL}={uid}"));
-    let client = &ctx.client;
-    let none = |_: &str| false;
-    let within = |ns: Option<String>| ns.unwrap_or_default();
-    client::delete_labelled(
-        client,
-        &selector,
-        |_| Api::<ClusterRoleBinding>::all(client.clone()),
-        none,
-    )
-    .await?;
-    client::delete_labelled(
-        client,
-        &selector,
-        |ns| Api::<RoleBinding>::namespaced(client.clone(), &within(ns)),
-        none,
-    )
-    .await?;
-    client::delete_labelled(
-        client,
-        &selector,
-        |ns| Api::<Role>::namespaced(client.clone(), &within(ns)),
-        none,
-    )
-    .await?;
     // CSRs still waiting (a signed one is deleted when its certificate is taken).
     if let Ok(mut pending) = ctx.pending_csrs.lock() {
         pending.remove(&uid);
     }
-    client::delete_labelled(
-        client,
-        &selector,
-        |_| Api::<CertificateSigningRequest>::all(client.clone()),
-        none,
-    )
-    .await?;
-    // Copies in other namespaces (spec.distribution); the Secret itself is checked below.
-    client::delete_labelled(
-        client,
-        &selector,
-        |ns| Api::<Secret>::namespaced(client.clone(), &within(ns)),
-        |ns| ns == namespace,
-    )
-    .await?;
+    // In the target first: everything made there goes before the finalizer does, unless an
+    // admin gives the target up.
+    let target = kc.status.as_ref().and_then(|s| s.target.as_ref());
+    let orphan = kc
+        .annotations()
+        .get(ORPHAN_TARGET_ANNOTATION)
+        .is_some_and(|v| v == "true");
+    match target {
+        Some(key) if orphan => {
+            warn!(target_cluster = %key.name, "{ORPHAN_TARGET_ANNOTATION}: what was made in the target cluster is left there");
+        }
+        Some(key) => match ctx.targets.cluster(key, ctx).await? {
+            Ok(cluster) => remove_labelled(&cluster.client, &selector, None).await?,
+            Err(problem) => {
+                let message = format!(
+                    "{}; the deletion waits for it (to give the target up, an admin annotates this Kubeconfig {ORPHAN_TARGET_ANNOTATION}=true)",
+                    problem.message
+                );
+                let outcome = Outcome::NotReady(Problem::new(problem.reason, message.clone()));
+                report(
+                    &kc,
+                    &outcome,
+                    None,
+                    Some(key),
+                    ctx,
+                    OffsetDateTime::now_utc(),
+                )
+                .await?;
+                return Err(Error::TargetUnreachable(message));
+            }
+        },
+        None => {}
+    }
+    // In the controller's cluster (where the Secret and its copies are).
+    remove_labelled(&ctx.client, &selector, Some(&namespace)).await?;
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
     let secret_name = &kc.spec.secret_ref.name;
     let secret = secrets
@@ -462,4 +506,52 @@ pub async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     }
     info!("removed the bindings and the Secret");
     Ok(Action::await_change())
+}
+
+/// Deletes the bindings, Roles, CSRs and Secrets labelled with a Kubeconfig's UID (`selector`)
+/// in one cluster; in the Kubeconfig's own `namespace` the Secret is left (it is checked
+/// apart: a Secret of that name may not be ours).
+async fn remove_labelled(
+    client: &Client,
+    selector: &ListParams,
+    namespace: Option<&str>,
+) -> Result<()> {
+    let none = |_: &str| false;
+    let within = |ns: Option<String>| ns.unwrap_or_default();
+    client::delete_labelled(
+        client,
+        selector,
+        |_| Api::<ClusterRoleBinding>::all(client.clone()),
+        none,
+    )
+    .await?;
+    client::delete_labelled(
+        client,
+        selector,
+        |ns| Api::<RoleBinding>::namespaced(client.clone(), &within(ns)),
+        none,
+    )
+    .await?;
+    client::delete_labelled(
+        client,
+        selector,
+        |ns| Api::<Role>::namespaced(client.clone(), &within(ns)),
+        none,
+    )
+    .await?;
+    client::delete_labelled(
+        client,
+        selector,
+        |_| Api::<CertificateSigningRequest>::all(client.clone()),
+        none,
+    )
+    .await?;
+    // Copies in other namespaces (spec.distribution), or a target's token anchors.
+    client::delete_labelled(
+        client,
+        selector,
+        |ns| Api::<Secret>::namespaced(client.clone(), &within(ns)),
+        |ns| Some(ns) == namespace,
+    )
+    .await
 }

@@ -1,0 +1,298 @@
+//! Target clusters (an authority's `spec.target`): one client and one set of watches per
+//! target (the labelled Roles and bindings), started when a Kubeconfig first needs it, shared
+//! by every Kubeconfig of that target, started again when its admin kubeconfig changes, and
+//! stopped when no authority names it any more ([`Targets::retain`]). A change in a target
+//! brings the Kubeconfig that owns the object back, as in the controller's own cluster.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::api::{
+    core::v1::Secret,
+    rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    config::{KubeConfigOptions, Kubeconfig as KubeconfigFile},
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use tokio::sync::mpsc;
+use tracing::info;
+
+use super::Context;
+use crate::{
+    api::{KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, KeyRef, Kubeconfig},
+    client::{
+        cluster::Cluster,
+        watch::{Watches, keep, reflect},
+    },
+    model::{Error, Problem, Reason, Result, authority::TARGET_KEY, labels::owner_of},
+};
+
+/// How long a reconcile waits for a target's caches before it reports the target unreachable.
+const FIRST_LIST: Duration = Duration::from_secs(5);
+
+struct Entry {
+    /// The resourceVersion of the admin kubeconfig's Secret the client was built from.
+    version: Option<String>,
+    cluster: Arc<Cluster>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+}
+
+pub struct Targets {
+    entries: Mutex<HashMap<KeyRef, Entry>>,
+    /// Kubeconfigs whose objects in a target changed.
+    trigger: mpsc::UnboundedSender<ObjectRef<Kubeconfig>>,
+}
+
+impl Targets {
+    /// The targets, and the stream of Kubeconfigs their watches bring back.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<ObjectRef<Kubeconfig>>) {
+        let (trigger, changes) = mpsc::unbounded_channel();
+        let targets = Self {
+            entries: Mutex::default(),
+            trigger,
+        };
+        (targets, changes)
+    }
+
+    /// How many targets are watched.
+    pub fn len(&self) -> usize {
+        self.entries.lock().map(|e| e.len()).unwrap_or_default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stops the targets `keep` does not want.
+    pub fn retain(&self, keep: impl Fn(&KeyRef) -> bool) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.retain(|key, _| {
+                let kept = keep(key);
+                if !kept {
+                    info!(target_cluster = %key.name, "no authority names the target any more: its watches stop");
+                }
+                kept
+            });
+        }
+    }
+
+    /// The target whose admin kubeconfig is `key` (namespace and key filled in), its caches
+    /// filled; `Ok(Err(problem))` when its Secret is missing or invalid, or it cannot be
+    /// reached.
+    pub async fn cluster(
+        &self,
+        key: &KeyRef,
+        ctx: &Context,
+    ) -> Result<Result<Arc<Cluster>, Problem>> {
+        let namespace = key.namespace.clone().unwrap_or_default();
+        let version = ctx
+            .secret_metadata
+            .get(&ObjectRef::new(&key.name).within(&namespace))
+            .and_then(|s| s.resource_version());
+        let current = self.entries.lock().ok().and_then(|entries| {
+            entries
+                .get(key)
+                .filter(|e| e.version == version)
+                .map(|e| e.cluster.clone())
+        });
+        let cluster = match current {
+            Some(cluster) => cluster,
+            None => match self.start(key, &namespace, version, ctx).await? {
+                Ok(cluster) => cluster,
+                Err(problem) => return Ok(Err(problem)),
+            },
+        };
+        if !cluster.filled_within(FIRST_LIST).await {
+            let error = cluster
+                .unreachable()
+                .unwrap_or_else(|| "no answer yet".into());
+            return Ok(Err(unreachable(&cluster, &error)));
+        }
+        Ok(match cluster.unreachable() {
+            Some(error) => Err(unreachable(&cluster, &error)),
+            None => Ok(cluster),
+        })
+    }
+
+    /// Builds the client of a target from its admin kubeconfig and starts its watches.
+    async fn start(
+        &self,
+        key: &KeyRef,
+        namespace: &str,
+        version: Option<String>,
+        ctx: &Context,
+    ) -> Result<Result<Arc<Cluster>, Problem>> {
+        let item = key.key.as_deref().unwrap_or(TARGET_KEY);
+        let what = format!(
+            "the target's admin kubeconfig (Secret {namespace}/{}, key {item})",
+            key.name
+        );
+        let secret = Api::<Secret>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(&key.name)
+            .await
+            .map_err(Error::kube(format!(
+                "reading Secret {namespace}/{}",
+                key.name
+            )))?;
+        let Some(text) = secret
+            .and_then(|s| s.data)
+            .and_then(|mut d| d.remove(item))
+            .and_then(|b| String::from_utf8(b.0).ok())
+        else {
+            return Ok(Err(Problem::new(
+                Reason::KubeconfigSecretNotFound,
+                format!("{what} does not exist or lacks the key"),
+            )));
+        };
+        let client = match client_from(&text).await {
+            Ok(client) => client,
+            Err(e) => {
+                return Ok(Err(Problem::new(
+                    Reason::KubeconfigSecretInvalid,
+                    format!("{what}: {e}"),
+                )));
+            }
+        };
+        let server = KubeconfigFile::from_yaml(&text)
+            .ok()
+            .and_then(|k| k.clusters.into_iter().next())
+            .and_then(|c| c.cluster)
+            .and_then(|c| c.server)
+            .unwrap_or_default();
+        let (cluster, tasks) = self.watch(
+            client,
+            format!("target cluster {server}"),
+            key.clone(),
+            ctx.kubeconfigs.clone(),
+        );
+        info!(target_cluster = %server, secret = %format!("{namespace}/{}", key.name), "watching a target cluster");
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(
+                key.clone(),
+                Entry {
+                    version,
+                    cluster: cluster.clone(),
+                    tasks,
+                },
+            );
+        }
+        Ok(Ok(cluster))
+    }
+
+    /// The watches of a target's labelled Roles and bindings: caches, and a task per watch
+    /// that brings the owning Kubeconfig back on every change, and every Kubeconfig of the
+    /// target (`key`, as their status records it) when the watch fails: they report it.
+    fn watch(
+        &self,
+        client: Client,
+        described: String,
+        key: KeyRef,
+        kubeconfigs: Store<Kubeconfig>,
+    ) -> (Arc<Cluster>, Vec<tokio::task::AbortHandle>) {
+        let watches = Arc::new(Watches::default());
+        let managed = || watcher::Config::default().labels(KUBECONFIG_UID_LABEL);
+        let mut tasks = Vec::new();
+        let mut follow = |events: BoxStream<'static, Result<Option<ObjectRef<Kubeconfig>>, ()>>| {
+            let trigger = self.trigger.clone();
+            let (key, kubeconfigs) = (key.clone(), kubeconfigs.clone());
+            let task = tokio::spawn(events.for_each(move |event| {
+                match event {
+                    Ok(Some(owner)) => {
+                        let _ = trigger.send(owner);
+                    }
+                    Ok(None) => {}
+                    Err(()) => {
+                        let of_target = kubeconfigs.state_filter(|kc| {
+                            kc.status.as_ref().and_then(|s| s.target.as_ref()) == Some(&key)
+                        });
+                        for kc in of_target {
+                            let _ = trigger.send(ObjectRef::from_obj(&*kc));
+                        }
+                    }
+                }
+                futures::future::ready(())
+            }));
+            tasks.push(task.abort_handle());
+        };
+        let (cluster_role_bindings, events) = reflect(
+            &watches,
+            &format!("ClusterRoleBindings of {described}"),
+            Api::<ClusterRoleBinding>::all(client.clone()),
+            managed(),
+            keep,
+        );
+        follow(events.map(|e| e.map(|o| owner(&o)).map_err(drop)).boxed());
+        let (role_bindings, events) = reflect(
+            &watches,
+            &format!("RoleBindings of {described}"),
+            Api::<RoleBinding>::all(client.clone()),
+            managed(),
+            keep,
+        );
+        follow(events.map(|e| e.map(|o| owner(&o)).map_err(drop)).boxed());
+        let (roles, events) = reflect(
+            &watches,
+            &format!("Roles of {described}"),
+            Api::<Role>::all(client.clone()),
+            managed(),
+            keep,
+        );
+        follow(events.map(|e| e.map(|o| owner(&o)).map_err(drop)).boxed());
+        let cluster = Arc::new(Cluster {
+            client,
+            cluster_role_bindings,
+            role_bindings,
+            roles,
+            watches: Some(watches),
+            described,
+        });
+        (cluster, tasks)
+    }
+}
+
+/// The Kubeconfig an object in a target names as its owner.
+fn owner<K: Resource>(object: &K) -> Option<ObjectRef<Kubeconfig>> {
+    let annotation = object
+        .meta()
+        .annotations
+        .as_ref()?
+        .get(KUBECONFIG_ANNOTATION)?;
+    let (namespace, name) = owner_of(annotation)?;
+    Some(ObjectRef::new(name).within(namespace))
+}
+
+fn unreachable(cluster: &Cluster, error: &str) -> Problem {
+    Problem::new(
+        Reason::TargetUnreachable,
+        format!(
+            "{} cannot be reached ({error}); retrying. Its bindings cannot be checked or changed until it answers",
+            cluster.described
+        ),
+    )
+}
+
+/// A client for a kubeconfig's current context, with the controller's timeouts.
+async fn client_from(text: &str) -> std::result::Result<Client, String> {
+    let file = KubeconfigFile::from_yaml(text).map_err(|e| e.to_string())?;
+    let mut config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    config.connect_timeout = Some(Duration::from_secs(5));
+    config.read_timeout = Some(Duration::from_secs(30));
+    Client::try_from(config).map_err(|e| e.to_string())
+}

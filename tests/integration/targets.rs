@@ -1,0 +1,482 @@
+//! Many clusters: Kubeconfigs for a target cluster (an authority's `spec.target`), with their
+//! bindings, tokens and cleanup in that target. Two more real API servers (B and C, each with
+//! its own etcd and CA) stand beside the controller's cluster (A).
+
+use std::time::Duration;
+
+use k8s_openapi::api::{
+    authentication::v1::SelfSubjectReview,
+    core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount},
+    rbac::v1::{ClusterRoleBinding, RoleBinding},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig};
+use serde_json::{Value, json};
+
+use crate::{
+    apply, code, eventually, kubeconfig_of, plane, put_ca_secret, setup, spec,
+    support::{ControlPlane, client_from_kubeconfig},
+    wait_condition, wait_ready,
+};
+
+/// Starts a control plane of its own (etcd, kube-apiserver and, for the aggregated `view` and
+/// `edit` roles and the garbage collector, kube-controller-manager).
+async fn other_cluster() -> ControlPlane {
+    let cluster = std::thread::spawn(ControlPlane::start)
+        .join()
+        .expect("start-up thread")
+        .unwrap_or_else(|e| panic!("starting a target cluster: {e}"));
+    cluster.start_controller_manager();
+    cluster.wait_for_aggregated_roles().await;
+    cluster
+}
+
+async fn namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+}
+
+/// A ClusterAuthority in A for the target `cluster`: it signs with the target's CA and binds in
+/// the target, whose admin kubeconfig is in Secret `<name>-admin` (key `value`, as Cluster
+/// API names it), both in `system`.
+async fn target_authority(
+    admin: &Client,
+    system: &str,
+    name: &str,
+    cluster: &ControlPlane,
+    signer: Value,
+) {
+    put_ca_secret(
+        admin,
+        system,
+        &format!("{name}-ca"),
+        &cluster.ca.cert_pem,
+        &cluster.ca.key_pem,
+    )
+    .await;
+    let kubeconfig: Secret = serde_json::from_value(json!({
+        "metadata": {"name": format!("{name}-admin")},
+        "stringData": {"value": cluster.admin_kubeconfig()},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), system)
+        .create(&PostParams::default(), &kubeconfig)
+        .await
+        .unwrap();
+    let signer = if signer.is_null() {
+        json!({"caSecretRef": {"name": format!("{name}-ca"), "namespace": system}})
+    } else {
+        signer
+    };
+    let authority: ClusterAuthority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "ClusterAuthority",
+        "metadata": {"name": name},
+        "spec": {
+            "target": {"kubeconfigSecretRef": {"name": format!("{name}-admin"), "namespace": system, "key": "value"}},
+            "signer": signer,
+            "policy": {"allowedClusterRoles": ["view", "edit"]},
+        },
+    }))
+    .unwrap();
+    Api::<ClusterAuthority>::all(admin.clone())
+        .create(&PostParams::default(), &authority)
+        .await
+        .unwrap();
+}
+
+/// The bindings labelled with a Kubeconfig's UID in a cluster: (cluster-wide, namespaced).
+async fn bindings(client: &Client, uid: &str) -> (Vec<ClusterRoleBinding>, Vec<RoleBinding>) {
+    let mine =
+        ListParams::default().labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
+    let cluster = Api::<ClusterRoleBinding>::all(client.clone())
+        .list(&mine)
+        .await
+        .unwrap()
+        .items;
+    let namespaced = Api::<RoleBinding>::all(client.clone())
+        .list(&mine)
+        .await
+        .unwrap()
+        .items;
+    (cluster, namespaced)
+}
+
+async fn uid_of(admin: &Client, ns: &str, name: &str) -> String {
+    Api::<Kubeconfig>::namespaced(admin.clone(), ns)
+        .get(name)
+        .await
+        .unwrap()
+        .uid()
+        .unwrap()
+}
+
+fn config_map(name: &str) -> ConfigMap {
+    serde_json::from_value(json!({"metadata": {"name": name}})).unwrap()
+}
+
+/// Waits until the Kubeconfig `name` is gone.
+async fn gone(admin: &Client, ns: &str, name: &str, timeout: Duration) {
+    eventually(timeout, &format!("{name} deleted"), || {
+        let api = Api::<Kubeconfig>::namespaced(admin.clone(), ns);
+        async move {
+            match api.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(kc) => Err(format!(
+                    "still there: {:?}",
+                    kc.status.map(|s| s.conditions)
+                )),
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
+    let a = plane();
+    let (admin, ns) = setup("targets", &a.ca).await;
+    let suffix = ns[ns.len() - 6..].to_string();
+    let system = a.namespace("targets-system").await;
+    let (b, c) = (other_cluster().await, other_cluster().await);
+    let (admin_b, admin_c) = (b.admin().await, c.admin().await);
+    for name in ["apps", "other"] {
+        namespace(&admin_b, name).await;
+    }
+    let (to_b, to_c) = (format!("b-{suffix}"), format!("c-{suffix}"));
+    target_authority(&admin, &system, &to_b, &b, Value::Null).await;
+    target_authority(&admin, &system, &to_c, &c, Value::Null).await;
+    let for_target = |authority: &str, user: &str, authorization: Value| {
+        spec(
+            user,
+            json!({"authorityRef": {"kind": "ClusterAuthority", "name": authority},
+                "authorization": authorization}),
+        )
+    };
+
+    // `view` cluster-wide and `edit` in B's namespace apps: exactly that, on B only.
+    let granted = json!({"clusterRoleBindings": {"clusterRoles": ["view"]},
+        "roleBindings": [{"namespace": "apps", "clusterRole": "edit"}]});
+    apply(&admin, &ns, "alice", for_target(&to_b, "alice", granted)).await;
+    let kc = wait_ready(&admin, &ns, "alice").await;
+    let status = kc.status.clone().unwrap();
+    assert_eq!(
+        status.target.as_ref().map(|t| t.name.as_str()),
+        Some(&*format!("{to_b}-admin"))
+    );
+    let yaml = kubeconfig_of(&admin, &ns, "alice-kubeconfig").await;
+    assert!(yaml.contains(&b.server), "the kubeconfig points at B");
+    let alice = client_from_kubeconfig(&yaml).await;
+    let review = Api::<SelfSubjectReview>::all(alice.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .expect("B knows alice");
+    assert_eq!(
+        review
+            .status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username)
+            .as_deref(),
+        Some("alice")
+    );
+    Api::<Pod>::all(alice.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("view cluster-wide on B");
+    Api::<ConfigMap>::namespaced(alice.clone(), "apps")
+        .create(&PostParams::default(), &config_map("by-alice"))
+        .await
+        .expect("edit in B's apps");
+    let refused = Api::<ConfigMap>::namespaced(alice.clone(), "other")
+        .create(&PostParams::default(), &config_map("by-alice"))
+        .await;
+    assert_eq!(code(refused), 403, "no edit in B's other");
+    // The same certificate means nothing to A.
+    let on_a = client_from_kubeconfig(
+        &yaml
+            .replace(&b.server, &a.server)
+            .replace(&base64_pem(&b.ca.cert_pem), &base64_pem(&a.ca_cert_pem)),
+    )
+    .await;
+    let refused = Api::<Pod>::namespaced(on_a, &ns)
+        .list(&ListParams::default())
+        .await;
+    assert_eq!(code(refused), 401, "A does not know alice's certificate");
+    let uid = uid_of(&admin, &ns, "alice").await;
+    let (in_b_cluster, in_b_namespaced) = bindings(&admin_b, &uid).await;
+    assert_eq!((in_b_cluster.len(), in_b_namespaced.len()), (1, 1));
+    let (in_a_cluster, in_a_namespaced) = bindings(&admin, &uid).await;
+    assert!(
+        in_a_cluster.is_empty() && in_a_namespaced.is_empty(),
+        "nothing bound in A"
+    );
+
+    // Drift in B is repaired within 5 s: a binding deleted, a subject added.
+    let crb = in_b_cluster[0].name_any();
+    Api::<ClusterRoleBinding>::all(admin_b.clone())
+        .delete(&crb, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "the binding in B is back", || {
+        let api = Api::<ClusterRoleBinding>::all(admin_b.clone());
+        let crb = crb.clone();
+        async move {
+            match api.get_opt(&crb).await.map_err(|e| e.to_string())? {
+                Some(b) if b.metadata.deletion_timestamp.is_none() => Ok(()),
+                _ => Err("not yet".into()),
+            }
+        }
+    })
+    .await;
+    let rb = &in_b_namespaced[0];
+    let mut subjects = serde_json::to_value(&rb.subjects).unwrap();
+    subjects
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}));
+    Api::<RoleBinding>::namespaced(admin_b.clone(), "apps")
+        .patch(
+            &rb.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"subjects": subjects})),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the subject added in B is gone",
+        || {
+            let api = Api::<RoleBinding>::namespaced(admin_b.clone(), "apps");
+            let name = rb.name_any();
+            async move {
+                let rb = api.get(&name).await.map_err(|e| e.to_string())?;
+                let names: Vec<String> = rb
+                    .subjects
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|s| s.name)
+                    .collect();
+                if names.iter().any(|n| n == "mallory") {
+                    Err(format!("{names:?}"))
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await;
+
+    // A role removed from the spec is unbound in B.
+    apply(
+        &admin,
+        &ns,
+        "alice",
+        for_target(
+            &to_b,
+            "alice",
+            json!({"roleBindings": [{"namespace": "apps", "clusterRole": "edit"}]}),
+        ),
+    )
+    .await;
+    eventually(Duration::from_secs(10), "view unbound in B", || {
+        let (admin_b, uid) = (admin_b.clone(), uid.clone());
+        async move {
+            let (cluster, namespaced) = bindings(&admin_b, &uid).await;
+            if cluster.is_empty() && namespaced.len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("{} and {}", cluster.len(), namespaced.len()))
+            }
+        }
+    })
+    .await;
+
+    // A target that binds roles its authority's policy does not list is refused.
+    apply(
+        &admin,
+        &ns,
+        "greedy",
+        for_target(
+            &to_b,
+            "greedy",
+            json!({"clusterRoleBindings": {"clusterRoles": ["cluster-admin"]}}),
+        ),
+    )
+    .await;
+    wait_condition(
+        &admin,
+        &ns,
+        "greedy",
+        "False",
+        Some("PolicyViolation"),
+        Duration::from_secs(10),
+    )
+    .await;
+
+    // B stops: its Kubeconfigs say so, C's are served as ever; deletion waits for B.
+    apply(
+        &admin,
+        &ns,
+        "bob",
+        for_target(
+            &to_b,
+            "bob",
+            json!({"roleBindings": [{"namespace": "apps", "clusterRole": "view"}]}),
+        ),
+    )
+    .await;
+    wait_ready(&admin, &ns, "bob").await;
+    let bob_uid = uid_of(&admin, &ns, "bob").await;
+    b.stop_component("kube-apiserver", true);
+    let kc = wait_condition(
+        &admin,
+        &ns,
+        "alice",
+        "True",
+        Some("TargetUnreachable"),
+        Duration::from_secs(30),
+    )
+    .await;
+    let message = &kc.status.unwrap().conditions[0].message;
+    assert!(message.contains(&b.server), "{message}");
+    apply(
+        &admin,
+        &ns,
+        "carol",
+        for_target(
+            &to_c,
+            "carol",
+            json!({"roleBindings": [{"namespace": "default", "clusterRole": "view"}]}),
+        ),
+    )
+    .await;
+    wait_ready(&admin, &ns, "carol").await;
+    let carol_uid = uid_of(&admin, &ns, "carol").await;
+    assert_eq!(
+        bindings(&admin_c, &carol_uid).await.1.len(),
+        1,
+        "carol's binding is in C"
+    );
+    let carol = client_from_kubeconfig(&kubeconfig_of(&admin, &ns, "carol-kubeconfig").await).await;
+    Api::<Pod>::namespaced(carol, "default")
+        .list(&ListParams::default())
+        .await
+        .expect("C serves carol while B is down");
+    let kubeconfigs = Api::<Kubeconfig>::namespaced(admin.clone(), &ns);
+    kubeconfigs
+        .delete("alice", &DeleteParams::default())
+        .await
+        .unwrap();
+    kubeconfigs
+        .delete("bob", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let waiting = kubeconfigs.get("alice").await.expect("alice waits for B");
+    let message = &waiting.status.unwrap().conditions[0].message;
+    assert!(message.contains("the deletion waits"), "{message}");
+
+    // Giving B up is an admin's decision: a team member may not, the admin may.
+    let member = crate::security::team_member(&admin, &ns, &format!("tm-{suffix}"), &["bob"]).await;
+    let annotate =
+        json!({"metadata": {"annotations": {"kubeconfig-authority.dev/orphan-target": "true"}}});
+    let refused = Api::<Kubeconfig>::namespaced(member, &ns)
+        .patch("bob", &PatchParams::default(), &Patch::Merge(&annotate))
+        .await;
+    assert_eq!(code(refused), 403, "a team member may not orphan");
+    kubeconfigs
+        .patch("bob", &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .expect("the admin may orphan");
+    gone(&admin, &ns, "bob", Duration::from_secs(20)).await;
+    assert!(
+        kubeconfigs.get_opt("alice").await.unwrap().is_some(),
+        "alice still waits"
+    );
+
+    // B returns: alice's deletion completes, everything gone from B first; bob's binding
+    // stays there, as the annotation said.
+    b.start_component("kube-apiserver");
+    gone(&admin, &ns, "alice", Duration::from_secs(60)).await;
+    let (cluster, namespaced) = bindings(&admin_b, &uid).await;
+    assert!(
+        cluster.is_empty() && namespaced.is_empty(),
+        "alice's bindings gone from B"
+    );
+    let (_, orphaned) = bindings(&admin_b, &bob_uid).await;
+    assert_eq!(orphaned.len(), 1, "bob's binding was given up");
+    wait_ready(&admin, &ns, "carol").await;
+
+    // A ServiceAccount token from B, revoked in B when its Kubeconfig goes.
+    let tokens = format!("t-{suffix}");
+    target_authority(
+        &admin,
+        &system,
+        &tokens,
+        &b,
+        json!({"serviceAccountToken": {}}),
+    )
+    .await;
+    namespace(&admin_b, &ns).await;
+    let robot: ServiceAccount =
+        serde_json::from_value(json!({"metadata": {"name": "robot"}})).unwrap();
+    Api::<ServiceAccount>::namespaced(admin_b.clone(), &ns)
+        .create(&PostParams::default(), &robot)
+        .await
+        .unwrap();
+    apply(
+        &admin,
+        &ns,
+        "robot",
+        json!({"authorityRef": {"kind": "ClusterAuthority", "name": tokens},
+            "serviceAccountRef": {"name": "robot"}, "validity": "1h",
+            "secretRef": {"name": "robot-kubeconfig"}}),
+    )
+    .await;
+    wait_ready(&admin, &ns, "robot").await;
+    let robot = client_from_kubeconfig(&kubeconfig_of(&admin, &ns, "robot-kubeconfig").await).await;
+    let review = Api::<SelfSubjectReview>::all(robot.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .expect("B knows the robot's token");
+    assert_eq!(
+        review
+            .status
+            .and_then(|s| s.user_info)
+            .and_then(|u| u.username),
+        Some(format!("system:serviceaccount:{ns}:robot"))
+    );
+    kubeconfigs
+        .delete("robot", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the robot's token revoked in B",
+        || {
+            let robot = robot.clone();
+            async move {
+                let answer = Api::<SelfSubjectReview>::all(robot)
+                    .create(&PostParams::default(), &SelfSubjectReview::default())
+                    .await;
+                if code(answer) == 401 {
+                    Ok(())
+                } else {
+                    Err("still accepted".to_string())
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// A PEM as it appears (base64) in a kubeconfig.
+fn base64_pem(pem: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(pem)
+}
