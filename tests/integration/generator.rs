@@ -16,7 +16,9 @@ use kubeconfig_authority::api::{Authority, Kubeconfig, KubeconfigGenerator};
 use serde_json::{Value, json};
 
 use crate::{
-    control_plane::whoami, eventually, kubeconfig_of, plane, support::client_from_kubeconfig,
+    control_plane::whoami,
+    eventually, kubeconfig_of, plane,
+    support::{ControlPlane, client_from_kubeconfig},
 };
 
 async fn install_tenant_control_plane_crd(admin: &Client) {
@@ -87,7 +89,19 @@ async fn tenant_control_plane(
     labels: Value,
     ca_key: Option<&str>,
 ) {
-    let plane = plane();
+    tenant_in(plane(), admin, ns, name, labels, ca_key).await;
+}
+
+/// A TenantControlPlane whose tenant cluster is `plane`: its `<name>-ca` and
+/// `<name>-admin-kubeconfig` are that cluster's.
+async fn tenant_in(
+    plane: &ControlPlane,
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    labels: Value,
+    ca_key: Option<&str>,
+) {
     let params = PatchParams::apply("tests").force();
     let secrets = Api::<Secret>::namespaced(admin.clone(), ns);
     let ca: Secret = serde_json::from_value(json!({"metadata": {"name": format!("{name}-ca")},
@@ -357,4 +371,109 @@ async fn a_generator_keeps_one_kubeconfig_per_tenant_control_plane() {
         .await
         .unwrap();
     gone(&admin, &b, &format!("bravo-{name}")).await;
+}
+
+/// Each tenant's RBAC goes to its own cluster: two TenantControlPlanes whose admin kubeconfigs
+/// point at two other real API servers.
+#[tokio::test]
+async fn a_generator_binds_each_tenant_s_roles_in_its_own_cluster() {
+    let plane = plane();
+    let admin = plane.admin().await;
+    install_tenant_control_plane_crd(&admin).await;
+    let ns = plane.namespace("gen-remote").await;
+    let suffix = ns[ns.len() - 6..].to_string();
+    let env = format!("remote-{suffix}");
+    label_namespace(&admin, &ns, json!({"environment": env})).await;
+    let mut tenants = Vec::new();
+    for tenant in ["bravo", "charlie"] {
+        let cluster = std::thread::spawn(ControlPlane::start)
+            .join()
+            .expect("start-up thread")
+            .unwrap_or_else(|e| panic!("starting {tenant}'s cluster: {e}"));
+        cluster.start_controller_manager();
+        cluster.wait_for_aggregated_roles().await;
+        tenant_in(&cluster, &admin, &ns, tenant, json!({"team": tenant}), None).await;
+        tenants.push((tenant, cluster));
+    }
+    let name = format!("remote-{suffix}");
+    let generator: KubeconfigGenerator = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "KubeconfigGenerator",
+        "metadata": {"name": name},
+        "spec": {
+            "namespaceSelector": {"matchLabels": {"environment": env}},
+            "target": {"selector": {}},
+            "user": {"fromDefinition": "metadata.name"},
+            "controlPlaneEndpointFrom": "admin.conf",
+            "validity": "1h",
+            "policy": {"allowedClusterRoles": ["view"]},
+            "authorization": {"clusterRoleBindings": {"clusterRoles": ["view"]}},
+        },
+    }))
+    .unwrap();
+    Api::<KubeconfigGenerator>::all(admin.clone())
+        .patch(
+            &name,
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(&generator),
+        )
+        .await
+        .unwrap();
+    counts(&admin, &name, 2, 2, &[]).await;
+    for (tenant, cluster) in &tenants {
+        let kubeconfig = kubeconfig_of(&admin, &ns, &format!("{tenant}-{name}")).await;
+        assert!(
+            kubeconfig.contains(&cluster.server),
+            "{tenant}'s kubeconfig points at its cluster"
+        );
+        let client = client_from_kubeconfig(&kubeconfig).await;
+        let (user, _) = whoami(client.clone()).await;
+        assert_eq!(&user, tenant);
+        // `view` cluster-wide, bound in the tenant's cluster and nowhere else.
+        Api::<Namespace>::all(client)
+            .list(&Default::default())
+            .await
+            .unwrap_or_else(|e| panic!("{tenant} views its cluster: {e}"));
+        let uid = Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+            .get(&format!("{tenant}-{name}"))
+            .await
+            .unwrap()
+            .metadata
+            .uid
+            .unwrap();
+        assert_eq!(
+            bound(cluster.admin().await, &uid).await,
+            1,
+            "{tenant}'s binding in its cluster"
+        );
+        assert_eq!(
+            bound(admin.clone(), &uid).await,
+            0,
+            "nothing bound in the controller's cluster"
+        );
+        for (other, other_cluster) in &tenants {
+            if other != tenant {
+                assert_eq!(
+                    bound(other_cluster.admin().await, &uid).await,
+                    0,
+                    "nothing of {tenant} in {other}'s cluster"
+                );
+            }
+        }
+    }
+    Api::<KubeconfigGenerator>::all(admin.clone())
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
+}
+
+/// How many ClusterRoleBindings of the Kubeconfig `uid` a cluster holds.
+async fn bound(client: Client, uid: &str) -> usize {
+    let mine = kube::api::ListParams::default()
+        .labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(client)
+        .list(&mine)
+        .await
+        .unwrap()
+        .items
+        .len()
 }
