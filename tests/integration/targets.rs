@@ -480,3 +480,133 @@ fn base64_pem(pem: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(pem)
 }
+
+/// Completed requests the API server counted (its `apiserver_request_total`, all series).
+async fn requests_served(client: &Client) -> f64 {
+    let request = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client
+        .request_text(request)
+        .await
+        .expect("the API server's metrics");
+    text.lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// What a target costs the controller: its own controller on its own cluster, three targets
+/// (no kube-controller-manager there, so that the controller is the targets' only client),
+/// one Kubeconfig with one binding in each. Memory (RSS before and after), watches (three
+/// per target, by design), and requests per minute to each target once idle, against each
+/// target's own requests in a minute before the controller knew it.
+#[tokio::test]
+async fn what_a_target_cluster_costs_the_controller() {
+    let start = || {
+        std::thread::spawn(ControlPlane::start)
+            .join()
+            .expect("start-up thread")
+            .unwrap_or_else(|e| panic!("starting a control plane: {e}"))
+    };
+    let home = start();
+    home.install_crds().await;
+    home.install_controller_rbac().await;
+    let port = crate::support::free_port().unwrap();
+    let health = format!("--health-addr=127.0.0.1:{port}");
+    let controller = home.spawn_controller(
+        std::path::Path::new(crate::BIN),
+        &["--leader-elect=false", &health],
+        &[],
+        "controller",
+    );
+    let pid = controller.child.id();
+    home.adopt(controller);
+    let admin = home.admin().await;
+    let targets: Vec<ControlPlane> = (0..3).map(|_| start()).collect();
+    let mut clients = Vec::new();
+    for t in &targets {
+        clients.push(t.admin().await);
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the controller ready",
+        || async move {
+            match crate::support::http_get(port, "/readyz").await {
+                Some((status, _)) if status.contains("200") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    // A minute of each target on its own, and the controller idle with no target.
+    let window = Duration::from_secs(60);
+    let mut before = Vec::new();
+    for c in &clients {
+        before.push(requests_served(c).await);
+    }
+    tokio::time::sleep(window).await;
+    let mut alone = Vec::new();
+    for (c, b) in clients.iter().zip(&before) {
+        alone.push(requests_served(c).await - b);
+    }
+    let rss_without = rss_mib(pid);
+
+    let system = home.namespace("system").await;
+    let ns = home.namespace("team").await;
+    for (i, t) in targets.iter().enumerate() {
+        let name = format!("t{i}");
+        target_authority(&admin, &system, &name, t, Value::Null).await;
+        apply(
+            &admin,
+            &ns,
+            &name,
+            spec(
+                &format!("user-{i}"),
+                json!({"authorityRef": {"kind": "ClusterAuthority", "name": name},
+                    "authorization": {"clusterRoleBindings": {"clusterRoles": ["view"]}}}),
+            ),
+        )
+        .await;
+        wait_ready(&admin, &ns, &name).await;
+    }
+    // Settled, then a minute of each target with the controller watching it, idle.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut before = Vec::new();
+    for c in &clients {
+        before.push(requests_served(c).await);
+    }
+    tokio::time::sleep(window).await;
+    let mut watched = Vec::new();
+    for (c, b) in clients.iter().zip(&before) {
+        watched.push(requests_served(c).await - b);
+    }
+    let rss_with = rss_mib(pid);
+    let per_target_mib = (rss_with - rss_without) / targets.len() as f64;
+    let per_target_requests: Vec<f64> = watched.iter().zip(&alone).map(|(w, a)| w - a).collect();
+    let (_, metrics) = crate::support::http_get(port, "/metrics").await.unwrap();
+    let watched_targets = metrics
+        .lines()
+        .find(|l| l.starts_with("kubeconfig_authority_targets "))
+        .unwrap_or("kubeconfig_authority_targets ?")
+        .to_string();
+    println!(
+        "per target: {per_target_mib:.2} MiB of controller memory ({rss_without:.1} -> {rss_with:.1} MiB with 3), \
+         3 watches, idle requests per minute {per_target_requests:?} (the targets' own: {alone:?}); {watched_targets}"
+    );
+    assert!(per_target_mib < 16.0, "{per_target_mib:.2} MiB per target");
+    assert!(
+        per_target_requests.iter().all(|r| *r < 6.0),
+        "idle requests per minute: {per_target_requests:?}"
+    );
+}
