@@ -126,7 +126,9 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         // would otherwise wait for the client's 295 s read timeout.
         let builder = kube::client::ClientBuilder::try_from(config)
             .map_err(|e| connect(&e))?
-            .with_layer(&tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT));
+            .with_layer(&tower::timeout::TimeoutLayer::new(
+                crate::client::REQUEST_TIMEOUT,
+            ));
         let client = match args.qps {
             Some(qps) if qps > 0 => builder
                 .with_layer(&tower::limit::RateLimitLayer::new(
@@ -165,9 +167,6 @@ pub struct GetArgs {
     #[arg(long, short = 'o', value_name = "FILE")]
     output: Option<PathBuf>,
 }
-
-/// See `run`: the longest wait for the headers of any answer of the API server.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn get(args: GetArgs) -> Result<(), CliError> {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -24,6 +24,11 @@ use crate::{
     model::{Error, Result},
 };
 
+/// The longest wait for the headers of any answer of an API server (a watch's events stream
+/// on): a request left hanging by an API server that went away fails and is retried instead of
+/// waiting for the client's 295 s read timeout.
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Applies an object's status (server-side apply, the controller's field manager). The API
 /// server is asked to answer with the metadata only: nothing reads the answer, and the whole
 /// object would be decoded for nothing.

@@ -30,6 +30,7 @@ use super::Context;
 use crate::{
     api::{KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, KeyRef, Kubeconfig},
     client::{
+        REQUEST_TIMEOUT,
         cluster::Cluster,
         watch::{Watches, keep, reflect},
     },
@@ -287,13 +288,18 @@ fn unreachable(cluster: &Cluster, error: &str) -> Problem {
 }
 
 /// A client for a kubeconfig's current context. A target that does not answer a connection
-/// within 5 s counts as unreachable; reads keep kube's default timeout, longer than a watch's
-/// (a shorter one ends every quiet watch, which then lists again: measured, twice a minute).
+/// within 5 s, or a request's headers within [`REQUEST_TIMEOUT`] (as the controller's own
+/// client), counts as unreachable; reads keep kube's default timeout, longer than a watch's (a
+/// shorter one ends every quiet watch, which then lists again: measured, twice a minute).
 async fn client_from(text: &str) -> std::result::Result<Client, String> {
     let file = KubeconfigFile::from_yaml(text).map_err(|e| e.to_string())?;
     let mut config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
         .await
         .map_err(|e| e.to_string())?;
     config.connect_timeout = Some(Duration::from_secs(5));
-    Client::try_from(config).map_err(|e| e.to_string())
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| e.to_string())?
+        .with_layer(&tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT))
+        .build();
+    Ok(client)
 }
