@@ -12,8 +12,8 @@
 //!   itself is not observable; a value that stays at `--concurrency` means work is waiting).
 //! - `kubeconfig_authority_leader`: 1 while this replica holds the lease.
 //! - `kubeconfig_authority_targets`: target clusters watched now.
-//! - `kubeconfig_authority_targets_unreachable`: of those, the ones a reconcile found
-//!   unreachable at its last look (`TargetUnreachable` on their Kubeconfigs).
+//! - `kubeconfig_authority_targets_unreachable`: of those, the ones whose watches fail now
+//!   (their Kubeconfigs say `TargetUnreachable`). Both are counted every 30 s.
 
 use std::sync::{Arc, atomic::AtomicI64};
 

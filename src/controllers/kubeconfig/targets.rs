@@ -79,6 +79,18 @@ impl Targets {
         self.len() == 0
     }
 
+    /// How many targets cannot be reached now (a watch failing since its last progress).
+    pub fn unreachable(&self) -> usize {
+        self.entries
+            .lock()
+            .map(|e| {
+                e.values()
+                    .filter(|e| e.cluster.unreachable().is_some())
+                    .count()
+            })
+            .unwrap_or_default()
+    }
+
     /// Stops the targets `keep` does not want.
     pub fn retain(&self, keep: impl Fn(&KeyRef) -> bool) {
         if let Ok(mut entries) = self.entries.lock() {
