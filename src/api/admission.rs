@@ -40,6 +40,37 @@ fn policy_for(
     variables: Value,
     validations: Vec<Value>,
 ) -> Value {
+    let mut policy = guard(
+        name,
+        purpose,
+        resource,
+        &["CREATE", "UPDATE"],
+        // Only a change of what is asked for is checked: the controller's own finalizer
+        // and metadata updates are not requests for access.
+        json!([{
+            "name": "spec-changed",
+            "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
+        }, {
+            // The Kubeconfigs the controller makes itself: for a KubeconfigGenerator (whose
+            // author the generator policy checks) and for an annotated ServiceAccount.
+            "name": "not-the-controller",
+            "expression": format!("request.userInfo.username != '{CONTROLLER_USER}'"),
+        }]),
+        validations,
+    );
+    policy["spec"]["variables"] = variables;
+    policy
+}
+
+/// A ValidatingAdmissionPolicy of this project over `resource`.
+fn guard(
+    name: &str,
+    purpose: &str,
+    resource: &str,
+    operations: &[&str],
+    match_conditions: Value,
+    validations: Vec<Value>,
+) -> Value {
     json!({
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "ValidatingAdmissionPolicy",
@@ -54,21 +85,10 @@ fn policy_for(
                     "apiGroups": [super::GROUP],
                     "apiVersions": ["*"],
                     "resources": [resource],
-                    "operations": ["CREATE", "UPDATE"],
+                    "operations": operations,
                 }],
             },
-            // Only a change of what is asked for is checked: the controller's own finalizer
-            // and metadata updates are not requests for access.
-            "matchConditions": [{
-                "name": "spec-changed",
-                "expression": "request.operation == 'CREATE' || object.spec != oldObject.spec",
-            }, {
-                // The Kubeconfigs the controller makes itself: for a KubeconfigGenerator (whose
-                // author the generator policy checks) and for an annotated ServiceAccount.
-                "name": "not-the-controller",
-                "expression": format!("request.userInfo.username != '{CONTROLLER_USER}'"),
-            }],
-            "variables": variables,
+            "matchConditions": match_conditions,
             "validations": validations,
         },
     })
@@ -231,36 +251,26 @@ fn orphan_guard() -> Value {
             "{object} != null && has({object}.metadata.annotations) && '{key}' in {object}.metadata.annotations && {object}.metadata.annotations['{key}'] == 'true'"
         )
     };
-    json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {
-            "name": "kubeconfig-authority-orphan",
-            "annotations": {"kubeconfig-authority.dev/purpose": "Only who may orphan kubeconfigs may give up on a target cluster."},
-        },
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [{
-                    "apiGroups": [super::GROUP],
-                    "apiVersions": ["*"],
-                    "resources": ["kubeconfigs"],
-                    "operations": ["CREATE", "UPDATE"],
-                }],
-            },
-            "matchConditions": [{
-                "name": "orphan-set",
-                "expression": format!("{} && !({})", set("object"), set("oldObject")),
-            }],
-            "validations": [validation(
-                format!("authorizer.group('{}').resource('kubeconfigs').namespace(object.metadata.namespace).check('orphan').allowed()", super::GROUP),
-                format!(
-                    "'you may not set {key}: it leaves the bindings made in the target cluster behind; that needs the verb orphan on kubeconfigs (API group {}), which cluster admins have'",
-                    super::GROUP
-                ),
-            )],
-        },
-    })
+    guard(
+        "kubeconfig-authority-orphan",
+        "Only who may orphan kubeconfigs may give up on a target cluster.",
+        "kubeconfigs",
+        &["CREATE", "UPDATE"],
+        json!([{
+            "name": "orphan-set",
+            "expression": format!("{} && !({})", set("object"), set("oldObject")),
+        }]),
+        vec![validation(
+            format!(
+                "authorizer.group('{}').resource('kubeconfigs').namespace(object.metadata.namespace).check('orphan').allowed()",
+                super::GROUP
+            ),
+            format!(
+                "'you may not set {key}: it leaves the bindings made in the target cluster behind; that needs the verb orphan on kubeconfigs (API group {}), which cluster admins have'",
+                super::GROUP
+            ),
+        )],
+    )
 }
 
 /// The controller's finalizer stands between a Kubeconfig and the removal of
@@ -273,39 +283,26 @@ fn finalizer_guard() -> Value {
             super::FINALIZER
         )
     };
-    json!({
-        "apiVersion": "admissionregistration.k8s.io/v1",
-        "kind": "ValidatingAdmissionPolicy",
-        "metadata": {
-            "name": "kubeconfig-authority-finalizer",
-            "annotations": {"kubeconfig-authority.dev/purpose": "Only the controller may remove its finalizer, after removing what the object made."},
-        },
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "resourceRules": [{
-                    "apiGroups": [super::GROUP],
-                    "apiVersions": ["*"],
-                    "resources": ["kubeconfigs"],
-                    "operations": ["UPDATE"],
-                }],
-            },
-            "matchConditions": [{
-                "name": "finalizer-removed",
-                "expression": format!("{} && !({})", has("oldObject"), has("object")),
-            }, {
-                "name": "not-the-controller",
-                "expression": format!("request.userInfo.username != '{CONTROLLER_USER}'"),
-            }],
-            "validations": [validation(
-                "false".into(),
-                format!(
-                    "'only the kubeconfig-authority controller may remove the finalizer {}: it does so once the bindings and copies the object made are gone; delete the object and the controller finishes. If the controller is uninstalled for good, delete the ValidatingAdmissionPolicyBinding kubeconfig-authority-finalizer first'",
-                    super::FINALIZER
-                ),
-            )],
-        },
-    })
+    guard(
+        "kubeconfig-authority-finalizer",
+        "Only the controller may remove its finalizer, after removing what the object made.",
+        "kubeconfigs",
+        &["UPDATE"],
+        json!([{
+            "name": "finalizer-removed",
+            "expression": format!("{} && !({})", has("oldObject"), has("object")),
+        }, {
+            "name": "not-the-controller",
+            "expression": format!("request.userInfo.username != '{CONTROLLER_USER}'"),
+        }]),
+        vec![validation(
+            "false".into(),
+            format!(
+                "'only the kubeconfig-authority controller may remove the finalizer {}: it does so once the bindings and copies the object made are gone; delete the object and the controller finishes. If the controller is uninstalled for good, delete the ValidatingAdmissionPolicyBinding kubeconfig-authority-finalizer first'",
+                super::FINALIZER
+            ),
+        )],
+    )
 }
 
 /// The policies as one multi-document YAML stream.

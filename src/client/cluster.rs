@@ -9,7 +9,7 @@ use std::{
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding};
 use kube::{Client, runtime::reflector::Store};
 
-use super::{filled, watch::Watches};
+use super::watch::{Watches, filled};
 
 pub struct Cluster {
     pub client: Client,

@@ -5,6 +5,8 @@
 pub mod cluster;
 pub mod watch;
 
+pub use watch::filled;
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -13,7 +15,6 @@ use kube::{
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder},
-        reflector::Store,
     },
 };
 use serde_json::Value;
@@ -125,27 +126,6 @@ pub async fn publish(
     };
     if let Err(e) = recorder.publish(&event, regarding).await {
         warn!("could not publish an event: {e}");
-    }
-}
-
-/// Waits until a store has been filled once. A waiter registered before the fill is not
-/// always woken (observed with two controllers sharing stores), so the wait is retried.
-pub async fn filled<K>(store: &Store<K>)
-where
-    K: kube::runtime::reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    loop {
-        match tokio::time::timeout(
-            std::time::Duration::from_millis(200),
-            store.wait_until_ready(),
-        )
-        .await
-        {
-            // An error means the watch was dropped: the controller is shutting down.
-            Ok(_) => return,
-            Err(_) => continue,
-        }
     }
 }
 

@@ -320,6 +320,27 @@ where
     (store, events)
 }
 
+/// Waits until a store has been filled once. A waiter registered before the fill is not
+/// always woken (observed with two controllers sharing stores), so the wait is retried.
+pub async fn filled<K>(store: &Store<K>)
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            store.wait_until_ready(),
+        )
+        .await
+        {
+            // An error means the watch was dropped: the controller is shutting down.
+            Ok(_) => return,
+            Err(_) => continue,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

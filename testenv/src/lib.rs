@@ -126,6 +126,19 @@ impl ControlPlane {
         Self::start_with(None)
     }
 
+    /// A cluster of its own beside the shared one (a target, a tenant): etcd, kube-apiserver
+    /// and kube-controller-manager (the aggregated `view` and `edit` roles, the garbage
+    /// collector), ready. Panics if it cannot start.
+    pub async fn start_other() -> Self {
+        let cluster = std::thread::spawn(Self::start)
+            .join()
+            .expect("start-up thread")
+            .unwrap_or_else(|e| panic!("starting another cluster: {e}"));
+        cluster.start_controller_manager();
+        cluster.wait_for_aggregated_roles().await;
+        cluster
+    }
+
     /// As [`Self::start`], and with `node_link` (the host's address on a test node's link, see
     /// [`crate::node`]) the API server also listens there, advertises it as the `kubernetes`
     /// Service's endpoint, has it in its serving certificate, and reaches kubelets with a

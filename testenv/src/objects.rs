@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{
     Api, Client,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -206,4 +206,17 @@ pub async fn create_configmap(
     Api::<ConfigMap>::namespaced(client, &ns)
         .create(&PostParams::default(), &cm)
         .await
+}
+
+/// Creates the namespace `name` (an existing one is fine).
+pub async fn create_namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    match Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => panic!("creating namespace {name}: {e}"),
+    }
 }

@@ -252,14 +252,7 @@ async fn a_generator_keeps_one_kubeconfig_per_tenant_control_plane() {
         },
     }))
     .unwrap();
-    Api::<KubeconfigGenerator>::all(admin.clone())
-        .patch(
-            &name,
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(&generator),
-        )
-        .await
-        .unwrap();
+    apply_generator(&admin, &name, &generator).await;
     let took = counts(&admin, &name, 2, 2, &[]).await;
     println!("two kubeconfigs Ready {took:?} after the generator was applied");
 
@@ -386,12 +379,7 @@ async fn a_generator_binds_each_tenant_s_roles_in_its_own_cluster() {
     label_namespace(&admin, &ns, json!({"environment": env})).await;
     let mut tenants = Vec::new();
     for tenant in ["bravo", "charlie"] {
-        let cluster = std::thread::spawn(ControlPlane::start)
-            .join()
-            .expect("start-up thread")
-            .unwrap_or_else(|e| panic!("starting {tenant}'s cluster: {e}"));
-        cluster.start_controller_manager();
-        cluster.wait_for_aggregated_roles().await;
+        let cluster = ControlPlane::start_other().await;
         tenant_in(&cluster, &admin, &ns, tenant, json!({"team": tenant}), None).await;
         tenants.push((tenant, cluster));
     }
@@ -410,14 +398,7 @@ async fn a_generator_binds_each_tenant_s_roles_in_its_own_cluster() {
         },
     }))
     .unwrap();
-    Api::<KubeconfigGenerator>::all(admin.clone())
-        .patch(
-            &name,
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(&generator),
-        )
-        .await
-        .unwrap();
+    apply_generator(&admin, &name, &generator).await;
     counts(&admin, &name, 2, 2, &[]).await;
     for (tenant, cluster) in &tenants {
         let kubeconfig = kubeconfig_of(&admin, &ns, &format!("{tenant}-{name}")).await;
@@ -476,4 +457,15 @@ async fn bound(client: Client, uid: &str) -> usize {
         .unwrap()
         .items
         .len()
+}
+
+async fn apply_generator(admin: &Client, name: &str, generator: &KubeconfigGenerator) {
+    Api::<KubeconfigGenerator>::all(admin.clone())
+        .patch(
+            name,
+            &PatchParams::apply("tests").force(),
+            &Patch::Apply(generator),
+        )
+        .await
+        .unwrap();
 }

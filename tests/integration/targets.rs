@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::{
     authentication::v1::SelfSubjectReview,
-    core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount},
+    core::v1::{ConfigMap, Pod, Secret, ServiceAccount},
     rbac::v1::{ClusterRoleBinding, RoleBinding},
 };
 use kube::{
@@ -17,30 +17,10 @@ use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig};
 use serde_json::{Value, json};
 
 use crate::{
-    apply, code, eventually, kubeconfig_of, plane, put_ca_secret, setup, spec,
+    apply, code, create_namespace, eventually, kubeconfig_of, plane, put_ca_secret, setup, spec,
     support::{ControlPlane, client_from_kubeconfig},
     wait_condition, wait_ready,
 };
-
-/// Starts a control plane of its own (etcd, kube-apiserver and, for the aggregated `view` and
-/// `edit` roles and the garbage collector, kube-controller-manager).
-async fn other_cluster() -> ControlPlane {
-    let cluster = std::thread::spawn(ControlPlane::start)
-        .join()
-        .expect("start-up thread")
-        .unwrap_or_else(|e| panic!("starting a target cluster: {e}"));
-    cluster.start_controller_manager();
-    cluster.wait_for_aggregated_roles().await;
-    cluster
-}
-
-async fn namespace(client: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-}
 
 /// A ClusterAuthority in A for the target `cluster`: it signs with the target's CA and binds in
 /// the target, whose admin kubeconfig is in Secret `<name>-admin` (key `value`, as Cluster
@@ -143,10 +123,13 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
     let (admin, ns) = setup("targets", &a.ca).await;
     let suffix = ns[ns.len() - 6..].to_string();
     let system = a.namespace("targets-system").await;
-    let (b, c) = (other_cluster().await, other_cluster().await);
+    let (b, c) = (
+        ControlPlane::start_other().await,
+        ControlPlane::start_other().await,
+    );
     let (admin_b, admin_c) = (b.admin().await, c.admin().await);
     for name in ["apps", "other"] {
-        namespace(&admin_b, name).await;
+        create_namespace(&admin_b, name).await;
     }
     let (to_b, to_c) = (format!("b-{suffix}"), format!("c-{suffix}"));
     target_authority(&admin, &system, &to_b, &b, Value::Null).await;
@@ -422,7 +405,7 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
         json!({"serviceAccountToken": {}}),
     )
     .await;
-    namespace(&admin_b, &ns).await;
+    create_namespace(&admin_b, &ns).await;
     let robot: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": "robot"}})).unwrap();
     Api::<ServiceAccount>::namespaced(admin_b.clone(), &ns)

@@ -14,7 +14,7 @@ use std::{
 use k8s_openapi::api::{
     apps::v1::Deployment,
     authentication::v1::SelfSubjectReview,
-    core::v1::{Namespace, Pod, Secret},
+    core::v1::{Pod, Secret},
     rbac::v1::ClusterRole,
 };
 use kube::{
@@ -26,7 +26,9 @@ use serde_json::json;
 use support::{
     ControlPlane,
     node::Node,
-    objects::{apply, eventually, kubeconfig_of, put_ca_secret, secret, spec, wait_ready},
+    objects::{
+        apply, create_namespace, eventually, kubeconfig_of, put_ca_secret, secret, spec, wait_ready,
+    },
 };
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -209,13 +211,6 @@ async fn assert_works(admin: &Client, ns: &str, user: &str) {
     assert_eq!(support::objects::code(refused), 403, "Secrets are refused");
 }
 
-async fn namespace(admin: &Client, name: &str) {
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    let _ = Api::<Namespace>::all(admin.clone())
-        .create(&PostParams::default(), &ns)
-        .await;
-}
-
 async fn resource_version(admin: &Client, ns: &str, name: &str) -> String {
     secret(admin, ns, name)
         .await
@@ -253,7 +248,7 @@ async fn installed_with_helm_and_kustomize_it_runs_on_a_real_node() {
 
     // helm install, with the image and a ClusterAuthority (its CA key in the release's
     // namespace) set by values.
-    namespace(&admin, SYSTEM).await;
+    create_namespace(&admin, SYSTEM).await;
     put_ca_secret(
         &admin,
         SYSTEM,
@@ -293,7 +288,7 @@ async fn installed_with_helm_and_kustomize_it_runs_on_a_real_node() {
 
     // A Kubeconfig applied now is issued by the controller in the pod, and works.
     let team = "team-node";
-    namespace(&admin, team).await;
+    create_namespace(&admin, team).await;
     issue(&admin, team, "alice").await;
     assert_works(&admin, team, "alice").await;
     let log = Api::<Pod>::namespaced(admin.clone(), SYSTEM)

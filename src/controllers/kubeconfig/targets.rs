@@ -11,10 +11,7 @@ use std::{
 };
 
 use futures::{StreamExt, stream::BoxStream};
-use k8s_openapi::api::{
-    core::v1::Secret,
-    rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
-};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, Resource, ResourceExt,
     config::{KubeConfigOptions, Kubeconfig as KubeconfigFile},
@@ -218,9 +215,8 @@ impl Targets {
         kubeconfigs: Store<Kubeconfig>,
     ) -> (Arc<Cluster>, Vec<tokio::task::AbortHandle>) {
         let watches = Arc::new(Watches::default());
-        let managed = || watcher::Config::default().labels(KUBECONFIG_UID_LABEL);
         let mut tasks = Vec::new();
-        let mut follow = |events: BoxStream<'static, Result<Option<ObjectRef<Kubeconfig>>, ()>>| {
+        let mut follow = |events: Owners| {
             let trigger = self.trigger.clone();
             let (key, kubeconfigs) = (key.clone(), kubeconfigs.clone());
             let task = tokio::spawn(events.for_each(move |event| {
@@ -242,30 +238,9 @@ impl Targets {
             }));
             tasks.push(task.abort_handle());
         };
-        let (cluster_role_bindings, events) = reflect(
-            &watches,
-            &format!("ClusterRoleBindings of {described}"),
-            Api::<ClusterRoleBinding>::all(client.clone()),
-            managed(),
-            keep,
-        );
-        follow(events.map(|e| e.map(|o| owner(&o)).map_err(drop)).boxed());
-        let (role_bindings, events) = reflect(
-            &watches,
-            &format!("RoleBindings of {described}"),
-            Api::<RoleBinding>::all(client.clone()),
-            managed(),
-            keep,
-        );
-        follow(events.map(|e| e.map(|o| owner(&o)).map_err(drop)).boxed());
-        let (roles, events) = reflect(
-            &watches,
-            &format!("Roles of {described}"),
-            Api::<Role>::all(client.clone()),
-            managed(),
-            keep,
-        );
-        follow(events.map(|e| e.map(|o| owner(&o)).map_err(drop)).boxed());
+        let cluster_role_bindings = labelled(&watches, &described, &client, &mut follow);
+        let role_bindings = labelled(&watches, &described, &client, &mut follow);
+        let roles = labelled(&watches, &described, &client, &mut follow);
         let cluster = Arc::new(Cluster {
             client,
             cluster_role_bindings,
@@ -276,6 +251,37 @@ impl Targets {
         });
         (cluster, tasks)
     }
+}
+
+/// What a target's watch passes on: the Kubeconfig an object names, or a failure.
+type Owners = BoxStream<'static, Result<Option<ObjectRef<Kubeconfig>>, ()>>;
+
+/// A cache of the objects of kind `K` labelled as some Kubeconfig's in a target, whose changes
+/// go to `follow`.
+fn labelled<K>(
+    watches: &Arc<Watches>,
+    described: &str,
+    client: &Client,
+    follow: &mut impl FnMut(Owners),
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, events) = reflect(
+        watches,
+        &format!("{} of {described}", K::kind(&())),
+        Api::<K>::all(client.clone()),
+        watcher::Config::default().labels(KUBECONFIG_UID_LABEL),
+        keep,
+    );
+    follow(events.map(|e| e.map(|o| owner(&o)).map_err(drop)).boxed());
+    store
 }
 
 /// The Kubeconfig an object in a target names as its owner.
