@@ -22,6 +22,9 @@ pub struct CertificateInfo {
     #[serde(with = "time::serde::rfc3339")]
     pub not_after: OffsetDateTime,
     pub is_ca: bool,
+    /// What the API server names it by in audit logs and `kubectl auth whoami`
+    /// (`authentication.kubernetes.io/credential-id`): see [`credential_id`].
+    pub credential_id: String,
 }
 
 impl CertificateInfo {
@@ -64,7 +67,17 @@ pub fn inspect_certificate(der: &[u8]) -> Result<CertificateInfo> {
         not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
         is_ca: cert.is_ca(),
+        credential_id: credential_id(der),
     })
+}
+
+/// How the API server identifies a client certificate in audit logs and in the user's extra
+/// `authentication.kubernetes.io/credential-id`: `X509SHA256=` and the SHA-256 of its DER, in
+/// lower-case hex.
+pub fn credential_id(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("X509SHA256={hex}")
 }
 
 /// Whether a certificate was signed by one of the certificates of a CA bundle.

@@ -21,7 +21,9 @@ pub use ca::{CertificateAuthority, CertificateRequest, IssuedCertificate, NewReq
 pub use duration::{MAX_DURATION, format_duration, parse_duration};
 pub use error::Error;
 pub use identity::{Identity, KUBECONFIG_GROUP_PREFIX};
-pub use inspect::{CertificateInfo, Verification, inspect_certificate, verify_against};
+pub use inspect::{
+    CertificateInfo, Verification, credential_id, inspect_certificate, verify_against,
+};
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use pem_util::parse_certificates;
 pub use renewal::{

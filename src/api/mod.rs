@@ -27,6 +27,10 @@ pub const KUBECONFIG_UID_LABEL: &str = "kubeconfig-authority.dev/kubeconfig-uid"
 /// `<namespace>/<name>` of the Kubeconfig an object belongs to (an annotation: names can be
 /// longer than a label value may be).
 pub const KUBECONFIG_ANNOTATION: &str = "kubeconfig-authority.dev/kubeconfig";
+/// On a Kubeconfig: a new value (any text; `kubeconfig-authority renew` writes the time) asks
+/// for one renewal now. The value acted on is recorded in `status.renewRequestedAt`; the same
+/// value again does nothing.
+pub const RENEW_ANNOTATION: &str = "kubeconfig-authority.dev/renew-requested-at";
 /// On a Kubeconfig being deleted, set to `"true"` by an admin: give up on its target cluster
 /// (which cannot be reached) and leave whatever was made there. The admission policy allows
 /// it only to whoever may `orphan` kubeconfigs (a verb of its own: cluster admins).
@@ -318,6 +322,15 @@ pub struct KubeconfigStatus {
     /// The current token's ID (its `jti` claim), for ServiceAccount token kubeconfigs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_id: Option<String>,
+    /// How the API server names the current credential in audit logs and in `kubectl auth
+    /// whoami` (the user's extra `authentication.kubernetes.io/credential-id`):
+    /// `X509SHA256=<fingerprint>` for a certificate, `JTI=<token ID>` for a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_id: Option<String>,
+    /// The last value of the annotation `kubeconfig-authority.dev/renew-requested-at` that
+    /// was acted on (a renewal was forced for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renew_requested_at: Option<String>,
     /// When the controller will renew the certificate or token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal_time: Option<Time>,

@@ -233,6 +233,48 @@ pub fn get(args: GetArgs) -> Result<(), CliError> {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// The Kubeconfig's name.
+    name: String,
+    /// Its namespace. Default: the current context's.
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+}
+
+/// Asks the controller for one renewal now: sets the annotation
+/// `kubeconfig-authority.dev/renew-requested-at` to the current time.
+pub fn renew(args: RenewArgs) -> Result<(), CliError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Usage(format!("starting the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let client = Client::try_default()
+            .await
+            .map_err(|e| CliError::Usage(format!("connecting to the cluster: {e}")))?;
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        let now = super::rfc3339(time::OffsetDateTime::now_utc());
+        let patch = serde_json::json!({"metadata": {"annotations": {crate::api::RENEW_ANNOTATION: now}}});
+        Api::<Kubeconfig>::namespaced(client, &namespace)
+            .patch(
+                &args.name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .map_err(|e| CliError::Usage(format!("Kubeconfig {namespace}/{}: {e}", args.name)))?;
+        println!(
+            "renewal of Kubeconfig {namespace}/{} requested at {now}; status.renewRequestedAt says when it is done",
+            args.name
+        );
+        Ok(())
+    })
+}
+
 /// Prints generated manifests.
 pub fn print_yaml(
     what: &str,

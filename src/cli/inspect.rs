@@ -115,7 +115,7 @@ fn print(report: &Report, format: Format, now: OffsetDateTime) {
             return;
         }
     }
-    let line = |label: &str, value: &str| println!("{:<12} {value}", format!("{label}:"));
+    let line = |label: &str, value: &str| println!("{:<14} {value}", format!("{label}:"));
     line(
         "File",
         &format!("{} ({})", report.file.display(), report.kind),
@@ -133,6 +133,7 @@ fn print(report: &Report, format: Format, now: OffsetDateTime) {
     line("Username", &info.identity.username);
     line("Groups", &info.identity.groups.join(", "));
     line("Serial", &info.serial);
+    line("Credential ID", &info.credential_id);
     line("Issuer", &info.issuer);
     line("Not before", &rfc3339(info.not_before));
     let status = if now < info.not_before {

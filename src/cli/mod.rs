@@ -37,6 +37,8 @@ enum Command {
     Run(controller::RunArgs),
     /// Download the kubeconfig a Kubeconfig object issued, from its Secret.
     Get(controller::GetArgs),
+    /// Ask the controller to renew a Kubeconfig's credential now (once).
+    Renew(controller::RenewArgs),
     /// Print the CustomResourceDefinitions (YAML).
     Crd,
     /// Print the escalation guard: the ValidatingAdmissionPolicies and their bindings (YAML).
@@ -82,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Run(args) => controller::run(args).map(|()| ExitCode::SUCCESS),
         Command::Get(args) => controller::get(args).map(|()| ExitCode::SUCCESS),
+        Command::Renew(args) => controller::renew(args).map(|()| ExitCode::SUCCESS),
         Command::Crd => controller::print_yaml("the CRDs", crate::api::crds_yaml()),
         Command::Admission => controller::print_yaml(
             "the admission policies",

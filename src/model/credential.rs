@@ -26,6 +26,10 @@ pub struct Held {
         with = "time::serde::rfc3339::option"
     )]
     pub issued_at: Option<OffsetDateTime>,
+    /// What the API server names the credential by in audit logs and `kubectl auth whoami`:
+    /// `X509SHA256=<fingerprint>` or `JTI=<token ID>`. Absent in records of older versions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential_id: String,
 }
 
 impl Held {
@@ -53,8 +57,21 @@ impl From<CertificateInfo> for Held {
             not_after: info.not_after,
             is_token: false,
             issued_at: None,
+            credential_id: info.credential_id,
         }
     }
+}
+
+/// The credential ID of a PEM certificate (see [`kubeconfig_authority_pki::credential_id`]);
+/// empty if it cannot be read.
+pub fn certificate_id(pem: &str) -> String {
+    kubeconfig_authority_pki::parse_certificates(pem)
+        .ok()
+        .and_then(|ders| {
+            ders.first()
+                .map(|der| kubeconfig_authority_pki::credential_id(der))
+        })
+        .unwrap_or_default()
 }
 
 /// The times and ID of a ServiceAccount token, from its claims (the token is not verified:
@@ -70,8 +87,14 @@ pub fn token_held(token: &str) -> Option<Held> {
             .as_i64()
             .and_then(|t| OffsetDateTime::from_unix_timestamp(t).ok())
     };
+    let jti = claims["jti"].as_str().unwrap_or_default().to_string();
     Some(Held {
-        id: claims["jti"].as_str().unwrap_or_default().to_string(),
+        credential_id: if jti.is_empty() {
+            String::new()
+        } else {
+            format!("JTI={jti}")
+        },
+        id: jti,
         not_before: time("nbf").or_else(|| time("iat"))?,
         not_after: time("exp")?,
         is_token: true,

@@ -864,3 +864,102 @@ print(r.status, r.read().decode())
         );
     }
 }
+
+/// The credential ID the status records is the one the API server reports for the issued
+/// kubeconfig (what its audit log names), and `inspect` prints it; `kubeconfig-authority
+/// renew` forces one renewal, recorded in status, and the same request again does nothing.
+#[tokio::test]
+async fn renewal_on_request_and_the_credential_id_of_the_audit_log() {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let plane = plane();
+    let (admin, ns) = setup("renew", &plane.ca).await;
+    apply(&admin, &ns, "rita", spec("rita", json!({}))).await;
+    let status = wait_ready(&admin, &ns, "rita").await.status.unwrap();
+    let id = status.credential_id.clone().expect("status.credentialId");
+    assert!(id.starts_with("X509SHA256="), "{id}");
+    let yaml = kubeconfig_of(&admin, &ns, "rita-kubeconfig").await;
+    let review = Api::<SelfSubjectReview>::all(client_from_kubeconfig(&yaml).await)
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .unwrap();
+    let extra = review
+        .status
+        .and_then(|s| s.user_info)
+        .and_then(|u| u.extra)
+        .unwrap_or_default();
+    assert_eq!(
+        extra.get("authentication.kubernetes.io/credential-id"),
+        Some(&vec![id.clone()]),
+        "the API server names the certificate as the status does"
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &yaml).unwrap();
+    let inspected = std::process::Command::new(BIN)
+        .args(["inspect", "-o", "json"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(report["certificate"]["credentialId"], json!(id));
+
+    // `renew` asks once: a new certificate, the request recorded.
+    let renewed = std::process::Command::new(BIN)
+        .args(["renew", "rita", "-n", &ns])
+        .env("KUBECONFIG", plane.admin_kubeconfig_path())
+        .output()
+        .unwrap();
+    assert!(
+        renewed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&renewed.stderr)
+    );
+    let asked = eventually(Duration::from_secs(10), "a renewal on request", || {
+        let api = Api::<Kubeconfig>::namespaced(admin.clone(), &ns);
+        let first = status.serial_number.clone();
+        async move {
+            let kc = api.get("rita").await.map_err(|e| e.to_string())?;
+            let asked = kc
+                .annotations()
+                .get("kubeconfig-authority.dev/renew-requested-at")
+                .cloned();
+            let s = kc.status.clone().unwrap_or_default();
+            let ready = ready_condition(&kc).map(|c| c.1);
+            if s.serial_number != first
+                && s.renew_requested_at == asked
+                && ready.as_deref() == Some("Renewed")
+            {
+                Ok((asked, s.serial_number))
+            } else {
+                Err(format!(
+                    "{ready:?} {:?} {:?}",
+                    s.serial_number, s.renew_requested_at
+                ))
+            }
+        }
+    })
+    .await;
+    // The same value again, and a change that brings the Kubeconfig back: nothing is issued.
+    let (value, serial) = asked;
+    Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+        .patch(
+            "rita",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"kubeconfig-authority.dev/renew-requested-at": value}}})),
+        )
+        .await
+        .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .patch(
+            "rita-kubeconfig",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"touched": "yes"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let kc = Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+        .get("rita")
+        .await
+        .unwrap();
+    assert_eq!(kc.status.unwrap().serial_number, serial, "nothing reissued");
+}

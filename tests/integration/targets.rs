@@ -421,19 +421,28 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
             "secretRef": {"name": "robot-kubeconfig"}}),
     )
     .await;
-    wait_ready(&admin, &ns, "robot").await;
+    let robot_status = wait_ready(&admin, &ns, "robot").await.status.unwrap();
     let robot = client_from_kubeconfig(&kubeconfig_of(&admin, &ns, "robot-kubeconfig").await).await;
     let review = Api::<SelfSubjectReview>::all(robot.clone())
         .create(&PostParams::default(), &SelfSubjectReview::default())
         .await
         .expect("B knows the robot's token");
+    let user = review.status.and_then(|s| s.user_info).unwrap();
     assert_eq!(
-        review
-            .status
-            .and_then(|s| s.user_info)
-            .and_then(|u| u.username),
+        user.username,
         Some(format!("system:serviceaccount:{ns}:robot"))
     );
+    // B's audit log names the token by its JTI, as the status does.
+    let id = user
+        .extra
+        .unwrap_or_default()
+        .remove("authentication.kubernetes.io/credential-id")
+        .unwrap_or_default();
+    assert_eq!(
+        id,
+        robot_status.credential_id.into_iter().collect::<Vec<_>>()
+    );
+    assert!(id[0].starts_with("JTI="), "{id:?}");
     kubeconfigs
         .delete("robot", &DeleteParams::default())
         .await

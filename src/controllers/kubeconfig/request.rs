@@ -1,5 +1,6 @@
 //! What a Kubeconfig asks for, read once from its spec and its authority. Pure.
 
+use crate::api::RENEW_ANNOTATION;
 use std::time::Duration;
 
 use kube::ResourceExt;
@@ -81,6 +82,8 @@ pub struct Desired {
     pub server_ca_pem: String,
     /// A digest of everything above plus the signer: when it changes, reissue.
     pub inputs_digest: String,
+    /// A renewal asked for (the annotation's value) and not acted on yet.
+    pub renew_requested: Option<String>,
 }
 
 impl Desired {
@@ -203,8 +206,19 @@ impl Desired {
             server: authority.server.clone(),
             server_ca_pem: authority.server_ca_pem.clone(),
             inputs_digest: managed::digest(inputs.to_string().as_bytes()),
+            renew_requested: renew_requested(kc).map(String::from),
         })
     }
+}
+
+/// The renewal the annotation asks for, unless the status says it was done.
+pub fn renew_requested(kc: &Kubeconfig) -> Option<&str> {
+    let asked = kc.annotations().get(RENEW_ANNOTATION)?;
+    let done = kc
+        .status
+        .as_ref()
+        .and_then(|s| s.renew_requested_at.as_ref());
+    (done != Some(asked)).then_some(asked.as_str())
 }
 
 /// The shortest token lifetime the TokenRequest API accepts.
@@ -287,5 +301,32 @@ mod tests {
             needs_finalizer(&kubeconfig(base_spec()), true),
             "a target cluster is out of the garbage collector's reach"
         );
+    }
+
+    #[test]
+    fn a_renewal_request_counts_until_the_status_records_it() {
+        let mut kc = kubeconfig(base_spec());
+        assert_eq!(renew_requested(&kc), None);
+        kc.metadata.annotations = Some(
+            [(RENEW_ANNOTATION.to_string(), "t1".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        assert_eq!(renew_requested(&kc), Some("t1"));
+        kc.status = Some(crate::api::KubeconfigStatus {
+            renew_requested_at: Some("t1".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            renew_requested(&kc),
+            None,
+            "the same value again does nothing"
+        );
+        kc.metadata.annotations = Some(
+            [(RENEW_ANNOTATION.to_string(), "t2".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        assert_eq!(renew_requested(&kc), Some("t2"));
     }
 }

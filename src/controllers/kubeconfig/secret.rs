@@ -1,5 +1,6 @@
 //! The Kubeconfig's Secret: what to do with the one observed, and the one to write. Pure.
 
+use crate::api::RENEW_ANNOTATION;
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
@@ -111,6 +112,12 @@ pub fn plan_secret(
             "the Secret holds no readable kubeconfig".into(),
         );
     };
+    if let Some(asked) = &desired.renew_requested {
+        return SecretPlan::Write(
+            WriteReason::Renew,
+            format!("a renewal was requested ({RENEW_ANNOTATION}: {asked})"),
+        );
+    }
     let renew_at = renewal_time(held.issued_at(), held.not_after, desired.renew_before, uid);
     if now >= renew_at || now >= held.not_after || now < held.not_before {
         return SecretPlan::Write(
@@ -259,6 +266,20 @@ mod tests {
             renew_at > now + Duration::from_secs(15 * 3600)
                 && renew_at <= now + Duration::from_secs(16 * 3600 + 300)
         );
+        assert!(
+            held.credential_id.starts_with("X509SHA256="),
+            "{}",
+            held.credential_id
+        );
+        // A renewal asked for (and not yet done) renews a good credential.
+        let asked = Desired {
+            renew_requested: Some("2026-11-30T08:00:00Z".into()),
+            ..Desired::from_spec(&kc, UID, &resolved(&ca)).unwrap()
+        };
+        assert!(matches!(
+            plan(&asked, UID, &secret, now),
+            SecretPlan::Write(WriteReason::Renew, why) if why.contains("2026-11-30T08:00:00Z")
+        ));
         // The cache keeps no data, and plans the same.
         let cached = ManagedSecret::from(secret.clone());
         assert!(cached.intact && cached.held.as_ref() == Some(&held));

@@ -1,5 +1,6 @@
 //! The outcome of a reconcile as status, and when to look again. Pure.
 
+use crate::api::RENEW_ANNOTATION;
 use std::time::Duration;
 
 use kube::runtime::controller::Action;
@@ -117,6 +118,16 @@ pub fn status(
     if let Some(d) = distributed {
         status.distributed_copies = Some(d.copies).filter(|n| *n > 0);
     }
+    // A credential written now answers any renewal asked for until now.
+    if let Outcome::Ready {
+        written: Some(_),
+        blocked: None,
+        ..
+    } = outcome
+        && let Some(asked) = kube::ResourceExt::annotations(kc).get(RENEW_ANNOTATION)
+    {
+        status.renew_requested_at = Some(asked.clone());
+    }
     match outcome {
         // The next attempt is no renewal time: the one recorded stays.
         Outcome::Ready {
@@ -133,6 +144,10 @@ pub fn status(
             status.not_before = Some(to_time(held.not_before));
             status.not_after = Some(to_time(held.not_after));
             status.renewal_time = Some(to_time(*renew_at));
+            // Records of older versions lack it: what the status had stays then.
+            if !held.credential_id.is_empty() {
+                status.credential_id = Some(held.credential_id.clone());
+            }
         }
         // Nothing is held (see `withdraw`).
         Outcome::NotReady(_) => {
@@ -140,6 +155,7 @@ pub fn status(
             status.secret_name = None;
             status.serial_number = None;
             status.token_id = None;
+            status.credential_id = None;
             status.not_before = None;
             status.not_after = None;
         }
@@ -351,6 +367,7 @@ mod tests {
             not_after: now + Duration::from_secs(7200),
             is_token: false,
             issued_at: Some(now),
+            credential_id: String::new(),
         };
         let ready = |renew_in: u64| Outcome::Ready {
             held: held.clone(),
