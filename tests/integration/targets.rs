@@ -254,6 +254,60 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
     )
     .await;
 
+    // The target's admin kubeconfig changes (rotated) and is followed without a restart: a
+    // credential that may not bind stops the repair of a deleted binding; the admin one again
+    // repairs it.
+    let admin_secret = |kubeconfig: String| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": format!("{to_b}-admin")},
+            "stringData": {"value": kubeconfig}}))
+        .unwrap()
+    };
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &system);
+    let rotate = |kubeconfig: String| {
+        let (secrets, secret) = (secrets.clone(), admin_secret(kubeconfig));
+        async move {
+            secrets
+                .replace(
+                    &secret.metadata.name.clone().unwrap(),
+                    &PostParams::default(),
+                    &secret,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    rotate(b.kubeconfig_for("nobody", &[])).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Api::<ClusterRoleBinding>::all(admin_b.clone())
+        .delete(&crb, &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        Api::<ClusterRoleBinding>::all(admin_b.clone())
+            .get_opt(&crb)
+            .await
+            .unwrap()
+            .is_none(),
+        "a credential without rights repairs nothing"
+    );
+    rotate(b.admin_kubeconfig()).await;
+    eventually(
+        Duration::from_secs(15),
+        "repaired with the rotated admin credential",
+        || {
+            let api = Api::<ClusterRoleBinding>::all(admin_b.clone());
+            let crb = crb.clone();
+            async move {
+                match api.get_opt(&crb).await.map_err(|e| e.to_string())? {
+                    Some(_) => Ok(()),
+                    None => Err("not yet".into()),
+                }
+            }
+        },
+    )
+    .await;
+
     // A role removed from the spec is unbound in B.
     apply(
         &admin,

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts a real Kubernetes node beside a test control plane: containerd (Debian's package) with
 # runc and the CNI bridge, kubelet, kube-proxy (iptables mode) and kube-scheduler, built by
-# tests/controlplane/build.sh node. Everything but the scheduler runs in a network namespace and
-# a mount namespace of the node's own, held by one process: its iptables rules, bridge, veths and
+# tests/controlplane/build.sh node. Everything runs in a network namespace and a mount
+# namespace of the node's own, held by one process: its iptables rules, bridge, veths and
 # mounts vanish with it, and stop.sh (beside this script) removes the rest (cgroups, the host's
 # end of the link). Called by the test harness (testenv/src/node.rs), which writes <dir>/env:
 #
@@ -180,15 +180,14 @@ conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeou
 EOF
 run_in_node kube-proxy "$NODE_BIN/kube-proxy" --config="$dir/proxy.yaml" --v=1
 
-setsid "$NODE_BIN/kube-scheduler" --kubeconfig="$dir/scheduler.kubeconfig" \
+run_in_node kube-scheduler "$NODE_BIN/kube-scheduler" --kubeconfig="$dir/scheduler.kubeconfig" \
   --authentication-kubeconfig="$dir/scheduler.kubeconfig" \
   --authorization-kubeconfig="$dir/scheduler.kubeconfig" \
-  --leader-elect=false --secure-port=0 </dev/null >"$dir/kube-scheduler.log" 2>&1 &
-started "$!" kube-scheduler
+  --leader-elect=false --secure-port=0
 
 if [ -n "${OWNER_PID:-}" ]; then
   # A watchdog: the node goes when its owner does, however the owner ended.
-  setsid sh -c 'while kill -0 "$0" 2>/dev/null; do sleep 1; done; exec "$1" "$2"' \
-    "$OWNER_PID" "$here/stop.sh" "$dir" </dev/null >"$dir/watchdog.log" 2>&1 &
+  setsid sh -c 'while kill -0 "$0" 2>/dev/null; do sleep 1; done; exec "$1" "$2" "$3" "$4"' \
+    "$OWNER_PID" "$here/stop.sh" "$dir" "$N" "$holder" </dev/null >/dev/null 2>&1 &
   echo "$!" >"$dir/watchdog.pid"
 fi

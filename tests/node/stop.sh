@@ -3,19 +3,28 @@
 # its containers and processes, its namespaces (with its iptables rules, bridge, veths and
 # mounts), its cgroups, the host's end of its link, the folders start.sh created. Safe to run
 # twice, and on a node that half started.
+#
+#   stop.sh <dir> [N holder-pid]
+#
+# N and the holder's pid, when given (the watchdog gives them), stop the node even if its
+# folder is gone.
 set -uo pipefail
 dir=$1
-[ -f "$dir/env" ] || exit 0
+N=${2:-}
+holder=${3:-}
 # shellcheck source=/dev/null
-source "$dir/env"
-exec 9>"$dir/.stop.lock"
-flock 9
+[ -f "$dir/env" ] && source "$dir/env"
+[ -n "$N" ] || exit 0
+if [ -d "$dir" ]; then
+  exec 9>"$dir/.stop.lock"
+  flock 9
+fi
 log() { echo "node: $*" >&2; }
 cgroup_root=kubeconfig-authority-node-$N link=kanode$N
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 named() { [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; }
-holder=$(cat "$dir/holder.pid" 2>/dev/null || true)
+[ -f "$dir/holder.pid" ] && holder=$(cat "$dir/holder.pid")
 # The holder only while it is still the sleep of our namespaces (a pid can be reused).
 alive "$holder" && named "$holder" sleep || holder=
 
@@ -49,7 +58,7 @@ while read -r pid name; do
   alive "$pid" && named "$pid" "$comm" && kill -KILL "$pid" 2>/dev/null
 done < <(cat "$dir/pids" 2>/dev/null)
 [ -n "$holder" ] && kill -KILL "$holder" 2>/dev/null
-: >"$dir/pids"
+[ -d "$dir" ] && : >"$dir/pids"
 
 # Cgroups, deepest first (a cgroup is removed once its processes are gone).
 for _ in $(seq 50); do
@@ -67,6 +76,9 @@ done
 # The host's end of the link goes with the node's network namespace; remove it if it did not.
 for _ in $(seq 50); do ip link show "$link" >/dev/null 2>&1 || break; sleep 0.1; done
 ip link del "$link" 2>/dev/null
-while read -r d; do rmdir "$d" 2>/dev/null; done < <(cat "$dir/created" 2>/dev/null)
-: >"$dir/created"
+# The folders start.sh made for the node's tmpfs mounts (recorded; empty ones of those names
+# when the record is gone).
+created=$(cat "$dir/created" 2>/dev/null || echo /var/lib/cni /var/log/containers)
+for d in $created; do rmdir "$d" 2>/dev/null; done
+[ -d "$dir" ] && : >"$dir/created"
 exit 0

@@ -299,7 +299,7 @@ fn unreachable(cluster: &Cluster, error: &str) -> Problem {
     Problem::new(
         Reason::TargetUnreachable,
         format!(
-            "{} cannot be reached ({error}); retrying. Its bindings cannot be checked or changed until it answers",
+            "{} cannot be reached or refuses the controller ({error}); retrying. Its bindings cannot be checked or changed until it answers",
             cluster.described
         ),
     )
