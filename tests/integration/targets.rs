@@ -497,6 +497,39 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
         robot_status.credential_id.into_iter().collect::<Vec<_>>()
     );
     assert!(id[0].starts_with("JTI="), "{id:?}");
+    // Rotated on request: a new token from B, which works.
+    kubeconfigs
+        .patch(
+            "robot",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"kubeconfig-authority.dev/renew-requested-at": "now"}}})),
+        )
+        .await
+        .unwrap();
+    let first = robot_status.token_id.clone();
+    eventually(Duration::from_secs(15), "the robot's token rotated", || {
+        let (kubeconfigs, first) = (kubeconfigs.clone(), first.clone());
+        async move {
+            let s = kubeconfigs
+                .get("robot")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            if s.token_id.is_some() && s.token_id != first {
+                Ok(())
+            } else {
+                Err(format!("{:?}", s.token_id))
+            }
+        }
+    })
+    .await;
+    let rotated =
+        client_from_kubeconfig(&kubeconfig_of(&admin, &ns, "robot-kubeconfig").await).await;
+    Api::<SelfSubjectReview>::all(rotated)
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .expect("B knows the rotated token");
     kubeconfigs
         .delete("robot", &DeleteParams::default())
         .await
