@@ -169,15 +169,19 @@ impl Node {
         ))
     }
 
-    /// Whether the node's process `name` (as recorded by start.sh) is alive.
+    /// Whether the node's process `name` (as recorded by start.sh) is alive: the program
+    /// itself, or still `setsid`/`nsenter` on its way to it (a process just started has not
+    /// exec'd yet).
     fn running(&self, name: &str) -> bool {
         let pids = std::fs::read_to_string(self.dir.join("pids")).unwrap_or_default();
         pids.lines()
             .filter_map(|l| l.split_once(' '))
             .filter(|(_, n)| *n == name)
             .any(|(pid, _)| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|comm| name.starts_with(comm.trim()))
+                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| {
+                    let comm = comm.trim();
+                    name.starts_with(comm) || comm == "setsid" || comm == "nsenter"
+                })
             })
     }
 

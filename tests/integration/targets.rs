@@ -369,6 +369,22 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
     .await;
     wait_ready(&admin, &ns, "bob").await;
     let bob_uid = uid_of(&admin, &ns, "bob").await;
+    // dave stays through the outage.
+    apply(
+        &admin,
+        &ns,
+        "dave",
+        for_target(
+            &to_b,
+            "dave",
+            json!({"roleBindings": [{"namespace": "apps", "clusterRole": "view"}]}),
+        ),
+    )
+    .await;
+    let dave_serial = wait_ready(&admin, &ns, "dave")
+        .await
+        .status
+        .and_then(|s| s.serial_number);
     b.stop_component("kube-apiserver", true);
     let kc = wait_condition(
         &admin,
@@ -381,6 +397,15 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
     .await;
     let message = &kc.status.unwrap().conditions[0].message;
     assert!(message.contains(&b.server), "{message}");
+    wait_condition(
+        &admin,
+        &ns,
+        "dave",
+        "True",
+        Some("TargetUnreachable"),
+        Duration::from_secs(30),
+    )
+    .await;
     apply(
         &admin,
         &ns,
@@ -448,6 +473,27 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
     let (_, orphaned) = bindings(&admin_b, &bob_uid).await;
     assert_eq!(orphaned.len(), 1, "bob's binding was given up");
     wait_ready(&admin, &ns, "carol").await;
+    // dave recovers without a restart: Ready for the same certificate, its binding checked in
+    // B again.
+    let recovered = wait_condition(
+        &admin,
+        &ns,
+        "dave",
+        "True",
+        Some("Issued"),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(
+        recovered
+            .status
+            .as_ref()
+            .and_then(|s| s.serial_number.clone()),
+        dave_serial,
+        "the same certificate"
+    );
+    let dave_uid = recovered.uid().unwrap();
+    assert_eq!(bindings(&admin_b, &dave_uid).await.1.len(), 1);
 
     // A ServiceAccount token from B, revoked in B when its Kubeconfig goes.
     let tokens = format!("t-{suffix}");

@@ -23,7 +23,12 @@ log() { echo "node: $*" >&2; }
 cgroup_root=kubeconfig-authority-node-$N link=kanode$N
 
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
-named() { [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]; }
+# The program, or setsid/nsenter on its way to it.
+named() {
+  local comm
+  comm=$(cat "/proc/$1/comm" 2>/dev/null)
+  [ "$comm" = "$2" ] || [ "$comm" = setsid ] || [ "$comm" = nsenter ]
+}
 [ -f "$dir/holder.pid" ] && holder=$(cat "$dir/holder.pid")
 # The holder only while it is still the sleep of our namespaces (a pid can be reused).
 alive "$holder" && named "$holder" sleep || holder=
