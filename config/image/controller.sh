@@ -27,13 +27,15 @@ cargo_home=${CARGO_HOME:-$HOME/.cargo}
 RUSTFLAGS="-C strip=symbols --remap-path-prefix=$cargo_home=/cargo" \
   "${CARGO:-cargo}" build --quiet --release --locked --target "$target" --bin kubeconfig-authority
 
+binary=${CARGO_TARGET_DIR:-target}/$target/release/kubeconfig-authority
+
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then revision="$revision-dirty"; fi
 epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 created=$(date -u -d "@$epoch" +%Y-%m-%dT%H:%M:%SZ)
 license=$(sed -n 's/^license = "\(.*\)"$/\1/p' Cargo.toml | head -1)
 source_url=$(sed -n 's/^repository = "\(.*\)"$/\1/p' Cargo.toml | head -1)
-digest=$(SOURCE_DATE_EPOCH=$epoch "$here/build.sh" "target/$target/release/kubeconfig-authority" "$image" "$archive" \
+digest=$(SOURCE_DATE_EPOCH=$epoch "$here/build.sh" "$binary" "$image" "$archive" \
   "org.opencontainers.image.title=kubeconfig-authority" \
   "org.opencontainers.image.description=Issues kubeconfigs: a Kubernetes controller" \
   "org.opencontainers.image.source=$source_url" \
