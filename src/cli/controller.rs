@@ -168,19 +168,28 @@ pub struct GetArgs {
     output: Option<PathBuf>,
 }
 
-pub fn get(args: GetArgs) -> Result<(), CliError> {
+/// Runs `job` with a client for the current context and the namespace asked for (or the
+/// context's).
+fn on_cluster<T>(
+    namespace: Option<&str>,
+    job: impl AsyncFnOnce(Client, String) -> Result<T, CliError>,
+) -> Result<T, CliError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Usage(format!("starting the async runtime: {e}")))?;
-    let yaml = runtime.block_on(async {
+    runtime.block_on(async {
         let client = Client::try_default()
             .await
             .map_err(|e| CliError::Usage(format!("connecting to the cluster: {e}")))?;
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_string());
+        let namespace =
+            namespace.map_or_else(|| client.default_namespace().to_string(), String::from);
+        job(client, namespace).await
+    })
+}
+
+pub fn get(args: GetArgs) -> Result<(), CliError> {
+    let yaml = on_cluster(args.namespace.as_deref(), async |client, namespace| {
         let not_ready =
             |why: String| CliError::Usage(format!("Kubeconfig {namespace}/{}: {why}", args.name));
         let kc = Api::<Kubeconfig>::namespaced(client.clone(), &namespace)
@@ -245,20 +254,10 @@ pub struct RenewArgs {
 /// Asks the controller for one renewal now: sets the annotation
 /// `kubeconfig-authority.dev/renew-requested-at` to the current time.
 pub fn renew(args: RenewArgs) -> Result<(), CliError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Usage(format!("starting the async runtime: {e}")))?;
-    runtime.block_on(async {
-        let client = Client::try_default()
-            .await
-            .map_err(|e| CliError::Usage(format!("connecting to the cluster: {e}")))?;
-        let namespace = args
-            .namespace
-            .clone()
-            .unwrap_or_else(|| client.default_namespace().to_string());
+    on_cluster(args.namespace.as_deref(), async |client, namespace| {
         let now = super::rfc3339(time::OffsetDateTime::now_utc());
-        let patch = serde_json::json!({"metadata": {"annotations": {crate::api::RENEW_ANNOTATION: now}}});
+        let patch =
+            serde_json::json!({"metadata": {"annotations": {crate::api::RENEW_ANNOTATION: now}}});
         Api::<Kubeconfig>::namespaced(client, &namespace)
             .patch(
                 &args.name,
