@@ -13,7 +13,11 @@
 //! - `kubeconfig_authority_leader`: 1 while this replica holds the lease.
 //! - `kubeconfig_authority_targets`: target clusters watched now.
 //! - `kubeconfig_authority_targets_unreachable`: of those, the ones whose watches fail now
-//!   (their Kubeconfigs say `TargetUnreachable`). Both are counted every 30 s.
+//!   (their Kubeconfigs say `TargetUnreachable`).
+//! - `kubeconfig_authority_target_reachable{target}` (1 or 0) and
+//!   `kubeconfig_authority_target_last_contact_timestamp_seconds{target}` (when it was last
+//!   heard from), per target, named by its admin kubeconfig's Secret `namespace/name`. The
+//!   target metrics are refreshed every 30 s.
 
 use std::sync::{Arc, atomic::AtomicI64};
 
@@ -31,6 +35,12 @@ use time::OffsetDateTime;
 
 use crate::api::Kubeconfig;
 
+/// A target cluster, by its admin kubeconfig's Secret (`namespace/name`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: String,
@@ -46,6 +56,8 @@ pub struct Metrics {
     pub watches_stalled: Gauge<i64, AtomicI64>,
     pub targets: Gauge<i64, AtomicI64>,
     pub targets_unreachable: Gauge<i64, AtomicI64>,
+    pub target_reachable: Family<TargetLabels, Gauge<i64, AtomicI64>>,
+    pub target_last_contact: Family<TargetLabels, Gauge<i64, AtomicI64>>,
     kubeconfigs: Arc<std::sync::Mutex<Option<Store<Kubeconfig>>>>,
 }
 
@@ -133,12 +145,26 @@ impl Metrics {
             "Target clusters that could not be reached at the last look",
             targets_unreachable.clone(),
         );
+        let target_reachable = Family::<TargetLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "target_reachable",
+            "1 when a target cluster answers its watches, 0 when it does not",
+            target_reachable.clone(),
+        );
+        let target_last_contact = Family::<TargetLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "target_last_contact_timestamp_seconds",
+            "When a target cluster was last heard from (Unix time)",
+            target_last_contact.clone(),
+        );
         let kubeconfigs = Arc::default();
         registry.register_collector(Box::new(Expiry(Arc::clone(&kubeconfigs))));
         Arc::new(Self {
             watches_stalled,
             targets,
             targets_unreachable,
+            target_reachable,
+            target_last_contact,
             kubeconfigs,
             registry,
             issued,
@@ -197,5 +223,35 @@ impl Drop for ReconcileTimer {
         self.metrics
             .reconcile_duration
             .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Metrics {
+    /// The targets as they are now (see [`crate::controllers::kubeconfig::targets::Targets::contacts`]):
+    /// a target no longer watched drops out of the families.
+    pub fn observe_targets(&self, contacts: &[(String, bool, Option<std::time::SystemTime>)]) {
+        self.targets.set(contacts.len() as i64);
+        self.targets_unreachable.set(
+            contacts
+                .iter()
+                .filter(|(_, reachable, _)| !reachable)
+                .count() as i64,
+        );
+        self.target_reachable.clear();
+        self.target_last_contact.clear();
+        for (target, reachable, last) in contacts {
+            let labels = TargetLabels {
+                target: target.clone(),
+            };
+            self.target_reachable
+                .get_or_create(&labels)
+                .set(i64::from(*reachable));
+            if let Some(seconds) = last
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs() as i64)
+            {
+                self.target_last_contact.get_or_create(&labels).set(seconds);
+            }
+        }
     }
 }

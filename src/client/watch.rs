@@ -115,6 +115,21 @@ impl Watches {
             .collect()
     }
 
+    /// When the API server was last heard from: now, unless a watch has failed since its last
+    /// progress, then when the first of those failures began. `None` before any watch listed.
+    pub fn last_contact(&self, now: Instant) -> Option<Instant> {
+        let all = self.progress.lock().ok()?;
+        if !all.values().any(|p| p.listed_at.is_some()) {
+            return None;
+        }
+        Some(
+            all.values()
+                .filter_map(|p| p.failing_since)
+                .min()
+                .unwrap_or(now),
+        )
+    }
+
     /// Forgets every watch (a new term starts new ones).
     pub fn clear(&self) {
         if let Ok(mut all) = self.progress.lock() {
@@ -415,5 +430,21 @@ mod tests {
         );
         watches.clear();
         assert!(watches.frozen(later, Duration::ZERO).is_empty());
+    }
+
+    #[test]
+    fn last_contact_is_now_until_a_watch_fails() {
+        let watches = Watches::default();
+        let start = Instant::now();
+        assert_eq!(watches.last_contact(start), None, "nothing heard yet");
+        watches.update("a", |p| p.listed_at = Some(start));
+        watches.update("b", |p| p.listed_at = Some(start));
+        let later = start + Duration::from_secs(60);
+        assert_eq!(watches.last_contact(later), Some(later));
+        let failed = start + Duration::from_secs(10);
+        watches.update("b", |p| p.failing_since = Some(failed));
+        assert_eq!(watches.last_contact(later), Some(failed));
+        watches.update("b", |p| p.failing_since = None);
+        assert_eq!(watches.last_contact(later), Some(later));
     }
 }

@@ -460,8 +460,8 @@ async fn sweep_orphans(
     }
 }
 
-/// Every 30 s: stops watching the target clusters no authority names any more, and counts
-/// those watched and those unreachable (metrics).
+/// Every 30 s: stops watching the target clusters no authority names any more, and reports
+/// the others in the metrics (reachable or not, last contact).
 async fn prune_targets(context: Arc<Context>) {
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -479,11 +479,7 @@ async fn prune_targets(context: Arc<Context>) {
             )
             .collect();
         context.targets.retain(|key| named.contains(key));
-        context.metrics.targets.set(context.targets.len() as i64);
-        context
-            .metrics
-            .targets_unreachable
-            .set(context.targets.unreachable() as i64);
+        context.metrics.observe_targets(&context.targets.contacts());
     }
 }
 

@@ -729,6 +729,24 @@ async fn what_a_target_cluster_costs_the_controller() {
         "per target: {per_target_mib:.2} MiB of controller memory ({rss_without:.1} -> {rss_with:.1} MiB with 3), \
          3 watches, idle requests per minute {per_target_requests:?} (the targets' own: {alone:?}); {watched_targets}"
     );
+    // Each target is reported, reachable, heard from within the last minute.
+    for i in 0..targets.len() {
+        let label = format!("{{target=\"{system}/t{i}-admin\"}}");
+        let value = |metric: &str| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(&format!("{metric}{label}")))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("no {metric}{label} in the metrics"))
+        };
+        assert_eq!(value("kubeconfig_authority_target_reachable"), 1.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        let last = value("kubeconfig_authority_target_last_contact_timestamp_seconds");
+        assert!(now - last < 60.0, "last contact {:.0} s ago", now - last);
+    }
     assert!(per_target_mib < 16.0, "{per_target_mib:.2} MiB per target");
     assert!(
         per_target_requests.iter().all(|r| *r < 6.0),

@@ -67,25 +67,30 @@ impl Targets {
         (targets, changes)
     }
 
-    /// How many targets are watched.
-    pub fn len(&self) -> usize {
-        self.entries.lock().map(|e| e.len()).unwrap_or_default()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// How many targets cannot be reached now (a watch failing since its last progress).
-    pub fn unreachable(&self) -> usize {
-        self.entries
-            .lock()
-            .map(|e| {
-                e.values()
-                    .filter(|e| e.cluster.unreachable().is_some())
-                    .count()
+    /// Each target (its admin kubeconfig's Secret, `namespace/name`): whether it can be reached
+    /// now, and when it was last heard from.
+    pub fn contacts(&self) -> Vec<(String, bool, Option<std::time::SystemTime>)> {
+        let (now, wall) = (std::time::Instant::now(), std::time::SystemTime::now());
+        let Ok(entries) = self.entries.lock() else {
+            return Vec::new();
+        };
+        entries
+            .iter()
+            .map(|(key, entry)| {
+                let cluster = &entry.cluster;
+                let last = cluster
+                    .watches
+                    .as_ref()
+                    .and_then(|w| w.last_contact(now))
+                    .map(|at| wall - now.duration_since(at));
+                let name = format!(
+                    "{}/{}",
+                    key.namespace.as_deref().unwrap_or_default(),
+                    key.name
+                );
+                (name, cluster.unreachable().is_none(), last)
             })
-            .unwrap_or_default()
+            .collect()
     }
 
     /// Stops the targets `keep` does not want.
