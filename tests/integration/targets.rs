@@ -495,6 +495,49 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
     let dave_uid = recovered.uid().unwrap();
     assert_eq!(bindings(&admin_b, &dave_uid).await.1.len(), 1);
 
+    // A certificate through B's CSR API (signed by B's kube-controller-manager), which works on
+    // B; the request is made, approved and removed in B.
+    let csrs = format!("csr-{suffix}");
+    target_authority(
+        &admin,
+        &system,
+        &csrs,
+        &b,
+        json!({"certificateSigningRequest": {}}),
+    )
+    .await;
+    apply(
+        &admin,
+        &ns,
+        "erin",
+        for_target(
+            &csrs,
+            "erin",
+            json!({"roleBindings": [{"namespace": "apps", "clusterRole": "view"}]}),
+        ),
+    )
+    .await;
+    let erin = wait_condition(&admin, &ns, "erin", "True", None, Duration::from_secs(30)).await;
+    let erin_yaml = kubeconfig_of(&admin, &ns, "erin-kubeconfig").await;
+    let erin_client = client_from_kubeconfig(&erin_yaml).await;
+    Api::<Pod>::namespaced(erin_client, "apps")
+        .list(&ListParams::default())
+        .await
+        .expect("erin's certificate from B's CSR API views apps on B");
+    let left =
+        Api::<k8s_openapi::api::certificates::v1::CertificateSigningRequest>::all(admin_b.clone())
+            .list(&ListParams::default().labels(&format!(
+                "kubeconfig-authority.dev/kubeconfig-uid={}",
+                erin.uid().unwrap()
+            )))
+            .await
+            .unwrap()
+            .items;
+    assert!(
+        left.is_empty(),
+        "the CSR in B is removed once its certificate is taken"
+    );
+
     // A ServiceAccount token from B, revoked in B when its Kubeconfig goes.
     let tokens = format!("t-{suffix}");
     target_authority(

@@ -269,7 +269,13 @@ pub async fn apply_secret(
             )
         }
     };
-    ctx.spend(uid, Written::Secret)?;
+    // A CSR in flight took its write from the budget when it was made: looking again whether
+    // it was signed writes nothing (spending on each look stopped a slow signer's certificate
+    // for a minute after five looks).
+    let waiting = ctx.pending_csrs.lock().is_ok_and(|p| p.contains_key(uid));
+    if !waiting {
+        ctx.spend(uid, Written::Secret)?;
+    }
     let mut issued = match issue::issue(kc, uid, desired, resolved, cluster, ctx, now).await? {
         Ok(issued) => issued,
         Err(problem) => return Ok((Outcome::NotReady(problem), None)),
