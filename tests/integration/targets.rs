@@ -447,6 +447,65 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
     let member = crate::security::team_member(&admin, &ns, &format!("tm-{suffix}"), &["bob"]).await;
     let annotate =
         json!({"metadata": {"annotations": {"kubeconfig-authority.dev/orphan-target": "true"}}});
+    // As that limited team member (requester and namespace binder in ns, impersonating bob):
+    // for target C, what the guard and the authority's policy allow, and nothing more. The
+    // guard checks bind rights in the controller's cluster, in the namespace of that name: the
+    // member binds in C's namespace named like its own.
+    create_namespace(&admin_c, &ns).await;
+    let as_member = Api::<Kubeconfig>::namespaced(member.clone(), &ns);
+    let ask = |name: &str, user: &str, role: &str| -> Kubeconfig {
+        let mut spec = for_target(
+            &to_c,
+            user,
+            json!({"roleBindings": [{"namespace": ns, "clusterRole": role}]}),
+        );
+        spec["groups"] = json!([]);
+        spec["secretRef"] = json!({"name": name});
+        serde_json::from_value(json!({
+            "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap()
+    };
+    let created = eventually(
+        Duration::from_secs(10),
+        "the member may ask for bob's view in C",
+        || {
+            let (api, kc) = (as_member.clone(), ask("bob-on-c", "bob", "view"));
+            async move {
+                api.create(&PostParams::default(), &kc)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    for (name, user, role, why) in [
+        (
+            "bob-admin-c",
+            "bob",
+            "admin",
+            "a role the member may not bind",
+        ),
+        (
+            "mallory-c",
+            "mallory",
+            "view",
+            "a user the member may not impersonate",
+        ),
+    ] {
+        let refused = as_member
+            .create(&PostParams::default(), &ask(name, user, role))
+            .await;
+        assert_eq!(code(refused), 403, "{why}");
+    }
+    wait_ready(&admin, &ns, "bob-on-c").await;
+    assert_eq!(
+        bindings(&admin_c, &created.uid().unwrap()).await.1.len(),
+        1,
+        "bob's view is bound in C"
+    );
     let refused = Api::<Kubeconfig>::namespaced(member, &ns)
         .patch("bob", &PatchParams::default(), &Patch::Merge(&annotate))
         .await;
