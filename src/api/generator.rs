@@ -35,7 +35,7 @@ use super::*;
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.authorityRef) || !has(self.target) || (self.target.apiVersion == 'kamaji.clastix.io/v1alpha1' && self.target.kind == 'TenantControlPlane')").message("set authorityRef: only Kamaji TenantControlPlane targets bring their own authority"))]
+#[x_kube(validation = Rule::new("has(self.authorityRef) || !has(self.target) || (self.target.apiVersion == 'kamaji.clastix.io/v1alpha1' && self.target.kind == 'TenantControlPlane') || (self.target.apiVersion.startsWith('cluster.x-k8s.io/') && self.target.kind == 'Cluster')").message("set authorityRef: only Kamaji TenantControlPlane and Cluster API Cluster targets bring their own authority"))]
 pub struct KubeconfigGeneratorSpec {
     /// The namespaces whose objects are considered. Empty: all.
     #[serde(default)]
@@ -50,18 +50,20 @@ pub struct KubeconfigGeneratorSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = admission::MAX_GROUPS))]
     pub groups: Vec<CompoundValue>,
-    /// For TenantControlPlane targets: the key of `<tcp>-admin-kubeconfig` whose server and CA
-    /// the kubeconfigs use (`admin.conf`, `admin.svc`, `super-admin.conf`, `super-admin.svc`).
-    /// Default `admin.svc`.
+    /// For TenantControlPlane and Cluster API Cluster targets: the key of the admin kubeconfig's
+    /// Secret whose server and CA the kubeconfigs use. Kamaji's `<tcp>-admin-kubeconfig`:
+    /// `admin.conf`, `admin.svc` (default), `super-admin.conf`, `super-admin.svc`; Cluster API's
+    /// `<cluster>-kubeconfig`: `value` (default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub control_plane_endpoint_from: Option<String>,
     /// For other kinds: the authority that issues every kubeconfig (an Authority of the
-    /// object's namespace, or a ClusterAuthority).
+    /// object's namespace, or a ClusterAuthority). TenantControlPlanes and Cluster API
+    /// Clusters get an Authority each, from their CA and admin kubeconfig Secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority_ref: Option<AuthorityRef>,
-    /// For TenantControlPlane targets: the policy of the authority made for each (by default
-    /// no `system:` names).
+    /// For TenantControlPlane and Cluster API Cluster targets: the policy of the authority made
+    /// for each (by default no `system:` names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Policy>,
     /// The name of each Kubeconfig and its Secret, in the object's namespace: `{object}` and
@@ -82,8 +84,8 @@ pub struct KubeconfigGeneratorSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_keys: Option<bool>,
     /// RBAC bound for each identity: in this cluster for targets of this cluster, in the
-    /// tenant cluster for a TenantControlPlane (its Authority's target; its `policy` must
-    /// then list the roles, see `allowedClusterRoles`).
+    /// tenant cluster for a TenantControlPlane or a Cluster API Cluster (its Authority's
+    /// target; its `policy` must then list the roles, see `allowedClusterRoles`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
 }
@@ -105,6 +107,41 @@ pub struct GeneratorTarget {
 
 pub const KAMAJI_API_VERSION: &str = "kamaji.clastix.io/v1alpha1";
 pub const KAMAJI_KIND: &str = "TenantControlPlane";
+pub const CLUSTER_API_GROUP: &str = "cluster.x-k8s.io";
+pub const CLUSTER_API_KIND: &str = "Cluster";
+
+/// A kind of object that stands for a cluster of its own, whose Secrets the generator knows:
+/// each object gets an Authority that signs with its CA and binds in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterKind {
+    /// The Secret of the cluster's CA (`tls.crt`/`tls.key` or `ca.crt`/`ca.key`), after the
+    /// object's name.
+    pub ca_suffix: &'static str,
+    /// The Secret of its admin kubeconfig, after the object's name.
+    pub kubeconfig_suffix: &'static str,
+    /// The key of that Secret used by default.
+    pub kubeconfig_key: &'static str,
+}
+
+impl GeneratorTarget {
+    /// Kamaji's TenantControlPlane (`<tcp>-ca`, `<tcp>-admin-kubeconfig`) and Cluster API's
+    /// Cluster, any version (`<cluster>-ca`, `<cluster>-kubeconfig`); `None` for other kinds.
+    pub fn cluster_kind(&self) -> Option<ClusterKind> {
+        if self.api_version == KAMAJI_API_VERSION && self.kind == KAMAJI_KIND {
+            return Some(ClusterKind {
+                ca_suffix: "-ca",
+                kubeconfig_suffix: "-admin-kubeconfig",
+                kubeconfig_key: "admin.svc",
+            });
+        }
+        let group = self.api_version.split_once('/').map(|(g, _)| g);
+        (group == Some(CLUSTER_API_GROUP) && self.kind == CLUSTER_API_KIND).then_some(ClusterKind {
+            ca_suffix: "-ca",
+            kubeconfig_suffix: "-kubeconfig",
+            kubeconfig_key: "value",
+        })
+    }
+}
 
 fn default_target_api_version() -> String {
     KAMAJI_API_VERSION.into()

@@ -1,6 +1,7 @@
-//! KubeconfigGenerator against the real control plane: Kamaji-shaped TenantControlPlanes (a
-//! CRD with the fields used, and `<tcp>-ca` / `<tcp>-admin-kubeconfig` Secrets shaped like
-//! Kamaji's, pointing at the test control plane), one working kubeconfig per object.
+//! KubeconfigGenerator against the real control plane: Kamaji-shaped TenantControlPlanes and
+//! Cluster API-shaped Clusters (CRDs with the fields used, and the CA and admin kubeconfig
+//! Secrets shaped like their projects', pointing at real API servers), one working kubeconfig
+//! per object.
 
 use std::time::{Duration, Instant};
 
@@ -21,14 +22,37 @@ use crate::{
     support::{ControlPlane, client_from_kubeconfig},
 };
 
-async fn install_tenant_control_plane_crd(admin: &Client) {
+/// A kind that stands for a cluster, as its project defines it (the fields used).
+struct ClusterKind {
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+}
+
+const TENANT_CONTROL_PLANE: ClusterKind = ClusterKind {
+    group: "kamaji.clastix.io",
+    version: "v1alpha1",
+    kind: "TenantControlPlane",
+    plural: "tenantcontrolplanes",
+};
+
+const CLUSTER_API_CLUSTER: ClusterKind = ClusterKind {
+    group: "cluster.x-k8s.io",
+    version: "v1beta2",
+    kind: "Cluster",
+    plural: "clusters",
+};
+
+async fn install_crd(admin: &Client, kind: &ClusterKind) {
+    let name = format!("{}.{}", kind.plural, kind.group);
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "metadata": {"name": "tenantcontrolplanes.kamaji.clastix.io"},
+        "metadata": {"name": name},
         "spec": {
-            "group": "kamaji.clastix.io",
-            "names": {"kind": "TenantControlPlane", "plural": "tenantcontrolplanes", "singular": "tenantcontrolplane", "shortNames": ["tcp"]},
+            "group": kind.group,
+            "names": {"kind": kind.kind, "plural": kind.plural, "singular": kind.kind.to_lowercase()},
             "scope": "Namespaced",
-            "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+            "versions": [{"name": kind.version, "served": true, "storage": true,
                 "subresources": {"status": {}},
                 "schema": {"openAPIV3Schema": {"type": "object", "properties": {
                     "spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
@@ -37,23 +61,16 @@ async fn install_tenant_control_plane_crd(admin: &Client) {
     }))
     .unwrap();
     let api = Api::<CustomResourceDefinition>::all(admin.clone());
-    api.patch(
-        "tenantcontrolplanes.kamaji.clastix.io",
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
+    api.patch(&name, &PatchParams::apply("tests").force(), &Patch::Apply(&crd))
+        .await
+        .unwrap();
     eventually(
         Duration::from_secs(20),
-        "the TenantControlPlane CRD served",
+        &format!("the {} CRD served", kind.kind),
         || {
-            let api = api.clone();
+            let (api, name) = (api.clone(), name.clone());
             async move {
-                let crd = api
-                    .get("tenantcontrolplanes.kamaji.clastix.io")
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let crd = api.get(&name).await.map_err(|e| e.to_string())?;
                 let established = crd
                     .status
                     .and_then(|s| s.conditions)
@@ -71,13 +88,17 @@ async fn install_tenant_control_plane_crd(admin: &Client) {
     .await;
 }
 
-fn tcp_api(admin: &Client, ns: &str) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("kamaji.clastix.io", "v1alpha1", "TenantControlPlane");
+fn object_api(admin: &Client, ns: &str, kind: &ClusterKind) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk(kind.group, kind.version, kind.kind);
     Api::namespaced_with(
         admin.clone(),
         ns,
-        &ApiResource::from_gvk_with_plural(&gvk, "tenantcontrolplanes"),
+        &ApiResource::from_gvk_with_plural(&gvk, kind.plural),
     )
+}
+
+fn tcp_api(admin: &Client, ns: &str) -> Api<DynamicObject> {
+    object_api(admin, ns, &TENANT_CONTROL_PLANE)
 }
 
 /// A TenantControlPlane and the two Secrets Kamaji writes for it; `ca_key` replaces the CA key
@@ -89,49 +110,74 @@ async fn tenant_control_plane(
     labels: Value,
     ca_key: Option<&str>,
 ) {
-    tenant_in(plane(), admin, ns, name, labels, ca_key).await;
+    let tenant = Tenant {
+        kind: &TENANT_CONTROL_PLANE,
+        name,
+        labels,
+    };
+    tenant_in(plane(), admin, ns, tenant, ca_key).await;
 }
 
-/// A TenantControlPlane whose tenant cluster is `plane`: its `<name>-ca` and
-/// `<name>-admin-kubeconfig` are that cluster's.
+/// An object that stands for a cluster.
+struct Tenant<'a> {
+    kind: &'a ClusterKind,
+    name: &'a str,
+    labels: Value,
+}
+
+/// A TenantControlPlane or a Cluster API Cluster whose cluster is `plane`, with the Secrets its
+/// project writes for it: Kamaji's `<name>-ca` (`ca.crt`, `ca.key`) and
+/// `<name>-admin-kubeconfig` (`admin.conf`, `admin.svc`), Cluster API's `<name>-ca`
+/// (`tls.crt`, `tls.key`) and `<name>-kubeconfig` (`value`).
 async fn tenant_in(
     plane: &ControlPlane,
     admin: &Client,
     ns: &str,
-    name: &str,
-    labels: Value,
+    tenant: Tenant<'_>,
     ca_key: Option<&str>,
 ) {
+    let Tenant { kind, name, labels } = tenant;
     let params = PatchParams::apply("tests").force();
     let secrets = Api::<Secret>::namespaced(admin.clone(), ns);
+    let kamaji = kind.kind == TENANT_CONTROL_PLANE.kind;
+    let (cert, key) = if kamaji {
+        ("ca.crt", "ca.key")
+    } else {
+        ("tls.crt", "tls.key")
+    };
     let ca: Secret = serde_json::from_value(json!({"metadata": {"name": format!("{name}-ca")},
-        "stringData": {"ca.crt": plane.ca.cert_pem, "ca.key": ca_key.unwrap_or(&plane.ca.key_pem)}})).unwrap();
+        "stringData": {cert: plane.ca.cert_pem, key: ca_key.unwrap_or(&plane.ca.key_pem)}})).unwrap();
     secrets
         .patch(&format!("{name}-ca"), &params, &Patch::Apply(&ca))
         .await
         .unwrap();
     let admin_kubeconfig = plane.kubeconfig_for("kubernetes-admin", &["system:masters"]);
-    let kubeconfigs: Secret = serde_json::from_value(
-        json!({"metadata": {"name": format!("{name}-admin-kubeconfig")},
-        "stringData": {"admin.conf": admin_kubeconfig, "admin.svc": admin_kubeconfig}}),
-    )
-    .unwrap();
-    secrets
-        .patch(
-            &format!("{name}-admin-kubeconfig"),
-            &params,
-            &Patch::Apply(&kubeconfigs),
+    let (secret_name, keys) = if kamaji {
+        (
+            format!("{name}-admin-kubeconfig"),
+            json!({"admin.conf": admin_kubeconfig, "admin.svc": admin_kubeconfig}),
         )
+    } else {
+        (
+            format!("{name}-kubeconfig"),
+            json!({"value": admin_kubeconfig}),
+        )
+    };
+    let kubeconfigs: Secret =
+        serde_json::from_value(json!({"metadata": {"name": secret_name}, "stringData": keys}))
+            .unwrap();
+    secrets
+        .patch(&secret_name, &params, &Patch::Apply(&kubeconfigs))
         .await
         .unwrap();
-    let tcp: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "kamaji.clastix.io/v1alpha1", "kind": "TenantControlPlane",
+    let object: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": format!("{}/{}", kind.group, kind.version), "kind": kind.kind,
         "metadata": {"name": name, "labels": labels},
         "spec": {"controlPlane": {"deployment": {"replicas": 1}}, "kubernetes": {"version": "v1.35.4"}},
     }))
     .unwrap();
-    tcp_api(admin, ns)
-        .patch(name, &params, &Patch::Apply(&tcp))
+    object_api(admin, ns, kind)
+        .patch(name, &params, &Patch::Apply(&object))
         .await
         .unwrap();
 }
@@ -227,7 +273,7 @@ async fn gone(admin: &Client, ns: &str, name: &str) {
 async fn a_generator_keeps_one_kubeconfig_per_tenant_control_plane() {
     let plane = plane();
     let admin = plane.admin().await;
-    install_tenant_control_plane_crd(&admin).await;
+    install_crd(&admin, &TENANT_CONTROL_PLANE).await;
     let a = plane.namespace("gen-a").await;
     let b = plane.namespace("gen-b").await;
     let c = plane.namespace("gen-c").await;
@@ -367,43 +413,69 @@ async fn a_generator_keeps_one_kubeconfig_per_tenant_control_plane() {
 }
 
 /// Each tenant's RBAC goes to its own cluster: two TenantControlPlanes whose admin kubeconfigs
-/// point at two other real API servers.
+/// point at two other real API servers, and a Cluster API Cluster beside the second.
 #[tokio::test]
 async fn a_generator_binds_each_tenant_s_roles_in_its_own_cluster() {
     let plane = plane();
     let admin = plane.admin().await;
-    install_tenant_control_plane_crd(&admin).await;
+    install_crd(&admin, &TENANT_CONTROL_PLANE).await;
+    install_crd(&admin, &CLUSTER_API_CLUSTER).await;
     let ns = plane.namespace("gen-remote").await;
     let suffix = ns[ns.len() - 6..].to_string();
     let env = format!("remote-{suffix}");
     label_namespace(&admin, &ns, json!({"environment": env})).await;
-    let mut tenants = Vec::new();
-    for tenant in ["bravo", "charlie"] {
-        let cluster = ControlPlane::start_other().await;
-        tenant_in(&cluster, &admin, &ns, tenant, json!({"team": tenant}), None).await;
-        tenants.push((tenant, cluster));
+    let clusters = [
+        ControlPlane::start_other().await,
+        ControlPlane::start_other().await,
+    ];
+    // (object, its kind, the index of its cluster)
+    let tenants = [
+        ("bravo", &TENANT_CONTROL_PLANE, 0),
+        ("charlie", &TENANT_CONTROL_PLANE, 1),
+        ("delta", &CLUSTER_API_CLUSTER, 1),
+    ];
+    for (tenant, kind, cluster) in tenants {
+        let object = Tenant {
+            kind,
+            name: tenant,
+            labels: json!({"team": tenant}),
+        };
+        tenant_in(&clusters[cluster], &admin, &ns, object, None).await;
     }
     let name = format!("remote-{suffix}");
-    let generator: KubeconfigGenerator = serde_json::from_value(json!({
-        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "KubeconfigGenerator",
-        "metadata": {"name": name},
-        "spec": {
-            "namespaceSelector": {"matchLabels": {"environment": env}},
-            "target": {"selector": {}},
-            "user": {"fromDefinition": "metadata.name"},
-            "controlPlaneEndpointFrom": "admin.conf",
-            "validity": "1h",
-            "policy": {"allowedClusterRoles": ["view"]},
-            "authorization": {"clusterRoleBindings": {"clusterRoles": ["view"]}},
-        },
-    }))
-    .unwrap();
-    apply_generator(&admin, &name, &generator).await;
+    let capi = format!("capi-{suffix}");
+    for (generator_name, target, endpoint_key) in [
+        (&name, json!({"selector": {}}), json!("admin.conf")),
+        (
+            &capi,
+            json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster"}),
+            json!(null),
+        ),
+    ] {
+        let generator: KubeconfigGenerator = serde_json::from_value(json!({
+            "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "KubeconfigGenerator",
+            "metadata": {"name": generator_name},
+            "spec": {
+                "namespaceSelector": {"matchLabels": {"environment": env}},
+                "target": target,
+                "user": {"fromDefinition": "metadata.name"},
+                "controlPlaneEndpointFrom": endpoint_key,
+                "validity": "1h",
+                "policy": {"allowedClusterRoles": ["view"]},
+                "authorization": {"clusterRoleBindings": {"clusterRoles": ["view"]}},
+            },
+        }))
+        .unwrap();
+        apply_generator(&admin, generator_name, &generator).await;
+    }
     counts(&admin, &name, 2, 2, &[]).await;
-    for (tenant, cluster) in &tenants {
-        let kubeconfig = kubeconfig_of(&admin, &ns, &format!("{tenant}-{name}")).await;
+    counts(&admin, &capi, 1, 1, &[]).await;
+    for (tenant, kind, at) in tenants {
+        let generator = if kind.kind == "Cluster" { &capi } else { &name };
+        let kubeconfig_name = format!("{tenant}-{generator}");
+        let kubeconfig = kubeconfig_of(&admin, &ns, &kubeconfig_name).await;
         assert!(
-            kubeconfig.contains(&cluster.server),
+            kubeconfig.contains(&clusters[at].server),
             "{tenant}'s kubeconfig points at its cluster"
         );
         let client = client_from_kubeconfig(&kubeconfig).await;
@@ -415,14 +487,14 @@ async fn a_generator_binds_each_tenant_s_roles_in_its_own_cluster() {
             .await
             .unwrap_or_else(|e| panic!("{tenant} views its cluster: {e}"));
         let uid = Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
-            .get(&format!("{tenant}-{name}"))
+            .get(&kubeconfig_name)
             .await
             .unwrap()
             .metadata
             .uid
             .unwrap();
         assert_eq!(
-            bound(cluster.admin().await, &uid).await,
+            bound(clusters[at].admin().await, &uid).await,
             1,
             "{tenant}'s binding in its cluster"
         );
@@ -431,20 +503,19 @@ async fn a_generator_binds_each_tenant_s_roles_in_its_own_cluster() {
             0,
             "nothing bound in the controller's cluster"
         );
-        for (other, other_cluster) in &tenants {
-            if other != tenant {
-                assert_eq!(
-                    bound(other_cluster.admin().await, &uid).await,
-                    0,
-                    "nothing of {tenant} in {other}'s cluster"
-                );
-            }
-        }
+        let other = &clusters[1 - at];
+        assert_eq!(
+            bound(other.admin().await, &uid).await,
+            0,
+            "nothing of {tenant} in the other cluster"
+        );
     }
-    Api::<KubeconfigGenerator>::all(admin.clone())
-        .delete(&name, &Default::default())
-        .await
-        .unwrap();
+    for generator in [&name, &capi] {
+        Api::<KubeconfigGenerator>::all(admin.clone())
+            .delete(generator, &Default::default())
+            .await
+            .unwrap();
+    }
 }
 
 /// How many ClusterRoleBindings of the Kubeconfig `uid` a cluster holds.

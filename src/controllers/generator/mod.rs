@@ -1,7 +1,8 @@
 //! The KubeconfigGenerator reconciler: one Kubeconfig per matching object, owned by the
 //! generator and labelled with it, so that issuance, renewal and RBAC stay the Kubeconfig
-//! controller's job (per object, in parallel). For Kamaji TenantControlPlanes an Authority per
-//! object is made too, from `<tcp>-ca` and `<tcp>-admin-kubeconfig`.
+//! controller's job (per object, in parallel). For kinds that stand for a cluster (Kamaji's
+//! TenantControlPlane, Cluster API's Cluster) an Authority per object is made too, from its CA
+//! and admin kubeconfig Secrets, and binds in that cluster.
 
 mod targets;
 
@@ -29,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{
     Authority, AuthorityConfig, AuthorityKind, AuthorityRef, AuthoritySpec, FIELD_MANAGER,
-    GeneratorError, KAMAJI_API_VERSION, KAMAJI_KIND, KeyRef, Kubeconfig, KubeconfigGenerator,
+    GeneratorError, KeyRef, Kubeconfig, KubeconfigGenerator,
     KubeconfigGeneratorSpec, KubeconfigGeneratorStatus, KubeconfigSpec, MANAGED_BY,
     MANAGED_BY_LABEL, SecretRef, Signer, TargetCluster,
 };
@@ -42,7 +43,6 @@ use crate::{
 pub const GENERATOR_LABEL: &str = "kubeconfig-authority.dev/generator";
 /// On them too: `<namespace>/<name>` of the object they were made for.
 pub const TARGET_ANNOTATION: &str = "kubeconfig-authority.dev/target";
-const DEFAULT_ENDPOINT_KEY: &str = "admin.svc";
 const DEFAULT_NAME_TEMPLATE: &str = "{object}-{generator}";
 /// How often a generator is looked at again anyway.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -115,7 +115,7 @@ pub fn desired_for(
 ) -> Result<(Option<Authority>, Kubeconfig), String> {
     let spec = &generator.spec;
     let target = spec.target.clone().unwrap_or_default();
-    let kamaji = target.api_version == KAMAJI_API_VERSION && target.kind == KAMAJI_KIND;
+    let cluster_kind = target.cluster_kind();
     let object_name = object.name_any();
     let namespace = object
         .namespace()
@@ -162,19 +162,19 @@ pub fn desired_for(
         owner_references: Some(vec![owner]),
         ..ObjectMeta::default()
     };
-    let (authority, authority_ref) = if kamaji {
+    let (authority, authority_ref) = if let Some(kind) = cluster_kind {
         let key = spec
             .control_plane_endpoint_from
             .as_deref()
-            .unwrap_or(DEFAULT_ENDPOINT_KEY);
-        // The tenant's admin kubeconfig: its server and CA go into the kubeconfigs, and the
-        // bindings of spec.authorization are made in the tenant cluster.
+            .unwrap_or(kind.kubeconfig_key);
+        // The cluster's admin kubeconfig: its server and CA go into the kubeconfigs, and the
+        // bindings of spec.authorization are made in that cluster.
         let config = AuthorityConfig {
             server: None,
             kubeconfig_secret_ref: None,
             target: Some(TargetCluster {
                 kubeconfig_secret_ref: KeyRef {
-                    name: format!("{object_name}-admin-kubeconfig"),
+                    name: format!("{object_name}{}", kind.kubeconfig_suffix),
                     key: Some(key.to_string()),
                     namespace: None,
                 },
@@ -182,7 +182,7 @@ pub fn desired_for(
             ca_bundle: None,
             signer: Signer {
                 ca_secret_ref: Some(crate::api::ObjectRef {
-                    name: format!("{object_name}-ca"),
+                    name: format!("{object_name}{}", kind.ca_suffix),
                     namespace: None,
                 }),
                 service_account_token: None,
@@ -634,6 +634,21 @@ mod tests {
         assert!(
             err.starts_with("groups: field metadata.labels['team'] does not exist"),
             "{err}"
+        );
+        // A Cluster API Cluster (any version) gets one too, from its own Secrets.
+        let g = generator(json!({
+            "target": {"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster"},
+            "user": {"fromDefinition": "metadata.name"}, "validity": "1h",
+        }));
+        let (authority, _) = desired_for(&g, &tcp("prod", json!({}))).unwrap();
+        let authority = serde_json::to_value(authority.unwrap()).unwrap();
+        assert_eq!(
+            authority["spec"]["signer"]["caSecretRef"]["name"],
+            "prod-ca"
+        );
+        assert_eq!(
+            authority["spec"]["target"]["kubeconfigSecretRef"],
+            json!({"name": "prod-kubeconfig", "key": "value"})
         );
         // Other kinds need an authority; names come from the template.
         let g = generator(json!({
