@@ -33,7 +33,7 @@ use prometheus_client::{
 };
 use time::OffsetDateTime;
 
-use crate::api::Kubeconfig;
+use crate::{api::Kubeconfig, model::authority::Contact};
 
 /// A target cluster, by its admin kubeconfig's Secret (`namespace/name`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -227,26 +227,23 @@ impl Drop for ReconcileTimer {
 }
 
 impl Metrics {
-    /// The targets as they are now (see [`crate::controllers::kubeconfig::targets::Targets::contacts`]):
+    /// The targets as they are now (see [`Contact`]):
     /// a target no longer watched drops out of the families.
-    pub fn observe_targets(&self, contacts: &[(String, bool, Option<std::time::SystemTime>)]) {
+    pub fn observe_targets(&self, contacts: &[Contact]) {
         self.targets.set(contacts.len() as i64);
-        self.targets_unreachable.set(
-            contacts
-                .iter()
-                .filter(|(_, reachable, _)| !reachable)
-                .count() as i64,
-        );
+        self.targets_unreachable
+            .set(contacts.iter().filter(|c| c.error.is_some()).count() as i64);
         self.target_reachable.clear();
         self.target_last_contact.clear();
-        for (target, reachable, last) in contacts {
+        for contact in contacts {
             let labels = TargetLabels {
-                target: target.clone(),
+                target: contact.name(),
             };
             self.target_reachable
                 .get_or_create(&labels)
-                .set(i64::from(*reachable));
-            if let Some(seconds) = last
+                .set(i64::from(contact.error.is_none()));
+            if let Some(seconds) = contact
+                .last
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs() as i64)
             {

@@ -357,6 +357,21 @@ pub struct KubeconfigStatus {
     category = "kubeconfig-authority",
     printcolumn(name = "Server", type_ = "string", json_path = ".spec.server"),
     printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target.kubeconfigSecretRef.name"
+    ),
+    printcolumn(
+        name = "Reachable",
+        type_ = "boolean",
+        json_path = ".status.target.reachable"
+    ),
+    printcolumn(
+        name = "Last Contact",
+        type_ = "date",
+        json_path = ".status.target.lastContact"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -376,6 +391,26 @@ pub struct AuthorityStatus {
     /// Kubeconfig uses the authority.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The target cluster as the controller last saw it (`spec.target`, once a Kubeconfig
+    /// uses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetContact>,
+}
+
+/// Whether the controller can reach a target cluster, and when it last heard from it. Written
+/// when reachability changes, and every five minutes while the target answers (so a
+/// `lastContact` older than that with `reachable: true` means the controller itself is not
+/// reporting).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetContact {
+    pub reachable: bool,
+    /// When a watch in the target last made progress (an event, a list, a bookmark).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_contact: Option<Time>,
+    /// Why it cannot be reached, when it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The cluster-scoped twin of `Authority`, usable from every namespace.
@@ -388,6 +423,21 @@ pub struct AuthorityStatus {
     shortname = "kcca",
     category = "kubeconfig-authority",
     printcolumn(name = "Server", type_ = "string", json_path = ".spec.server"),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target.kubeconfigSecretRef.name"
+    ),
+    printcolumn(
+        name = "Reachable",
+        type_ = "boolean",
+        json_path = ".status.target.reachable"
+    ),
+    printcolumn(
+        name = "Last Contact",
+        type_ = "date",
+        json_path = ".status.target.lastContact"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",

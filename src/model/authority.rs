@@ -1,11 +1,14 @@
 //! Authorities as values: which one a Kubeconfig uses, what each reads (for the watches), and
 //! one resolved for use (where kubeconfigs point and what signs).
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use kubeconfig_authority_pki::CertificateAuthority;
 
-use crate::api::{AuthorityConfig, AuthorityKind, AuthorityRef, KeyRef, Kubeconfig};
+use crate::api::{AuthorityConfig, AuthorityKind, AuthorityRef, KeyRef, Kubeconfig, TargetContact};
 
 /// A usable authority.
 pub struct Resolved {
@@ -123,4 +126,151 @@ pub fn target_of(config: &AuthorityConfig, own_namespace: Option<&str>) -> Optio
             .clone()
             .or_else(|| own_namespace.map(String::from)),
     })
+}
+
+/// How often an authority's `status.target.lastContact` is written while the target answers.
+pub const CONTACT_HEARTBEAT: Duration = Duration::from_secs(300);
+
+/// A target cluster as its watches see it.
+pub struct Contact {
+    /// Its admin kubeconfig's Secret (namespace and key filled in).
+    pub target: KeyRef,
+    /// Why it cannot be reached now; `None` when it can.
+    pub error: Option<String>,
+    /// When a watch there last made progress.
+    pub last: Option<SystemTime>,
+}
+
+impl Contact {
+    /// `namespace/name` of the admin kubeconfig's Secret.
+    pub fn name(&self) -> String {
+        format!(
+            "{}/{}",
+            self.target.namespace.as_deref().unwrap_or_default(),
+            self.target.name
+        )
+    }
+
+    /// What an authority's `status.target` should say, when it should be written: on a change
+    /// of reachability or of the reason, and every [`CONTACT_HEARTBEAT`] while the target
+    /// answers. `None`: leave it. Pure.
+    pub fn status(
+        &self,
+        current: Option<&TargetContact>,
+        now: SystemTime,
+    ) -> Option<TargetContact> {
+        let wanted = TargetContact {
+            reachable: self.error.is_none(),
+            last_contact: self
+                .last
+                .map(|t| super::to_time(time::OffsetDateTime::from(t))),
+            message: self.error.clone(),
+        };
+        let Some(current) = current else {
+            return Some(wanted);
+        };
+        if current.reachable != wanted.reachable || current.message != wanted.message {
+            return Some(wanted);
+        }
+        let written = current.last_contact.as_ref().map(|t| SystemTime::from(t.0));
+        let stale = written.is_none_or(|at| {
+            now.duration_since(at)
+                .is_ok_and(|age| age >= CONTACT_HEARTBEAT)
+        });
+        (wanted.reachable && stale && wanted.last_contact != current.last_contact).then_some(wanted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn contact(error: Option<&str>, last: SystemTime) -> Contact {
+        Contact {
+            target: KeyRef {
+                name: "b".into(),
+                key: Some("value".into()),
+                namespace: Some("ns".into()),
+            },
+            error: error.map(Into::into),
+            last: Some(last),
+        }
+    }
+
+    #[test]
+    fn a_target_s_status_is_written_on_changes_and_every_five_minutes() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let first = contact(None, at(0)).status(None, at(0)).unwrap();
+        assert!(first.reachable && first.message.is_none());
+        assert_eq!(
+            contact(None, at(30)).status(Some(&first), at(30)),
+            None,
+            "nothing new"
+        );
+        let later = contact(None, at(300))
+            .status(Some(&first), at(300))
+            .unwrap();
+        assert_eq!(
+            later.last_contact,
+            Some(crate::model::to_time(time::OffsetDateTime::from(at(300))))
+        );
+        let down = contact(Some("connection refused"), at(300))
+            .status(Some(&later), at(330))
+            .unwrap();
+        assert!(!down.reachable);
+        assert_eq!(down.message.as_deref(), Some("connection refused"));
+        assert_eq!(
+            down.last_contact, later.last_contact,
+            "the last contact stays"
+        );
+        assert_eq!(
+            contact(Some("connection refused"), at(300)).status(Some(&down), at(3600)),
+            None,
+            "still down: nothing to write"
+        );
+        assert!(
+            contact(None, at(3600))
+                .status(Some(&down), at(3600))
+                .unwrap()
+                .reachable
+        );
+    }
+
+    proptest! {
+        /// Over any run of reachability (a look every 30 s), the writes are the changes plus
+        /// one heartbeat per five minutes at most, and the status written last is what the
+        /// target is.
+        #[test]
+        fn writes_are_bounded_by_changes_and_heartbeats(
+            states in proptest::collection::vec(any::<bool>(), 1..400),
+        ) {
+            let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+            let mut current: Option<TargetContact> = None;
+            let (mut writes, mut changes, mut last_contact) = (0u64, 0u64, t0);
+            let mut previous = None;
+            for (i, reachable) in states.iter().enumerate() {
+                let now = t0 + Duration::from_secs(30 * i as u64);
+                if *reachable {
+                    last_contact = now;
+                }
+                if previous != Some(*reachable) {
+                    changes += 1;
+                }
+                previous = Some(*reachable);
+                let error = (!reachable).then_some("down");
+                if let Some(next) = contact(error, last_contact).status(current.as_ref(), now) {
+                    writes += 1;
+                    current = Some(next);
+                }
+                prop_assert_eq!(current.as_ref().map(|c| c.reachable), Some(*reachable));
+            }
+            let minutes = 30 * states.len() as u64 / 60;
+            prop_assert!(writes <= changes + minutes / 5 + 1, "{} writes, {} changes", writes, changes);
+        }
+    }
 }

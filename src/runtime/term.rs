@@ -37,6 +37,7 @@ use crate::{
             self, Context,
             dependents::{Dependents, SpecChanges},
             orphans::{self, Candidate},
+            targets,
         },
         onboarding,
     },
@@ -461,7 +462,8 @@ async fn sweep_orphans(
 }
 
 /// Every 30 s: stops watching the target clusters no authority names any more, and reports
-/// the others in the metrics (reachable or not, last contact).
+/// the others in the metrics and in their authorities' status (reachable or not, last
+/// contact).
 async fn prune_targets(context: Arc<Context>) {
     loop {
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -480,6 +482,7 @@ async fn prune_targets(context: Arc<Context>) {
             .collect();
         context.targets.retain(|key| named.contains(key));
         context.metrics.observe_targets(&context.targets.contacts());
+        targets::report(&context).await;
     }
 }
 

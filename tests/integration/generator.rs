@@ -61,9 +61,13 @@ async fn install_crd(admin: &Client, kind: &ClusterKind) {
     }))
     .unwrap();
     let api = Api::<CustomResourceDefinition>::all(admin.clone());
-    api.patch(&name, &PatchParams::apply("tests").force(), &Patch::Apply(&crd))
-        .await
-        .unwrap();
+    api.patch(
+        &name,
+        &PatchParams::apply("tests").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap();
     eventually(
         Duration::from_secs(20),
         &format!("the {} CRD served", kind.kind),
@@ -146,7 +150,8 @@ async fn tenant_in(
         ("tls.crt", "tls.key")
     };
     let ca: Secret = serde_json::from_value(json!({"metadata": {"name": format!("{name}-ca")},
-        "stringData": {cert: plane.ca.cert_pem, key: ca_key.unwrap_or(&plane.ca.key_pem)}})).unwrap();
+        "stringData": {cert: plane.ca.cert_pem, key: ca_key.unwrap_or(&plane.ca.key_pem)}}))
+    .unwrap();
     secrets
         .patch(&format!("{name}-ca"), &params, &Patch::Apply(&ca))
         .await

@@ -13,7 +13,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig};
+use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig, TargetContact};
 use serde_json::{Value, json};
 
 use crate::{
@@ -68,6 +68,32 @@ async fn target_authority(
         .create(&PostParams::default(), &authority)
         .await
         .unwrap();
+}
+
+/// Waits (the report runs every 30 s) until a ClusterAuthority's `status.target` says its
+/// target is `reachable` or not, and returns it.
+async fn reported(admin: &Client, authority: &str, reachable: bool) -> TargetContact {
+    let api = Api::<ClusterAuthority>::all(admin.clone());
+    eventually(
+        Duration::from_secs(75),
+        &format!("{authority} reports its target reachable: {reachable}"),
+        || {
+            let api = api.clone();
+            async move {
+                let target = api
+                    .get(authority)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .status
+                    .and_then(|s| s.target);
+                match target {
+                    Some(t) if t.reachable == reachable => Ok(t),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await
 }
 
 /// The bindings labelled with a Kubeconfig's UID in a cluster: (cluster-wide, namespaced).
@@ -418,6 +444,14 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
     )
     .await;
     wait_ready(&admin, &ns, "carol").await;
+    // The authorities say it too, each of its own target.
+    let down = reported(&admin, &to_b, false).await;
+    assert!(
+        down.message.as_deref().is_some_and(|m| !m.is_empty()),
+        "{down:?}"
+    );
+    let up = reported(&admin, &to_c, true).await;
+    assert!(up.last_contact.is_some(), "{up:?}");
     let carol_uid = uid_of(&admin, &ns, "carol").await;
     assert_eq!(
         bindings(&admin_c, &carol_uid).await.1.len(),
@@ -551,6 +585,7 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
         dave_serial,
         "the same certificate"
     );
+    reported(&admin, &to_b, true).await;
     let dave_uid = recovered.uid().unwrap();
     assert_eq!(bindings(&admin_b, &dave_uid).await.1.len(), 1);
 

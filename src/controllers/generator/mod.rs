@@ -30,9 +30,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{
     Authority, AuthorityConfig, AuthorityKind, AuthorityRef, AuthoritySpec, FIELD_MANAGER,
-    GeneratorError, KeyRef, Kubeconfig, KubeconfigGenerator,
-    KubeconfigGeneratorSpec, KubeconfigGeneratorStatus, KubeconfigSpec, MANAGED_BY,
-    MANAGED_BY_LABEL, SecretRef, Signer, TargetCluster,
+    GeneratorError, KeyRef, Kubeconfig, KubeconfigGenerator, KubeconfigGeneratorSpec,
+    KubeconfigGeneratorStatus, KubeconfigSpec, MANAGED_BY, MANAGED_BY_LABEL, SecretRef, Signer,
+    TargetCluster,
 };
 use crate::{
     client::{delete_ignoring_absent, filled},

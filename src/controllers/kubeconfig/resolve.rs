@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, Secret},
-    apimachinery::pkg::apis::meta::v1::Condition,
+    api::core::v1::{ConfigMap, ObjectReference, Secret},
+    apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector},
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -19,11 +19,12 @@ use kubeconfig_authority_pki::{CertificateAuthority, kubeconfig as kc_file, pars
 use serde_json::json;
 use time::OffsetDateTime;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
 use super::{Context, policy, request::Desired};
 use crate::{
-    api::{Authority, AuthorityConfig, AuthorityKind, ClusterAuthority, FIELD_MANAGER, Kubeconfig},
+    api::{
+        Authority, AuthorityConfig, AuthorityKind, AuthorityStatus, ClusterAuthority,
+        FIELD_MANAGER, Kubeconfig,
+    },
     model::{
         Error, Problem, Reason, Result,
         authority::{
@@ -41,7 +42,7 @@ pub struct Found {
     /// The object, to report on.
     pub kind: AuthorityKind,
     pub name: String,
-    pub conditions: Vec<Condition>,
+    pub status: AuthorityStatus,
 }
 
 /// What a Kubeconfig needs before anything is written: its authority found, its policy
@@ -105,7 +106,7 @@ pub fn find(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Found, Problem>> {
                     described: described.clone(),
                     kind: AuthorityKind::Authority,
                     name: aref.name.clone(),
-                    conditions: a.status.clone().unwrap_or_default().conditions,
+                    status: a.status.clone().unwrap_or_default(),
                 })
                 .ok_or_else(|| Problem::new(Reason::AuthorityNotFound,
                     format!("{described} does not exist; an Authority serves only the Kubeconfigs of its own namespace: create it here, or use a ClusterAuthority that admits this namespace"),
@@ -121,7 +122,7 @@ pub fn find(kc: &Kubeconfig, ctx: &Context) -> Result<Result<Found, Problem>> {
                     described: described.clone(),
                     kind: AuthorityKind::ClusterAuthority,
                     name: aref.name.clone(),
-                    conditions: a.status.clone().unwrap_or_default().conditions,
+                    status: a.status.clone().unwrap_or_default(),
                 })
                 .ok_or_else(|| {
                     Problem::new(
@@ -157,7 +158,11 @@ pub fn ca_key_condition(
     exposed: Option<&(String, String)>,
     now: time::OffsetDateTime,
 ) -> Option<Condition> {
-    let current = found.conditions.iter().find(|c| c.type_ == CA_KEY_ISOLATED);
+    let current = found
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == CA_KEY_ISOLATED);
     let (status, reason, message) = match exposed {
         Some((ns, name)) => (
             "False",
@@ -177,7 +182,7 @@ pub fn ca_key_condition(
         return None;
     }
     Some(crate::model::condition(
-        &found.conditions,
+        &found.status.conditions,
         CA_KEY_ISOLATED,
         status,
         reason,
@@ -228,27 +233,18 @@ pub async fn report_ca_key(found: &Found, kc: &Kubeconfig, ctx: &Context) -> Res
         Some(c) if !first_write(ctx, &found.described, Some(&c)) => return Ok(()),
         Some(c) => c,
     };
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    let status = json!({"conditions": [&condition]});
-    let result = match found.kind {
-        AuthorityKind::Authority => {
-            let patch = json!({"apiVersion": Authority::api_version(&()), "kind": "Authority", "status": status});
-            Api::<Authority>::namespaced(
-                ctx.client.clone(),
-                found.own_namespace.as_deref().unwrap_or_default(),
-            )
-            .patch_status(&found.name, &params, &Patch::Apply(&patch))
-            .await
-            .map(|a| a.object_ref(&()))
-        }
-        AuthorityKind::ClusterAuthority => {
-            let patch = json!({"apiVersion": ClusterAuthority::api_version(&()), "kind": "ClusterAuthority", "status": status});
-            Api::<ClusterAuthority>::all(ctx.client.clone())
-                .patch_status(&found.name, &params, &Patch::Apply(&patch))
-                .await
-                .map(|a| a.object_ref(&()))
-        }
+    let status = AuthorityStatus {
+        conditions: vec![condition.clone()],
+        target: found.status.target.clone(),
     };
+    let result = patch_status(
+        ctx,
+        found.kind,
+        found.own_namespace.as_deref(),
+        &found.name,
+        &status,
+    )
+    .await;
     let reference = result.map_err(Error::kube(format!("flagging {}", found.described)))?;
     if condition.status == "False" {
         tracing::warn!(authority = %found.described, "{}", condition.message);
@@ -264,6 +260,34 @@ pub async fn report_ca_key(found: &Found, kc: &Kubeconfig, ctx: &Context) -> Res
         }
     }
     Ok(())
+}
+
+/// Applies what the controller says of an authority (everything it says: what it leaves out
+/// of `status` it no longer owns).
+pub async fn patch_status(
+    ctx: &Context,
+    kind: AuthorityKind,
+    namespace: Option<&str>,
+    name: &str,
+    status: &AuthorityStatus,
+) -> kube::Result<ObjectReference> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match kind {
+        AuthorityKind::Authority => {
+            let patch = json!({"apiVersion": Authority::api_version(&()), "kind": "Authority", "status": status});
+            Api::<Authority>::namespaced(ctx.client.clone(), namespace.unwrap_or_default())
+                .patch_status(name, &params, &Patch::Apply(&patch))
+                .await
+                .map(|a| a.object_ref(&()))
+        }
+        AuthorityKind::ClusterAuthority => {
+            let patch = json!({"apiVersion": ClusterAuthority::api_version(&()), "kind": "ClusterAuthority", "status": status});
+            Api::<ClusterAuthority>::all(ctx.client.clone())
+                .patch_status(name, &params, &Patch::Apply(&patch))
+                .await
+                .map(|a| a.object_ref(&()))
+        }
+    }
 }
 
 /// The CSR API signer of API server client certificates, run by kube-controller-manager.

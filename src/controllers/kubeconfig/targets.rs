@@ -21,22 +21,31 @@ use kube::{
     },
 };
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
 
-use super::Context;
+use super::{
+    Context,
+    resolve::{CA_KEY_ISOLATED, patch_status},
+};
 use crate::{
-    api::{KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, KeyRef, Kubeconfig},
+    api::{
+        AuthorityKind, AuthorityStatus, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL, KeyRef,
+        Kubeconfig,
+    },
     client::{
         REQUEST_TIMEOUT,
         cluster::Cluster,
         watch::{Watches, keep, reflect},
     },
-    model::{Error, Problem, Reason, Result, authority::TARGET_KEY, labels::owner_of},
+    model::{
+        Error, Problem, Reason, Result,
+        authority::{Contact, TARGET_KEY, target_of},
+        labels::owner_of,
+    },
 };
 
 /// How long a reconcile waits for a target's caches before it reports the target unreachable.
 const FIRST_LIST: Duration = Duration::from_secs(5);
-
 struct Entry {
     /// The resourceVersion of the admin kubeconfig's Secret the client was built from.
     version: Option<String>,
@@ -67,9 +76,8 @@ impl Targets {
         (targets, changes)
     }
 
-    /// Each target (its admin kubeconfig's Secret, `namespace/name`): whether it can be reached
-    /// now, and when it was last heard from.
-    pub fn contacts(&self) -> Vec<(String, bool, Option<std::time::SystemTime>)> {
+    /// Each target started: whether it can be reached now, and when it was last heard from.
+    pub fn contacts(&self) -> Vec<Contact> {
         let (now, wall) = (std::time::Instant::now(), std::time::SystemTime::now());
         let Ok(entries) = self.entries.lock() else {
             return Vec::new();
@@ -83,12 +91,11 @@ impl Targets {
                     .as_ref()
                     .and_then(|w| w.last_contact(now))
                     .map(|at| wall - now.duration_since(at));
-                let name = format!(
-                    "{}/{}",
-                    key.namespace.as_deref().unwrap_or_default(),
-                    key.name
-                );
-                (name, cluster.unreachable().is_none(), last)
+                Contact {
+                    target: key.clone(),
+                    error: cluster.unreachable(),
+                    last,
+                }
             })
             .collect()
     }
@@ -325,4 +332,55 @@ async fn client_from(text: &str) -> std::result::Result<Client, String> {
         .with_layer(&tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT))
         .build();
     Ok(client)
+}
+
+/// Writes each authority's `status.target` when [`Contact::status`] says so, for the targets
+/// started (an authority no Kubeconfig uses yet is not reported). At most one write per
+/// authority per call.
+pub async fn report(ctx: &Context) {
+    let contacts = ctx.targets.contacts();
+    let now = std::time::SystemTime::now();
+    let authorities = ctx.authorities.state().into_iter().map(|a| {
+        let namespace = a.namespace();
+        let key = target_of(&a.spec.config, namespace.as_deref());
+        (
+            AuthorityKind::Authority,
+            namespace,
+            a.name_any(),
+            key,
+            a.status.clone(),
+        )
+    });
+    let cluster_authorities = ctx.cluster_authorities.state().into_iter().map(|a| {
+        let key = target_of(&a.spec.config, None);
+        (
+            AuthorityKind::ClusterAuthority,
+            None,
+            a.name_any(),
+            key,
+            a.status.clone(),
+        )
+    });
+    for (kind, namespace, name, key, status) in authorities.chain(cluster_authorities) {
+        let Some(key) = key else { continue };
+        let Some(contact) = contacts.iter().find(|c| c.target == key) else {
+            continue;
+        };
+        let status = status.unwrap_or_default();
+        let Some(target) = contact.status(status.target.as_ref(), now) else {
+            continue;
+        };
+        // Everything this controller says of the authority goes in the one apply.
+        let status = AuthorityStatus {
+            conditions: status
+                .conditions
+                .into_iter()
+                .filter(|c| c.type_ == CA_KEY_ISOLATED)
+                .collect(),
+            target: Some(target),
+        };
+        if let Err(e) = patch_status(ctx, kind, namespace.as_deref(), &name, &status).await {
+            warn!(authority = %name, "reporting its target cluster: {e}");
+        }
+    }
 }
