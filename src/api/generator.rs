@@ -88,6 +88,10 @@ pub struct KubeconfigGeneratorSpec {
     /// target; its `policy` must then list the roles, see `allowedClusterRoles`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
+    /// Each credential registered with Argo CD (see Kubeconfig `spec.argoCD`): one cluster
+    /// per object. Without `name`, each is named `<namespace>.<object>`.
+    #[serde(default, rename = "argoCD", skip_serializing_if = "Option::is_none")]
+    pub argo_cd: Option<ArgoCdCluster>,
 }
 
 /// A kind of object and a selector over its labels.

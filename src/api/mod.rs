@@ -35,6 +35,9 @@ pub const RENEW_ANNOTATION: &str = "kubeconfig-authority.dev/renew-requested-at"
 /// (which cannot be reached) and leave whatever was made there. The admission policy allows
 /// it only to whoever may `orphan` kubeconfigs (a verb of its own: cluster admins).
 pub const ORPHAN_TARGET_ANNOTATION: &str = "kubeconfig-authority.dev/orphan-target";
+/// The label by which Argo CD finds cluster Secrets, and its value.
+pub const ARGOCD_SECRET_TYPE_LABEL: &str = "argocd.argoproj.io/secret-type";
+pub const ARGOCD_CLUSTER: &str = "cluster";
 /// On the Secret: a digest of everything the issued kubeconfig was made from.
 pub const INPUTS_ANNOTATION: &str = "kubeconfig-authority.dev/inputs-digest";
 /// On the Secret: a digest of the data written and of [`CREDENTIAL_ANNOTATION`], to notice edits.
@@ -135,6 +138,48 @@ pub struct KubeconfigSpec {
     /// Copies of the Secret in other namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distribution: Option<Distribution>,
+    /// The credential registered with Argo CD as a cluster Secret, in the namespace the
+    /// authority's `policy.argoCD` names, rewritten on every rotation and removed with the
+    /// Kubeconfig.
+    #[serde(default, rename = "argoCD", skip_serializing_if = "Option::is_none")]
+    pub argo_cd: Option<ArgoCdCluster>,
+}
+
+/// How the credential appears in Argo CD (the keys of its cluster Secret).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArgoCdCluster {
+    /// The cluster's name in Argo CD. Default `<namespace>.<name>` of the Kubeconfig.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_RULE).message("name must have no control characters and no white space at either end"))]
+    pub name: Option<String>,
+    /// The namespaces Argo CD may manage with it (`namespaces`). Empty: all it can reach.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 63)))]
+    pub namespaces: Vec<String>,
+    /// With `namespaces`: whether Argo CD may also manage cluster-scoped objects
+    /// (`clusterResources`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_resources: Option<bool>,
+    /// The Argo CD project the cluster is scoped to (`project`); the authority's
+    /// `policy.argoCD.allowedProjects` must list it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub project: Option<String>,
+}
+
+/// Where an authority lets its Kubeconfigs register with Argo CD.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArgoCdPolicy {
+    /// The namespace Argo CD reads cluster Secrets from (usually `argocd`).
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// The projects a cluster may be scoped to (patterns). Unset: none (clusters are
+    /// registered unscoped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_projects: Option<Vec<String>>,
 }
 
 /// A ServiceAccount in the Kubeconfig's namespace.
@@ -546,6 +591,12 @@ pub struct Policy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distribution_namespace_selector:
         Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+    /// Lets Kubeconfigs register their credential with Argo CD (`spec.argoCD`). Unset: they
+    /// may not. A cluster Secret is written only where no other Secret there registers the
+    /// same server (Argo CD tells clusters apart by server URL: two would share one cache
+    /// and mix their credentials).
+    #[serde(default, rename = "argoCD", skip_serializing_if = "Option::is_none")]
+    pub argo_cd: Option<ArgoCdPolicy>,
 }
 
 /// A CA bundle, inline or from a key of a Secret or ConfigMap. Set exactly one.

@@ -15,8 +15,8 @@ use kubeconfig_authority_pki::{inspect_certificate, kubeconfig as kc_file, parse
 
 use super::credential::{self, Held};
 use crate::api::{
-    CREDENTIAL_ANNOTATION, DATA_ANNOTATION, INPUTS_ANNOTATION, KUBECONFIG_ANNOTATION,
-    KUBECONFIG_UID_LABEL,
+    ARGOCD_CLUSTER, ARGOCD_SECRET_TYPE_LABEL, CREDENTIAL_ANNOTATION, DATA_ANNOTATION,
+    INPUTS_ANNOTATION, KUBECONFIG_ANNOTATION, KUBECONFIG_UID_LABEL,
 };
 
 /// A managed Secret, as the cache keeps it.
@@ -37,6 +37,8 @@ pub struct ManagedSecret {
     pub intact: bool,
     /// The credential it holds, as recorded when written.
     pub held: Option<Held>,
+    /// It is an Argo CD cluster Secret (`spec.argoCD`), not the Secret or a copy of it.
+    pub argo_cd: bool,
     pub resource_version: String,
 }
 
@@ -69,6 +71,11 @@ impl ManagedSecret {
                 == Some(digest_of(data, record.map(String::as_str)).as_str()),
             data_digest,
             held,
+            argo_cd: secret
+                .labels()
+                .get(ARGOCD_SECRET_TYPE_LABEL)
+                .map(String::as_str)
+                == Some(ARGOCD_CLUSTER),
             resource_version: ResourceExt::resource_version(secret).unwrap_or_default(),
         }
     }

@@ -44,6 +44,10 @@ pub enum Reason {
     Distributed,
     DistributionRefused,
 
+    // ArgoCD on a Kubeconfig (with SecretConflict).
+    Registered,
+    RegistrationRefused,
+
     // CAKeyIsolated on an Authority or ClusterAuthority.
     CAKeyWithRequesters,
     CAKeyApart,
@@ -101,6 +105,8 @@ impl Reason {
             Self::TargetUnreachable => "TargetUnreachable",
             Self::Distributed => "Distributed",
             Self::DistributionRefused => "DistributionRefused",
+            Self::Registered => "Registered",
+            Self::RegistrationRefused => "RegistrationRefused",
             Self::CAKeyWithRequesters => "CAKeyWithRequesters",
             Self::CAKeyApart => "CAKeyApart",
             Self::Generated => "Generated",
@@ -156,7 +162,7 @@ impl Reason {
 }
 
 /// Every reason (for parsing and tests).
-pub const ALL: [Reason; 44] = [
+pub const ALL: [Reason; 46] = [
     Reason::Issued,
     Reason::Renewed,
     Reason::Repaired,
@@ -188,6 +194,8 @@ pub const ALL: [Reason; 44] = [
     Reason::TargetUnreachable,
     Reason::Distributed,
     Reason::DistributionRefused,
+    Reason::Registered,
+    Reason::RegistrationRefused,
     Reason::CAKeyWithRequesters,
     Reason::CAKeyApart,
     Reason::Generated,

@@ -1002,16 +1002,19 @@ pub async fn http_get(port: u16, path: &str) -> Option<(String, String)> {
 /// `tests/tools/build.sh` and cached like the control plane.
 pub fn tools() -> PathBuf {
     static TOOLS: OnceLock<PathBuf> = OnceLock::new();
-    TOOLS
-        .get_or_init(|| {
-            let out = Command::new(Path::new(REPO).join("tests/tools/build.sh"))
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run tests/tools/build.sh");
-            assert!(out.status.success(), "tests/tools/build.sh failed");
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-        })
-        .clone()
+    TOOLS.get_or_init(|| tool_set("helm")).clone()
+}
+
+/// The folder holding a set of tools `tests/tools/build.sh <set>` builds from their Go modules
+/// (`flux`, `argocd`), built on first use and cached like the control plane.
+pub fn tool_set(set: &str) -> PathBuf {
+    let out = Command::new(Path::new(REPO).join("tests/tools/build.sh"))
+        .arg(set)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run tests/tools/build.sh");
+    assert!(out.status.success(), "tests/tools/build.sh {set} failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 fn binaries() -> Result<PathBuf, String> {

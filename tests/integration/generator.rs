@@ -449,11 +449,19 @@ async fn a_generator_binds_each_tenant_s_roles_in_its_own_cluster() {
     }
     let name = format!("remote-{suffix}");
     let capi = format!("capi-{suffix}");
-    for (generator_name, target, endpoint_key) in [
-        (&name, json!({"selector": {}}), json!("admin.conf")),
+    // The TenantControlPlanes' credentials are registered with Argo CD too, one cluster each.
+    let argocd = plane.namespace("gen-argocd").await;
+    for (generator_name, target, endpoint_key, argo_cd) in [
+        (
+            &name,
+            json!({"selector": {}}),
+            json!("admin.conf"),
+            json!({}),
+        ),
         (
             &capi,
             json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster"}),
+            json!(null),
             json!(null),
         ),
     ] {
@@ -466,8 +474,9 @@ async fn a_generator_binds_each_tenant_s_roles_in_its_own_cluster() {
                 "user": {"fromDefinition": "metadata.name"},
                 "controlPlaneEndpointFrom": endpoint_key,
                 "validity": "1h",
-                "policy": {"allowedClusterRoles": ["view"]},
+                "policy": {"allowedClusterRoles": ["view"], "argoCD": {"namespace": argocd}},
                 "authorization": {"clusterRoleBindings": {"clusterRoles": ["view"]}},
+                "argoCD": argo_cd,
             },
         }))
         .unwrap();
@@ -508,6 +517,18 @@ async fn a_generator_binds_each_tenant_s_roles_in_its_own_cluster() {
             0,
             "nothing bound in the controller's cluster"
         );
+        if kind.kind == TENANT_CONTROL_PLANE.kind {
+            // Argo CD's code finds the tenant's cluster by its name and works with it there.
+            let cluster = format!("{ns}.{tenant}");
+            let seen = eventually(
+                Duration::from_secs(30),
+                &format!("Argo CD sees {cluster}"),
+                || async { crate::argocd::argo_cd_sees(plane, &argocd, &cluster, &[]) },
+            )
+            .await;
+            assert_eq!(seen["user"], *tenant, "{seen}");
+            assert_eq!(seen["server"], clusters[at].server.trim_end_matches('/'));
+        }
         let other = &clusters[1 - at];
         assert_eq!(
             bound(other.admin().await, &uid).await,

@@ -9,6 +9,7 @@ use serde_json::json;
 pub(crate) use support::objects::*;
 use support::{ControlPlane, TestCa};
 
+mod argocd;
 mod cli;
 mod control_plane;
 mod faults;

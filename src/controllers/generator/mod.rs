@@ -224,6 +224,12 @@ pub fn desired_for(
             },
             authorization: spec.authorization.clone(),
             distribution: None,
+            argo_cd: spec.argo_cd.clone().map(|mut a| {
+                a.name = a
+                    .name
+                    .or_else(|| Some(format!("{namespace}.{object_name}")));
+                a
+            }),
         },
         status: None,
     };

@@ -17,6 +17,7 @@
 //! Pure files: `request`, `policy`, `secret`, `bindings`, `copies` (its plan), `status`. I/O
 //! files: `resolve`, `issue`, `write`, `orphans`, `targets`, `context`.
 
+pub mod argocd;
 pub mod bindings;
 pub mod context;
 pub mod copies;
@@ -127,24 +128,21 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     ctx.caches_ready().await;
     let now = OffsetDateTime::now_utc();
     // 1. The authority, its policy, its CA and the spec, read once; nothing is written before.
-    let (prepared, copies_allowed) = resolve::prepare(&kc, &uid, ctx).await?;
+    let (prepared, allowed) = resolve::prepare(&kc, &uid, ctx).await?;
     // The cluster of the bindings: the controller's, or the authority's target.
     let target = write::target_of(&kc, &prepared);
     let cluster = write::cluster(target.as_ref(), ctx).await?;
     // 2. The credential and its bindings, together or not at all.
     let (outcome, data) = write::credential(&kc, &uid, prepared, cluster, ctx, now).await?;
-    // 3. The copies of a Secret that holds a valid credential; none otherwise.
-    let distributed =
-        write::copies(&kc, &uid, &outcome, data, copies_allowed.as_ref(), ctx).await?;
+    // 3. The copies and the Argo CD cluster Secret of a Secret that holds a valid
+    // credential; none otherwise.
+    let (distributed, registered) =
+        write::outputs(&kc, &uid, &outcome, data, &allowed, ctx).await?;
     // 4. The status, and a Warning event when a problem is new.
-    write::report(
-        &kc,
-        &outcome,
-        distributed.as_ref(),
-        target.as_ref(),
-        ctx,
-        now,
-    )
-    .await?;
-    Ok(status::requeue_for(&outcome, distributed.as_ref()))
+    let outputs = status::Outputs {
+        distributed: distributed.as_ref(),
+        registered: registered.as_ref(),
+    };
+    write::report(&kc, &outcome, &outputs, target.as_ref(), ctx, now).await?;
+    Ok(status::requeue_for(&outcome, &outputs))
 }

@@ -22,7 +22,7 @@ use time::OffsetDateTime;
 use super::{Context, policy, request::Desired};
 use crate::{
     api::{
-        Authority, AuthorityConfig, AuthorityKind, AuthorityStatus, ClusterAuthority,
+        ArgoCdPolicy, Authority, AuthorityConfig, AuthorityKind, AuthorityStatus, ClusterAuthority,
         FIELD_MANAGER, Kubeconfig,
     },
     model::{
@@ -47,13 +47,13 @@ pub struct Found {
 
 /// What a Kubeconfig needs before anything is written: its authority found, its policy
 /// satisfied, the authority's CA and bundle loaded, and the spec read once; or the problem that
-/// stops it. Also where the authority lets copies go. An authority whose CA key sits with
-/// requesters is flagged on the way.
+/// stops it. Also where the authority lets the Secret's data go. An authority whose CA key
+/// sits with requesters is flagged on the way.
 pub async fn prepare(
     kc: &Kubeconfig,
     uid: &str,
     ctx: &Context,
-) -> Result<(Result<(Resolved, Desired), Problem>, Option<LabelSelector>)> {
+) -> Result<(Result<(Resolved, Desired), Problem>, Outputs)> {
     let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let namespace_labels = ctx
         .namespaces
@@ -72,18 +72,27 @@ pub async fn prepare(
     });
     let found = match found {
         Ok(found) => found,
-        Err(problem) => return Ok((Err(problem), None)),
+        Err(problem) => return Ok((Err(problem), Outputs::default())),
     };
     report_ca_key(&found, kc, ctx).await?;
-    let copies_allowed = found
-        .config
-        .policy
-        .as_ref()
-        .and_then(|p| p.distribution_namespace_selector.clone());
+    let policy = found.config.policy.as_ref();
+    let allowed = Outputs {
+        copies: policy.and_then(|p| p.distribution_namespace_selector.clone()),
+        argo_cd: policy.and_then(|p| p.argo_cd.clone()),
+    };
     let prepared = load(&found, &namespace, ctx)
         .await?
         .and_then(|resolved| Desired::from_spec(kc, uid, &resolved).map(|d| (resolved, d)));
-    Ok((prepared, copies_allowed))
+    Ok((prepared, allowed))
+}
+
+/// Where an authority lets the Secret's data go (its policy).
+#[derive(Debug, Default)]
+pub struct Outputs {
+    /// `policy.distributionNamespaceSelector`.
+    pub copies: Option<LabelSelector>,
+    /// `policy.argoCD`.
+    pub argo_cd: Option<ArgoCdPolicy>,
 }
 
 /// Finds the authority of `kc` in the caches. A missing one is a [`Problem`].

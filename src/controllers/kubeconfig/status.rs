@@ -7,6 +7,7 @@ use kube::runtime::controller::Action;
 use time::OffsetDateTime;
 
 use super::{
+    argocd::Registered,
     copies::{self, Distributed},
     secret::WriteReason,
 };
@@ -38,10 +39,11 @@ pub enum Outcome {
 pub fn status(
     kc: &Kubeconfig,
     outcome: &Outcome,
-    distributed: Option<&Distributed>,
+    outputs: &Outputs<'_>,
     target: Option<&KeyRef>,
     now: OffsetDateTime,
 ) -> KubeconfigStatus {
+    let distributed = outputs.distributed;
     let previous = kc.status.clone().unwrap_or_default();
     let condition = |type_: &str, status: &str, reason: Reason, message: String| {
         crate::model::condition(
@@ -109,6 +111,17 @@ pub fn status(
             }
         });
     }
+    if let Some(registered) = outputs.registered.filter(|_| kc.spec.argo_cd.is_some()) {
+        conditions.push(match registered {
+            Registered::Current(secret) => condition(
+                ARGO_CD,
+                "True",
+                Reason::Registered,
+                format!("registered with Argo CD as the cluster Secret {secret}, current"),
+            ),
+            Registered::Refused(p) => condition(ARGO_CD, "False", p.reason, p.message.clone()),
+        });
+    }
     let mut status = KubeconfigStatus {
         conditions,
         observed_generation: kc.metadata.generation,
@@ -167,21 +180,36 @@ pub fn status(
 pub const READY: &str = "Ready";
 /// The condition type about `spec.distribution`.
 pub const DISTRIBUTED: &str = "Distributed";
+/// The condition type about `spec.argoCD`.
+pub const ARGO_CD: &str = "ArgoCD";
+
+/// Where the Secret's data went besides the Secret.
+#[derive(Default)]
+pub struct Outputs<'a> {
+    pub distributed: Option<&'a Distributed>,
+    pub registered: Option<&'a Registered>,
+}
 
 /// Ready: at the renewal time, and with copies at least every [`copies::RECHECK`] (sooner
 /// while a namespace is refused by an access review: rights often follow a new namespace by a
 /// moment). Not ready: the watches bring the object back when something it depends on
 /// changes; a slow retry covers anything they cannot see.
-pub fn requeue_for(outcome: &Outcome, distributed: Option<&Distributed>) -> Action {
+pub fn requeue_for(outcome: &Outcome, outputs: &Outputs<'_>) -> Action {
     match outcome {
         Outcome::Ready { renew_at, .. } => {
             let wait = (*renew_at - OffsetDateTime::now_utc())
                 .try_into()
                 .unwrap_or(Duration::ZERO);
-            let wait = match distributed {
+            let wait = match outputs.distributed {
                 Some(d) if d.reviews_refused => wait.min(copies::RECHECK_REFUSED),
                 Some(_) => wait.min(copies::RECHECK),
                 None => wait,
+            };
+            // A registration refused for a server another Secret holds is asked again (no
+            // watch sees that Secret go).
+            let wait = match outputs.registered {
+                Some(Registered::Refused(_)) => wait.min(copies::RECHECK_REFUSED),
+                _ => wait,
             };
             Action::requeue(wait.max(Duration::from_millis(100)))
         }
@@ -298,7 +326,7 @@ mod tests {
             message: "ok".into(),
             blocked: None,
         };
-        let first = status(&kc, &ready, None, None, t0);
+        let first = status(&kc, &ready, &Outputs::default(), None, t0);
         assert_eq!(first.conditions[0].status, "True");
         assert_eq!(first.conditions[0].reason, "Issued");
         assert_eq!(first.observed_generation, Some(2));
@@ -313,7 +341,13 @@ mod tests {
             blocked: None,
         };
         assert_eq!(
-            status(&kc, &kept, None, None, t0 + Duration::from_secs(60)),
+            status(
+                &kc,
+                &kept,
+                &Outputs::default(),
+                None,
+                t0 + Duration::from_secs(60)
+            ),
             first,
             "nothing changed, nothing to write"
         );
@@ -321,7 +355,13 @@ mod tests {
             Reason::CASecretNotFound,
             "the CA Secret x/y does not exist",
         ));
-        let failed = status(&kc, &problem, None, None, t0 + Duration::from_secs(60));
+        let failed = status(
+            &kc,
+            &problem,
+            &Outputs::default(),
+            None,
+            t0 + Duration::from_secs(60),
+        );
         assert_eq!(
             (
                 failed.conditions[0].status.as_str(),
@@ -346,7 +386,13 @@ mod tests {
             message: "valid, cannot be renewed".into(),
             blocked: Some(Problem::new(Reason::CASecretNotFound, "gone")),
         };
-        let kept = status(&kc, &blocked, None, None, t0 + Duration::from_secs(60));
+        let kept = status(
+            &kc,
+            &blocked,
+            &Outputs::default(),
+            None,
+            t0 + Duration::from_secs(60),
+        );
         assert_eq!(
             (
                 kept.conditions[0].status.as_str(),
@@ -379,35 +425,47 @@ mod tests {
         let wait = |action: Action| format!("{action:?}");
         let at = |secs: u64| wait(Action::requeue(Duration::from_secs(secs)));
         // Within a second of the renewal time (the test's own clock moves on).
-        let renewal = wait(requeue_for(&ready(3600), None));
+        let renewal = wait(requeue_for(&ready(3600), &Outputs::default()));
         assert!(
             renewal.contains("3599") || renewal.contains("3600"),
             "{renewal}"
         );
         let copies = Distributed::default();
-        let with_copies = wait(requeue_for(&ready(3600), Some(&copies)));
+        let with_copies = wait(requeue_for(
+            &ready(3600),
+            &Outputs {
+                distributed: Some(&copies),
+                registered: None,
+            },
+        ));
         assert_eq!(with_copies, at(copies::RECHECK.as_secs()));
         let refused = Distributed {
             reviews_refused: true,
             ..Distributed::default()
         };
         assert_eq!(
-            wait(requeue_for(&ready(3600), Some(&refused))),
+            wait(requeue_for(
+                &ready(3600),
+                &Outputs {
+                    distributed: Some(&refused),
+                    registered: None
+                }
+            )),
             at(copies::RECHECK_REFUSED.as_secs())
         );
-        let past = wait(requeue_for(&ready(0), None));
+        let past = wait(requeue_for(&ready(0), &Outputs::default()));
         assert!(
             past.contains("100ms") || past.contains("0ns") || past.contains("ms"),
             "{past}"
         );
         let csr = Outcome::NotReady(Problem::new(Reason::CSRPending, "waiting"));
         assert_eq!(
-            wait(requeue_for(&csr, None)),
+            wait(requeue_for(&csr, &Outputs::default())),
             wait(Action::requeue(CSR_RETRY))
         );
         let refused = Outcome::NotReady(Problem::new(Reason::PolicyViolation, "no"));
         assert_eq!(
-            wait(requeue_for(&refused, None)),
+            wait(requeue_for(&refused, &Outputs::default())),
             wait(Action::requeue(RETRY_PROBLEM))
         );
     }

@@ -18,14 +18,14 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-
 use super::{
     Context,
+    argocd::Registered,
     bindings::plan_bindings,
     copies::{self, Distributed},
     issue,
     request::{Credential, Desired},
+    resolve::Outputs,
     secret::{SecretData, SecretPlan, WriteReason, build_secret, first_key, plan_secret},
     status::{self, Outcome},
 };
@@ -114,20 +114,23 @@ pub async fn credential(
     }
 }
 
-/// The copies: of the Secret's data when the credential is Ready (read live when the cache,
-/// which keeps no data, answered), none otherwise.
-pub async fn copies(
+/// What the Secret's data is handed to: its copies and its Argo CD cluster Secret, from the
+/// data when the credential is Ready (read live when the cache, which keeps no data,
+/// answered), none otherwise.
+pub async fn outputs(
     kc: &Kubeconfig,
     uid: &str,
     outcome: &Outcome,
     data: Option<SecretData>,
-    allowed_by_policy: Option<&LabelSelector>,
+    allowed: &Outputs,
     ctx: &Context,
-) -> Result<Option<Distributed>> {
+) -> Result<(Option<Distributed>, Option<Registered>)> {
     let namespace = kc.namespace().unwrap_or_default();
     let primary = match (outcome, data) {
         (Outcome::Ready { .. }, Some(data)) => Some(data),
-        (Outcome::Ready { .. }, None) if kc.spec.distribution.is_some() => {
+        (Outcome::Ready { .. }, None)
+            if kc.spec.distribution.is_some() || kc.spec.argo_cd.is_some() =>
+        {
             Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
                 .get_opt(&kc.spec.secret_ref.name)
                 .await
@@ -137,14 +140,27 @@ pub async fn copies(
         _ => None,
     };
     let subject = copies::subject(kc, uid);
-    super::distribute::apply_copies(
+    let distributed = super::distribute::apply_copies(
         kc,
         uid,
         primary.as_ref().zip(subject.as_ref()),
-        allowed_by_policy,
+        allowed.copies.as_ref(),
         ctx,
     )
-    .await
+    .await?;
+    // The kubeconfig of the Secret: under the first of its keys.
+    let text = primary.as_ref().and_then(|data| {
+        let keys = kc.spec.secret_ref.kubeconfig_keys.as_deref();
+        let key = keys
+            .and_then(|k| k.first())
+            .map_or("kubeconfig", String::as_str);
+        data.get(key)
+            .and_then(|v| std::str::from_utf8(&v.0).ok())
+            .map(str::to_owned)
+    });
+    let registered =
+        super::argocd::apply(kc, uid, text.as_deref(), allowed.argo_cd.as_ref(), ctx).await?;
+    Ok((distributed, registered))
 }
 
 /// Writes the status when it changed, and reports a new problem (log, metric, Warning event)
@@ -152,14 +168,14 @@ pub async fn copies(
 pub async fn report(
     kc: &Kubeconfig,
     outcome: &Outcome,
-    distributed: Option<&Distributed>,
+    outputs: &status::Outputs<'_>,
     target: Option<&KeyRef>,
     ctx: &Context,
     now: OffsetDateTime,
 ) -> Result<()> {
     let namespace = kc.namespace().unwrap_or_default();
     let name = kc.name_any();
-    let mut new_status = status::status(kc, outcome, distributed, target, now);
+    let mut new_status = status::status(kc, outcome, outputs, target, now);
     if kc.status.as_ref() == Some(&new_status) {
         return Ok(());
     }
@@ -180,7 +196,7 @@ pub async fn report(
             .await
             .map_err(Error::kube("reading the Kubeconfig"))?;
         if let Some(live) = live {
-            new_status = status::status(&live, outcome, distributed, target, now);
+            new_status = status::status(&live, outcome, outputs, target, now);
             if live.status.as_ref() == Some(&new_status) {
                 return Ok(());
             }
@@ -488,7 +504,7 @@ pub async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
                 report(
                     &kc,
                     &outcome,
-                    None,
+                    &status::Outputs::default(),
                     Some(key),
                     ctx,
                     OffsetDateTime::now_utc(),
