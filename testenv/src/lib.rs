@@ -10,6 +10,7 @@
 //! `PR_SET_PDEATHSIG` (so the kernel kills it when the test process dies, however it dies) in a
 //! process group of its own (killed on drop).
 
+pub mod git;
 pub mod node;
 pub mod objects;
 

@@ -27,7 +27,7 @@ use crate::{
     until_code, wait_condition, wait_ready,
 };
 
-async fn service_account(admin: &Client, ns: &str, name: &str, annotations: Value) {
+pub(crate) async fn service_account(admin: &Client, ns: &str, name: &str, annotations: Value) {
     let sa: ServiceAccount =
         serde_json::from_value(json!({"metadata": {"name": name, "annotations": annotations}}))
             .unwrap();
@@ -59,7 +59,7 @@ async fn authority(admin: &Client, ns: &str, name: &str, spec: Value) {
 
 /// A namespace with a ServiceAccount `flux` and an Authority `tokens` that makes token
 /// kubeconfigs for this API server (its CA from the namespace's kube-root-ca.crt).
-async fn token_setup(prefix: &str) -> (Client, String) {
+pub(crate) async fn token_setup(prefix: &str) -> (Client, String) {
     let plane = plane();
     let ns = plane.namespace(prefix).await;
     let admin = plane.admin().await;
@@ -78,7 +78,7 @@ fn token_of(kubeconfig: &str) -> String {
     kc_file::parse(kubeconfig).unwrap().token.expect("a token")
 }
 
-fn token_id(kc: &Kubeconfig) -> String {
+pub(crate) fn token_id(kc: &Kubeconfig) -> String {
     kc.status
         .as_ref()
         .and_then(|s| s.token_id.clone())

@@ -13,6 +13,7 @@ mod argocd;
 mod cli;
 mod control_plane;
 mod faults;
+mod flux;
 mod generator;
 mod gitops;
 mod kubeconfig;

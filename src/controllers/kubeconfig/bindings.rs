@@ -140,17 +140,29 @@ fn cluster_roles(authorization: Option<&Authorization>) -> Vec<String> {
     roles
 }
 
-/// The ClusterRoleBindings and RoleBindings the spec asks for, all to the group
-/// `kubeconfig-uid:<uid>`, which only certificates issued for this very object carry.
+/// The ClusterRoleBindings and RoleBindings the spec asks for, all to the identity the
+/// credential carries: for a certificate, the group `kubeconfig-uid:<uid>`, which only
+/// certificates issued for this very object carry; for a token, its ServiceAccount (a token
+/// carries no group of its own, and whoever asked for it may already act as that account:
+/// admission checked they may impersonate it or request its tokens).
 pub fn desired_bindings(kc: &Kubeconfig, uid: &str) -> (Vec<ClusterRoleBinding>, Vec<RoleBinding>) {
     let namespace = kc.namespace().unwrap_or_default();
     let name = kc.name_any();
-    let subjects = Some(vec![Subject {
-        kind: "Group".into(),
-        api_group: Some(RBAC_GROUP.into()),
-        name: format!("{UID_GROUP_PREFIX}{uid}"),
-        namespace: None,
-    }]);
+    let subject = match &kc.spec.service_account_ref {
+        Some(sa) => Subject {
+            kind: "ServiceAccount".into(),
+            api_group: None,
+            name: sa.name.clone(),
+            namespace: Some(namespace.clone()),
+        },
+        None => Subject {
+            kind: "Group".into(),
+            api_group: Some(RBAC_GROUP.into()),
+            name: format!("{UID_GROUP_PREFIX}{uid}"),
+            namespace: None,
+        },
+    };
+    let subjects = Some(vec![subject]);
     let meta = |binding_name: String, binding_namespace: Option<String>| ObjectMeta {
         name: Some(binding_name),
         namespace: binding_namespace,
@@ -248,6 +260,27 @@ mod tests {
     use super::*;
     use crate::controllers::kubeconfig::fixtures::*;
     use serde_json::json;
+
+    #[test]
+    fn bindings_name_the_identity_the_credential_carries() {
+        let subject = |spec: serde_json::Value| {
+            let (cluster, _) = desired_bindings(&kubeconfig(spec), UID);
+            cluster[0].subjects.clone().unwrap()
+        };
+        let granted = json!({"clusterRoleBindings": {"clusterRoles": ["view"]}});
+        let certificate = subject(json!({
+            "username": "susan", "validity": "1h", "secretRef": {"name": "s"}, "authorization": granted,
+        }));
+        assert_eq!(certificate[0].kind, "Group");
+        assert_eq!(certificate[0].name, format!("{UID_GROUP_PREFIX}{UID}"));
+        // A token carries no group of its own: the binding names its ServiceAccount.
+        let token = subject(json!({
+            "serviceAccountRef": {"name": "flux"}, "validity": "1h", "secretRef": {"name": "s"}, "authorization": granted,
+        }));
+        assert_eq!(token[0].kind, "ServiceAccount");
+        assert_eq!(token[0].name, "flux");
+        assert_eq!(token[0].namespace.as_deref(), Some("team-a"));
+    }
 
     #[test]
     fn bindings_are_planned_against_what_exists() {
