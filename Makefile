@@ -5,7 +5,7 @@
 CARGO ?= cargo
 KEEP ?= 0
 
-.PHONY: all test lint unit integration node-test controlplane image cluster demo bench manifests clean-controlplane
+.PHONY: all test lint unit integration node-test controlplane tools image cluster demo bench manifests clean-controlplane
 
 all: test
 
@@ -20,9 +20,9 @@ unit:
 	$(CARGO) test -p kubeconfig-authority-pki --tests --benches
 	$(CARGO) test --test crds --example demo
 
-## integration: the tests against a real etcd and kube-apiserver, and the controller benchmark
-## at a tiny scale (as a check that it works)
-integration: controlplane
+## integration: the tests against a real etcd and kube-apiserver (with real Flux and Argo CD
+## code), and the controller benchmark at a tiny scale (as a check that it works)
+integration: controlplane tools
 	$(CARGO) test --test integration --bench controller
 
 ## node-test: `make image`, a real node (containerd, kubelet, kube-proxy, kube-scheduler) beside
@@ -37,6 +37,13 @@ lint:
 ## controlplane: build (or find) etcd, kube-apiserver and kube-controller-manager
 controlplane:
 	@tests/controlplane/build.sh >/dev/null
+
+## tools: build (or find) the Go tools the tests use: helm and promtool, Flux's
+## source-controller and kustomize-controller, and the Argo CD check (tests/tools/)
+tools:
+	@tests/tools/build.sh >/dev/null
+	@tests/tools/build.sh flux >/dev/null
+	@tests/tools/build.sh argocd >/dev/null
 
 ## image: the controller's OCI image (a static binary, from scratch), reproducibly, as the OCI
 ## archive target/image/kubeconfig-authority.oci.tar; prints its reference and digest

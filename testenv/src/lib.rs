@@ -438,34 +438,10 @@ rm -rf "{0}"
         use serde::Deserialize;
         let text = std::fs::read_to_string(Path::new(REPO).join("crds/kubeconfig-authority.yaml"))
             .expect("read crds/");
-        let api = kube::Api::<CustomResourceDefinition>::all(self.admin().await);
-        let params = kube::api::PatchParams::apply("kubeconfig-authority-tests").force();
-        let mut names = Vec::new();
-        for document in serde_yaml::Deserializer::from_str(&text) {
-            let crd = CustomResourceDefinition::deserialize(document).expect("a CRD");
-            let name = crd.metadata.name.clone().expect("CRD name");
-            api.patch(&name, &params, &kube::api::Patch::Apply(&crd))
-                .await
-                .expect("apply CRD");
-            names.push(name);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        for name in names {
-            loop {
-                let crd = api.get(&name).await.expect("get CRD");
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if established {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "CRD {name} not established");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        let crds = serde_yaml::Deserializer::from_str(&text)
+            .map(|document| CustomResourceDefinition::deserialize(document).expect("a CRD"))
+            .collect();
+        objects::apply_crds(&self.admin().await, crds).await;
     }
 
     /// Applies every object of a multi-document YAML file of the repository (server-side apply,

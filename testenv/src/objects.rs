@@ -220,3 +220,77 @@ pub async fn create_namespace(client: &Client, name: &str) {
         Err(e) => panic!("creating namespace {name}: {e}"),
     }
 }
+
+/// Applies CRDs (server-side, as a user would) and waits until each is established.
+pub async fn apply_crds(
+    admin: &Client,
+    crds: Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api = Api::<CustomResourceDefinition>::all(admin.clone());
+    let params = kube::api::PatchParams::apply("kubeconfig-authority-tests").force();
+    let mut names = Vec::new();
+    for crd in crds {
+        let name = crd.metadata.name.clone().expect("CRD name");
+        api.patch(&name, &params, &kube::api::Patch::Apply(&crd))
+            .await
+            .expect("apply CRD");
+        names.push(name);
+    }
+    for name in names {
+        eventually(
+            Duration::from_secs(30),
+            &format!("CRD {name} established"),
+            || async {
+                let crd = api.get(&name).await.map_err(|e| e.to_string())?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established
+                    .then_some(())
+                    .ok_or_else(|| "not established".to_string())
+            },
+        )
+        .await;
+    }
+}
+
+/// Applies a ClusterRole of these `rules`.
+pub async fn cluster_role(admin: &Client, name: &str, rules: Value) {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let role: ClusterRole =
+        serde_json::from_value(json!({"metadata": {"name": name}, "rules": rules}))
+            .expect("a ClusterRole");
+    Api::<ClusterRole>::all(admin.clone())
+        .patch(
+            name,
+            &kube::api::PatchParams::apply("tests").force(),
+            &kube::api::Patch::Apply(&role),
+        )
+        .await
+        .expect("apply the ClusterRole");
+}
+
+/// Grants the controller `rules` (a ClusterRole and a ClusterRoleBinding named `name`), as an
+/// operator adds to its ClusterRole.
+pub async fn grant_controller(admin: &Client, name: &str, rules: Value) {
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    cluster_role(admin, name, rules).await;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": crate::CONTROLLER_USER}],
+    }))
+    .expect("a ClusterRoleBinding");
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .patch(
+            name,
+            &kube::api::PatchParams::apply("tests").force(),
+            &kube::api::Patch::Apply(&binding),
+        )
+        .await
+        .expect("apply the ClusterRoleBinding");
+}

@@ -19,10 +19,7 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::{
-    api::{
-        core::v1::{ConfigMap, Namespace, Secret},
-        rbac::v1::{ClusterRole, ClusterRoleBinding},
-    },
+    api::core::v1::{ConfigMap, Namespace, Secret},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
@@ -34,10 +31,10 @@ use kubeconfig_authority::api::{Authority, Kubeconfig};
 use serde_json::json;
 
 use crate::{
-    apply, delete_and_wait, eventually,
+    apply, apply_crds, cluster_role, delete_and_wait, eventually,
     gitops::{token_id, token_setup},
-    plane,
-    support::{CONTROLLER_USER, ControlPlane, Process, free_port, git::GitServer, tool_set},
+    grant_controller, plane,
+    support::{ControlPlane, Process, free_port, git::GitServer, tool_set},
     wait_ready,
 };
 
@@ -49,43 +46,14 @@ struct Flux {
 impl Flux {
     async fn start(plane: &ControlPlane, admin: &Client) -> Flux {
         let tools = tool_set("flux");
-        let crds = Api::<CustomResourceDefinition>::all(admin.clone());
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(tools.join("crds")).unwrap() {
-            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-            let crd: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
-            let name = crd.metadata.name.clone().unwrap();
-            crds.patch(
-                &name,
-                &PatchParams::apply("tests").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .unwrap();
-            names.push(name);
-        }
-        for name in names {
-            eventually(
-                Duration::from_secs(30),
-                &format!("{name} established"),
-                || {
-                    let (crds, name) = (crds.clone(), name.clone());
-                    async move {
-                        let crd = crds.get(&name).await.map_err(|e| e.to_string())?;
-                        let established = crd
-                            .status
-                            .and_then(|s| s.conditions)
-                            .unwrap_or_default()
-                            .iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True");
-                        established
-                            .then_some(())
-                            .ok_or_else(|| "not yet".to_string())
-                    }
-                },
-            )
-            .await;
-        }
+        let crds = std::fs::read_dir(tools.join("crds"))
+            .unwrap()
+            .map(|entry| {
+                let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+                serde_yaml::from_str::<CustomResourceDefinition>(&text).unwrap()
+            })
+            .collect();
+        apply_crds(admin, crds).await;
         let dir = plane.dir.path().join("flux");
         std::fs::create_dir_all(dir.join("storage")).unwrap();
         let env = [
@@ -288,41 +256,24 @@ async fn flux_applies_a_tenant_s_repository_with_a_rotating_token_kubeconfig() {
     // The tenant's rights in its two namespaces: ConfigMaps, and Secrets (the copy's namespace
     // too: a copy goes only where its identity may write it).
     let role = format!("flux-tenant-{tenant}");
-    let rules: ClusterRole = serde_json::from_value(json!({
-        "metadata": {"name": role},
-        "rules": [{"apiGroups": [""], "resources": ["configmaps", "secrets"],
-            "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]}],
-    }))
-    .unwrap();
+    let verbs = json!([
+        "get", "list", "watch", "create", "update", "patch", "delete"
+    ]);
+    cluster_role(
+        &admin,
+        &role,
+        json!([{"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": verbs}]),
+    )
+    .await;
     // The controller may bind it, as the README says an operator grants it (`bind` on the
     // roles its authorities allow).
-    let may_bind: ClusterRole = serde_json::from_value(json!({
-        "metadata": {"name": format!("{role}-bind")},
-        "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
-            "verbs": ["bind"], "resourceNames": [role]}],
-    }))
-    .unwrap();
-    let granted: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": format!("{role}-bind")},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{role}-bind")},
-        "subjects": [{"kind": "User", "name": CONTROLLER_USER}],
-    }))
-    .unwrap();
-    let params = PatchParams::apply("tests").force();
-    for role in [&rules, &may_bind] {
-        Api::<ClusterRole>::all(admin.clone())
-            .patch(
-                role.metadata.name.as_deref().unwrap(),
-                &params,
-                &Patch::Apply(role),
-            )
-            .await
-            .unwrap();
-    }
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .patch(&format!("{role}-bind"), &params, &Patch::Apply(&granted))
-        .await
-        .unwrap();
+    grant_controller(
+        &admin,
+        &format!("{role}-bind"),
+        json!([{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+            "verbs": ["bind"], "resourceNames": [role]}]),
+    )
+    .await;
     apply(
         &admin,
         &system,

@@ -17,6 +17,7 @@ use kubeconfig_authority::api::{Authority, Kubeconfig, KubeconfigGenerator};
 use serde_json::{Value, json};
 
 use crate::{
+    apply_crds,
     control_plane::whoami,
     eventually, kubeconfig_of, plane,
     support::{ControlPlane, client_from_kubeconfig},
@@ -45,9 +46,8 @@ const CLUSTER_API_CLUSTER: ClusterKind = ClusterKind {
 };
 
 async fn install_crd(admin: &Client, kind: &ClusterKind) {
-    let name = format!("{}.{}", kind.plural, kind.group);
     let crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "metadata": {"name": name},
+        "metadata": {"name": format!("{}.{}", kind.plural, kind.group)},
         "spec": {
             "group": kind.group,
             "names": {"kind": kind.kind, "plural": kind.plural, "singular": kind.kind.to_lowercase()},
@@ -60,36 +60,7 @@ async fn install_crd(admin: &Client, kind: &ClusterKind) {
         },
     }))
     .unwrap();
-    let api = Api::<CustomResourceDefinition>::all(admin.clone());
-    api.patch(
-        &name,
-        &PatchParams::apply("tests").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap();
-    eventually(
-        Duration::from_secs(20),
-        &format!("the {} CRD served", kind.kind),
-        || {
-            let (api, name) = (api.clone(), name.clone());
-            async move {
-                let crd = api.get(&name).await.map_err(|e| e.to_string())?;
-                let established = crd
-                    .status
-                    .and_then(|s| s.conditions)
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                if established {
-                    Ok(())
-                } else {
-                    Err("not established".into())
-                }
-            }
-        },
-    )
-    .await;
+    apply_crds(admin, vec![crd]).await;
 }
 
 fn object_api(admin: &Client, ns: &str, kind: &ClusterKind) -> Api<DynamicObject> {

@@ -9,7 +9,7 @@ use k8s_openapi::api::{
     authentication::v1::SelfSubjectReview,
     certificates::v1::CertificateSigningRequest,
     core::v1::{Namespace, Secret, ServiceAccount},
-    rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding},
+    rbac::v1::RoleBinding,
 };
 use kube::{
     Api, Client,
@@ -20,11 +20,8 @@ use kubeconfig_authority_pki::kubeconfig as kc_file;
 use serde_json::{Value, json};
 
 use crate::{
-    apply,
-    control_plane::whoami,
-    delete_and_wait, eventually, kubeconfig_of, plane, secret,
-    support::{CONTROLLER_USER, client_from_kubeconfig},
-    until_code, wait_condition, wait_ready,
+    apply, control_plane::whoami, delete_and_wait, eventually, grant_controller, kubeconfig_of,
+    plane, secret, support::client_from_kubeconfig, until_code, wait_condition, wait_ready,
 };
 
 pub(crate) async fn service_account(admin: &Client, ns: &str, name: &str, annotations: Value) {
@@ -611,27 +608,12 @@ async fn certificates_through_the_csr_api_without_holding_the_ca_key() {
 
     // A signer nobody runs (the controller may approve for it): the condition says so, and the
     // controller keeps serving the others.
-    let role: ClusterRole = serde_json::from_value(json!({"metadata": {"name": "approve-example-signers"},
-        "rules": [{"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "verbs": ["approve"], "resourceNames": ["example.com/*"]}]})).unwrap();
-    Api::<ClusterRole>::all(admin.clone())
-        .patch(
-            "approve-example-signers",
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(&role),
-        )
-        .await
-        .unwrap();
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({"metadata": {"name": "approve-example-signers"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "approve-example-signers"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": CONTROLLER_USER}]})).unwrap();
-    Api::<ClusterRoleBinding>::all(admin.clone())
-        .patch(
-            "approve-example-signers",
-            &PatchParams::apply("tests").force(),
-            &Patch::Apply(&binding),
-        )
-        .await
-        .unwrap();
+    grant_controller(
+        &admin,
+        "approve-example-signers",
+        json!([{"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "verbs": ["approve"], "resourceNames": ["example.com/*"]}]),
+    )
+    .await;
     authority(
         &admin,
         &ns,
