@@ -82,5 +82,44 @@ fn issuance(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, issuance);
+/// RSA-4096 key generation, what kcp-operator's kubeconfigs use: ours (AWS-LC), the
+/// RustCrypto `rsa` crate this project used before, and `openssl genpkey` (a process per key;
+/// its start is a millisecond of the second a key takes), in the same run.
+fn rsa_keys(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rsa-4096 keygen");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(30));
+    group.bench_function("kubeconfig-authority (aws-lc-rs)", |b| {
+        b.iter(|| black_box(KeyAlgorithm::Rsa4096.generate().unwrap()))
+    });
+    group.bench_function("rsa crate 0.9", |b| {
+        b.iter(|| black_box(rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 4096).unwrap()))
+    });
+    let openssl = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if openssl {
+        group.bench_function("openssl genpkey", |b| {
+            b.iter(|| {
+                let out = std::process::Command::new("openssl")
+                    .args([
+                        "genpkey",
+                        "-algorithm",
+                        "RSA",
+                        "-pkeyopt",
+                        "rsa_keygen_bits:4096",
+                    ])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                black_box(out.stdout.len())
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, issuance, rsa_keys);
 criterion_main!(benches);

@@ -82,14 +82,20 @@ impl KeyAlgorithm {
             }
             Self::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(signing)?,
             Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => {
-                let bits = match self {
-                    Self::Rsa2048 => 2048,
-                    Self::Rsa3072 => 3072,
-                    _ => 4096,
+                use aws_lc_rs::{
+                    encoding::{AsDer, Pkcs8V1Der},
+                    rsa::{KeyPair as RsaKeyPair, KeySize},
                 };
-                let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, bits)
-                    .map_err(|e| Error::Signing(format!("generating a {self} key: {e}")))?;
-                rsa_to_key_pair(&key)?
+                let size = match self {
+                    Self::Rsa2048 => KeySize::Rsa2048,
+                    Self::Rsa3072 => KeySize::Rsa3072,
+                    _ => KeySize::Rsa4096,
+                };
+                let failed =
+                    |e: &dyn fmt::Display| Error::Signing(format!("generating a {self} key: {e}"));
+                let key = RsaKeyPair::generate(size).map_err(|e| failed(&e))?;
+                let pkcs8: Pkcs8V1Der = key.as_der().map_err(|e| failed(&e))?;
+                pkcs8_to_rsa_key_pair(pkcs8.as_ref())?
             }
         };
         Ok(PrivateKey { pair })
@@ -199,11 +205,16 @@ fn rsa_to_key_pair(key: &rsa::RsaPrivateKey) -> Result<KeyPair> {
         format: "RSA",
         reason: e.to_string(),
     })?;
-    KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.as_bytes().into(), &rcgen::PKCS_RSA_SHA256)
-        .map_err(|e| Error::Key {
+    pkcs8_to_rsa_key_pair(pkcs8.as_bytes())
+}
+
+fn pkcs8_to_rsa_key_pair(pkcs8: &[u8]) -> Result<KeyPair> {
+    KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.into(), &rcgen::PKCS_RSA_SHA256).map_err(|e| {
+        Error::Key {
             format: "RSA",
             reason: format!("{e} (ring accepts RSA keys of 2048 to 8192 bits)"),
-        })
+        }
+    })
 }
 
 fn sec1_to_key_pair(der: &[u8]) -> Result<KeyPair> {

@@ -201,6 +201,16 @@ pub async fn apply(
     if kc.spec.argo_cd.is_none() && observed.is_empty() {
         return Ok(None);
     }
+    // Whether the cache holds this very Secret, untouched.
+    let is_current = |secret: &Secret| {
+        let digest = secret.annotations().get(DATA_ANNOTATION);
+        observed.iter().any(|o| {
+            o.namespace == secret.namespace().unwrap_or_default()
+                && o.name == secret.name_any()
+                && o.data_digest.as_ref() == digest
+                && o.intact
+        })
+    };
     let wanted = match (&kc.spec.argo_cd, text) {
         (None, _) => None,
         (Some(_), None) => Some(Err(Problem::new(
@@ -208,34 +218,31 @@ pub async fn apply(
             "no valid credential to register yet".to_string(),
         ))),
         (Some(_), Some(text)) => {
-            let taken = match policy {
-                Some(policy) => taken(ctx, &policy.namespace, uid).await?,
-                None => Taken::default(),
-            };
-            Some(desired(kc, uid, policy, text, &taken))
+            // What the other cluster Secrets hold is listed only when this one must be
+            // written (a current one was checked when it was written).
+            let free = desired(kc, uid, policy, text, &Taken::default());
+            match policy {
+                Some(policy) if free.as_ref().is_ok_and(|s| !is_current(s)) => {
+                    let taken = taken(ctx, &policy.namespace, uid).await?;
+                    Some(desired(kc, uid, Some(policy), text, &taken))
+                }
+                _ => Some(free),
+            }
         }
     };
-    let keep = match &wanted {
-        Some(Ok(secret)) => Some((
-            secret.namespace().unwrap_or_default(),
-            secret.name_any(),
-            secret.annotations().get(DATA_ANNOTATION).cloned(),
-        )),
+    let kept = match &wanted {
+        Some(Ok(secret)) => Some((secret.namespace().unwrap_or_default(), secret.name_any())),
         _ => None,
     };
     let stale: Vec<_> = observed
         .iter()
         .filter(|o| {
-            keep.as_ref()
-                .is_none_or(|(ns, name, _)| o.namespace != *ns || o.name != *name)
+            kept.as_ref()
+                .is_none_or(|(ns, name)| o.namespace != *ns || o.name != *name)
         })
         .collect();
-    let current = keep.as_ref().is_some_and(|(ns, name, digest)| {
-        observed
-            .iter()
-            .any(|o| o.namespace == *ns && o.name == *name && o.data_digest == *digest && o.intact)
-    });
-    if !stale.is_empty() || (keep.is_some() && !current) {
+    let current = matches!(&wanted, Some(Ok(secret)) if is_current(secret));
+    if !stale.is_empty() || (kept.is_some() && !current) {
         ctx.spend(uid, Written::Copies)?;
     }
     for o in stale {
