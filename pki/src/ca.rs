@@ -247,7 +247,18 @@ impl CertificateAuthority {
         validity: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCertificate> {
-        let key = algorithm.generate()?;
+        self.issue_with_key(identity, algorithm.generate()?, validity, now)
+    }
+
+    /// [`issue`](Self::issue) with a key generated beforehand (for example by a pool that
+    /// generates RSA keys ahead). The key is consumed: it serves one certificate.
+    pub fn issue_with_key(
+        &self,
+        identity: &Identity,
+        key: PrivateKey,
+        validity: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCertificate> {
         let signed = self.sign(identity, &key.pair, key.is_rsa(), validity, now)?;
         Ok(IssuedCertificate {
             private_key_pem: key.to_pem(),

@@ -216,6 +216,7 @@ impl Term<'_> {
             own_writes: Default::default(),
             write_budgets: Default::default(),
             flagged: Default::default(),
+            keys: Default::default(),
             metrics: self.metrics.clone(),
         });
 

@@ -60,6 +60,8 @@ pub struct Context {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The authority conditions this process wrote (see [`authority::report_ca_key`]).
     pub flagged: Mutex<std::collections::HashSet<String>>,
+    /// RSA keys generated ahead.
+    pub keys: Arc<super::keys::KeyPool>,
 }
 
 impl Context {

@@ -74,8 +74,8 @@ pub async fn issue(
         ) => Ok(
             match generating(*algorithm, {
                 let (ca, identity, algorithm) = (ca.clone(), identity.clone(), *algorithm);
-                let validity = desired.validity;
-                move || ca.issue(&identity, algorithm, validity, now)
+                let (validity, keys) = (desired.validity, ctx.keys.clone());
+                move || ca.issue_with_key(&identity, keys.take(algorithm)?, validity, now)
             })
             .await
             {

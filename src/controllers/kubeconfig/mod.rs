@@ -26,6 +26,7 @@ pub mod distribute;
 #[cfg(test)]
 mod fixtures;
 pub mod issue;
+pub mod keys;
 pub mod orphans;
 pub mod policy;
 pub mod request;
