@@ -611,7 +611,9 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
         ),
     )
     .await;
-    let erin = wait_condition(&admin, &ns, "erin", "True", None, Duration::from_secs(30)).await;
+    // B's kube-controller-manager signs it once its watches are back after B's API server
+    // restarted above: client-go's reflector backoff can hold them for up to a minute.
+    let erin = wait_condition(&admin, &ns, "erin", "True", None, Duration::from_secs(90)).await;
     let erin_yaml = kubeconfig_of(&admin, &ns, "erin-kubeconfig").await;
     let erin_client = client_from_kubeconfig(&erin_yaml).await;
     Api::<Pod>::namespaced(erin_client, "apps")
