@@ -61,16 +61,22 @@ async fn argo_cd_condition(
 }
 
 async fn wait_argo_cd(admin: &Client, ns: &str, name: &str, status: &str) -> String {
-    eventually(
-        Duration::from_secs(30),
-        &format!("{ns}/{name} ArgoCD={status}"),
-        || async {
-            match argo_cd_condition(admin, ns, name).await {
-                Some((s, _, message)) if s == status => Ok(message),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
+    wait_argo_cd_within(admin, ns, name, status, Duration::from_secs(30)).await
+}
+
+async fn wait_argo_cd_within(
+    admin: &Client,
+    ns: &str,
+    name: &str,
+    status: &str,
+    timeout: Duration,
+) -> String {
+    eventually(timeout, &format!("{ns}/{name} ArgoCD={status}"), || async {
+        match argo_cd_condition(admin, ns, name).await {
+            Some((s, _, message)) if s == status => Ok(message),
+            other => Err(format!("{other:?}")),
+        }
+    })
     .await
 }
 
@@ -241,4 +247,94 @@ async fn argo_cd_loads_the_registered_cluster_and_works_with_it() {
     .await;
     let gone = argo_cd_sees(plane, &argocd, &cluster, &[]).unwrap_err();
     assert!(gone.contains("0 clusters named"), "{gone}");
+}
+
+/// As a limited team member (a client certificate with the project's requester role and the
+/// right to impersonate only herself): she cannot write Secrets where Argo CD reads them, and
+/// the controller registers hers only where the authority's policy lets it, never in an
+/// unlisted project, and never over a cluster an admin registered by hand.
+#[tokio::test]
+async fn a_team_member_registers_only_where_the_authority_allows() {
+    let plane = plane();
+    let (admin, ns) = setup("argocd-team", &plane.ca).await;
+    let argocd = plane.namespace("argocd-team-home").await;
+    let tina = crate::security::team_member(&admin, &ns, "tina", &["tina"]).await;
+    let secrets_there = Api::<Secret>::namespaced(tina.clone(), &argocd);
+    assert_eq!(
+        crate::code(secrets_there.list(&Default::default()).await),
+        403,
+        "she cannot reach them herself"
+    );
+    let spec = |name: &str, project: &str| {
+        json!({
+            "authorityRef": {"name": "cluster-ca"}, "username": "tina", "validity": "1h",
+            "secretRef": {"name": format!("{name}-kubeconfig")},
+            "argoCD": {"name": "tina", "project": project},
+        })
+    };
+    let ours = |name: &str| {
+        let uid_of = Api::<Kubeconfig>::namespaced(admin.clone(), &ns);
+        let secrets = Api::<Secret>::namespaced(admin.clone(), &argocd);
+        let name = name.to_string();
+        async move {
+            let uid = uid_of.get(&name).await.unwrap().metadata.uid.unwrap();
+            let mine = kube::api::ListParams::default()
+                .labels(&format!("kubeconfig-authority.dev/kubeconfig-uid={uid}"));
+            secrets.list(&mine).await.unwrap().items.len()
+        }
+    };
+
+    // The authority says nothing of Argo CD: the credential is issued, not registered.
+    crate::security::create_as(&tina, &ns, "tina", spec("tina", "team-a")).await;
+    wait_ready(&admin, &ns, "tina").await;
+    let refused = wait_argo_cd(&admin, &ns, "tina", "False").await;
+    assert!(refused.contains("policy.argoCD.namespace"), "{refused}");
+    assert_eq!(ours("tina").await, 0);
+
+    // The admin allows team projects in the Argo CD namespace; a platform project stays out.
+    let policy = json!({"spec": {"policy": {"argoCD": {"namespace": argocd, "allowedProjects": ["team-*"]}}}});
+    Api::<Authority>::namespaced(admin.clone(), &ns)
+        .patch(
+            "cluster-ca",
+            &PatchParams::default(),
+            &Patch::Merge(&policy),
+        )
+        .await
+        .unwrap();
+    crate::security::create_as(
+        &tina,
+        &ns,
+        "tina-platform",
+        spec("tina-platform", "platform"),
+    )
+    .await;
+    wait_ready(&admin, &ns, "tina-platform").await;
+    let refused = wait_argo_cd(&admin, &ns, "tina-platform", "False").await;
+    assert!(refused.contains("allowedProjects"), "{refused}");
+    assert_eq!(ours("tina-platform").await, 0);
+
+    // A cluster an admin registered by hand for the same server is never taken over.
+    let by_hand: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "by-hand", "labels": {"argocd.argoproj.io/secret-type": "cluster"}},
+        "stringData": {"name": "production", "server": plane.server, "config": "{}"},
+    }))
+    .unwrap();
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &argocd);
+    secrets.create(&Default::default(), &by_hand).await.unwrap();
+    crate::delete_and_wait(&admin, &ns, "tina").await;
+    crate::security::create_as(&tina, &ns, "tina-team", spec("tina-team", "team-a")).await;
+    wait_ready(&admin, &ns, "tina-team").await;
+    let refused = wait_argo_cd(&admin, &ns, "tina-team", "False").await;
+    assert!(refused.contains("registers the server"), "{refused}");
+    let untouched = secrets.get("by-hand").await.unwrap();
+    assert_eq!(untouched.data.unwrap()["name"].0, b"production");
+    assert_eq!(ours("tina-team").await, 0);
+
+    // The admin's registration goes: hers follows (a refused registration is asked again).
+    secrets
+        .delete("by-hand", &Default::default())
+        .await
+        .unwrap();
+    wait_argo_cd_within(&admin, &ns, "tina-team", "True", Duration::from_secs(60)).await;
+    assert_eq!(ours("tina-team").await, 1);
 }

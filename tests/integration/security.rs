@@ -1051,7 +1051,7 @@ pub(crate) async fn team_member(
 
 /// Creates a Kubeconfig as `client`, retrying while the requester's new rights reach the
 /// authorizer.
-async fn create_as(client: &Client, ns: &str, name: &str, spec: Value) {
+pub(crate) async fn create_as(client: &Client, ns: &str, name: &str, spec: Value) {
     eventually(Duration::from_secs(10), name, || {
         let (client, ns, spec) = (client.clone(), ns.to_string(), spec.clone());
         async move {

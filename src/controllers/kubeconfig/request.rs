@@ -19,7 +19,7 @@ use crate::{
 };
 
 /// Whether a Kubeconfig makes anything the garbage collector cannot remove by ownerReference
-/// (cluster-scoped or other-namespace bindings and copies, Roles, anything in a target
+/// (cluster-scoped or other-namespace bindings, copies and Argo CD cluster Secrets, Roles, anything in a target
 /// cluster: `remote` when its authority names one): only then does it carry the finalizer. Its
 /// Secret is owned by it, and the tokens bound to that Secret die with it.
 pub fn needs_finalizer(kc: &Kubeconfig, remote: bool) -> bool {
@@ -44,10 +44,19 @@ pub fn needs_finalizer(kc: &Kubeconfig, remote: bool) -> bool {
                     || c.reason == Reason::RenewalBlocked.as_str())
         })
     });
+    // An Argo CD cluster Secret sits in another namespace, out of the garbage collector's
+    // reach, like a copy.
+    let registered = kc.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == super::status::ARGO_CD && c.status == "True")
+    });
     in_target
         || binds
         || spec.distribution.is_some()
         || copies
+        || spec.argo_cd.is_some()
+        || registered
         || csr_pending
         || self_impersonating(kc).is_some()
 }
@@ -291,6 +300,13 @@ mod tests {
         let mut copies = base_spec();
         copies["distribution"] = json!({"namespaceSelector": {}});
         assert!(needs_finalizer(&kubeconfig(copies), false));
+        let mut argo_cd = base_spec();
+        argo_cd["argoCD"] = json!({});
+        assert!(needs_finalizer(&kubeconfig(argo_cd), false));
+        // Registered, then argoCD removed from the spec: the finalizer stays until it is gone.
+        let mut registered = kubeconfig(base_spec());
+        registered.status = Some(serde_json::from_value(json!({"conditions": [{"type": "ArgoCD", "status": "True", "reason": "Registered", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})).unwrap());
+        assert!(needs_finalizer(&registered, false));
         let mut waiting = kubeconfig(base_spec());
         waiting.status = Some(serde_json::from_value(json!({"conditions": [{"type": "Ready", "status": "False", "reason": "CSRPending", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})).unwrap());
         assert!(
