@@ -263,23 +263,14 @@ pub async fn apply(
         return Ok(Some(Registered::Current(described)));
     }
     let known = observed.iter().any(|o| o.namespace == ns && o.name == name);
-    if !known {
-        // Not in the cache of managed Secrets: is an unmanaged one in the way?
-        let live = Api::<Secret>::namespaced(ctx.client.clone(), &ns)
-            .get_metadata_opt(&name)
-            .await
-            .map_err(Error::kube(format!("reading Secret {described}")))?;
-        let ours = live
-            .as_ref()
-            .is_none_or(|s| s.labels().get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid));
-        if !ours {
-            return Ok(Some(Registered::Refused(Problem::new(
-                Reason::SecretConflict,
-                format!(
-                    "Secret {described} exists and was not created by this controller: left untouched; delete it, or name this Kubeconfig otherwise"
-                ),
-            ))));
-        }
+    // Not in the cache of managed Secrets: is an unmanaged one in the way?
+    if !known && ctx.foreign_secret(&ns, &name, uid).await? {
+        return Ok(Some(Registered::Refused(Problem::new(
+            Reason::SecretConflict,
+            format!(
+                "Secret {described} exists and was not created by this controller: left untouched; delete it, or name this Kubeconfig otherwise"
+            ),
+        ))));
     }
     ctx.write_managed_secret(&ns, &secret)
         .await

@@ -8,7 +8,7 @@ use std::{
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{Patch, PatchParams},
     core::PartialObjectMeta,
     runtime::{
@@ -19,7 +19,9 @@ use kube::{
 use kubeconfig_authority_pki::CertificateAuthority;
 
 use crate::{
-    api::{Authority, AuthorityRef, ClusterAuthority, FIELD_MANAGER, Kubeconfig},
+    api::{
+        Authority, AuthorityRef, ClusterAuthority, FIELD_MANAGER, KUBECONFIG_UID_LABEL, Kubeconfig,
+    },
     client::{self, cluster::Cluster, filled},
     model::{Error, Reason, Result, WRITE_WINDOW, WRITES_PER_WINDOW, Written, managed},
 };
@@ -126,6 +128,17 @@ impl Context {
         self.own_writes
             .record(namespace, name, written.metadata.resource_version);
         Ok(())
+    }
+
+    /// Whether Secret `namespace/name` exists and was not made for the Kubeconfig `uid` (it
+    /// lacks its UID label): such a Secret is never overwritten.
+    pub async fn foreign_secret(&self, namespace: &str, name: &str, uid: &str) -> Result<bool> {
+        let live = Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .get_metadata_opt(name)
+            .await
+            .map_err(Error::kube(format!("reading Secret {namespace}/{name}")))?;
+        Ok(live
+            .is_some_and(|s| s.labels().get(KUBECONFIG_UID_LABEL).map(String::as_str) != Some(uid)))
     }
 
     /// Waits until every cache has been filled once, so that a reconcile never mistakes a cache

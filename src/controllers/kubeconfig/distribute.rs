@@ -18,7 +18,7 @@ use super::{
     copies::{self, Distributed, plan_copies, targets},
 };
 use crate::{
-    api::{KUBECONFIG_UID_LABEL, Kubeconfig},
+    api::Kubeconfig,
     client,
     model::{Error, Result, Written, managed::ManagedSecret},
 };
@@ -124,23 +124,13 @@ pub async fn apply_copies(
     outcome.copies = plan.current;
     for copy in plan.write {
         let ns = copy.namespace().unwrap_or_default();
-        let api = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
         let known = observed
             .iter()
             .any(|o| o.namespace == ns && o.name == *name);
-        if !known {
-            // Not in the cache of managed Secrets: is an unmanaged one in the way?
-            let live = api
-                .get_metadata_opt(name)
-                .await
-                .map_err(Error::kube(format!("reading Secret {ns}/{name}")))?;
-            let ours = live.as_ref().is_none_or(|s| {
-                s.labels().get(KUBECONFIG_UID_LABEL).map(String::as_str) == Some(uid)
-            });
-            if !ours {
-                outcome.conflicts.push(ns);
-                continue;
-            }
+        // Not in the cache of managed Secrets: is an unmanaged one in the way?
+        if !known && ctx.foreign_secret(&ns, name, uid).await? {
+            outcome.conflicts.push(ns);
+            continue;
         }
         ctx.write_managed_secret(&ns, &copy)
             .await

@@ -18,6 +18,10 @@ use crate::{
     },
 };
 
+/// The Secret's kubeconfig keys when `secretRef.kubeconfigKeys` is unset: Capsule's and
+/// Flux's.
+pub const DEFAULT_KUBECONFIG_KEYS: [&str; 2] = ["kubeconfig", "value"];
+
 /// Whether a Kubeconfig makes anything the garbage collector cannot remove by ownerReference
 /// (cluster-scoped or other-namespace bindings, copies and Argo CD cluster Secrets, Roles, anything in a target
 /// cluster: `remote` when its authority names one): only then does it carry the finalizer. Its
@@ -188,7 +192,7 @@ impl Desired {
             .secret_ref
             .kubeconfig_keys
             .clone()
-            .unwrap_or_else(|| vec!["kubeconfig".into(), "value".into()]);
+            .unwrap_or_else(|| DEFAULT_KUBECONFIG_KEYS.map(String::from).to_vec());
         let certificate_keys = spec.secret_ref.certificate_keys.unwrap_or(true)
             && matches!(credential, Credential::Certificate { .. });
         let inputs = json!({

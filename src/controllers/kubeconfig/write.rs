@@ -153,7 +153,7 @@ pub async fn outputs(
         let keys = kc.spec.secret_ref.kubeconfig_keys.as_deref();
         let key = keys
             .and_then(|k| k.first())
-            .map_or("kubeconfig", String::as_str);
+            .map_or(super::request::DEFAULT_KUBECONFIG_KEYS[0], String::as_str);
         data.get(key)
             .and_then(|v| std::str::from_utf8(&v.0).ok())
             .map(str::to_owned)
