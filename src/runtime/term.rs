@@ -482,8 +482,9 @@ async fn prune_targets(context: Arc<Context>) {
             )
             .collect();
         context.targets.retain(|key| named.contains(key));
-        context.metrics.observe_targets(&context.targets.contacts());
-        targets::report(&context).await;
+        let contacts = context.targets.contacts();
+        context.metrics.observe_targets(&contacts);
+        targets::report(&context, &contacts).await;
     }
 }
 

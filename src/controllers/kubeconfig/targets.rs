@@ -46,6 +46,7 @@ use crate::{
 
 /// How long a reconcile waits for a target's caches before it reports the target unreachable.
 const FIRST_LIST: Duration = Duration::from_secs(5);
+
 struct Entry {
     /// The resourceVersion of the admin kubeconfig's Secret the client was built from.
     version: Option<String>,
@@ -335,10 +336,9 @@ async fn client_from(text: &str) -> std::result::Result<Client, String> {
 }
 
 /// Writes each authority's `status.target` when [`Contact::status`] says so, for the targets
-/// started (an authority no Kubeconfig uses yet is not reported). At most one write per
-/// authority per call.
-pub async fn report(ctx: &Context) {
-    let contacts = ctx.targets.contacts();
+/// started (`contacts`, from [`Targets::contacts`]; an authority no Kubeconfig uses yet is not
+/// reported). At most one write per authority per call.
+pub async fn report(ctx: &Context, contacts: &[Contact]) {
     let now = std::time::SystemTime::now();
     let authorities = ctx.authorities.state().into_iter().map(|a| {
         let namespace = a.namespace();
