@@ -1701,3 +1701,57 @@ async fn service_account_usernames_need_the_right_to_impersonate_that_service_ac
     )
     .await;
 }
+
+/// A token kubeconfig's roles are bound to its ServiceAccount, so asking for one is checked as
+/// a limited team member: only for an account whose tokens she may request herself, and only
+/// with roles she may bind. What she gets, the token, has exactly those rights.
+#[tokio::test]
+async fn token_kubeconfigs_bind_only_what_their_requester_could() {
+    let (admin, ns) = crate::gitops::token_setup("token-rights").await;
+    crate::gitops::service_account(&admin, &ns, "other", json!({})).await;
+    let tom = team_member(&admin, &ns, "tom", &[]).await;
+    // Tom may request tokens of `flux` in his namespace, not of `other`.
+    let tokens = format!("flux-tokens-{ns}");
+    crate::cluster_role(
+        &admin,
+        &tokens,
+        json!([{"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"], "resourceNames": ["flux"]}]),
+    )
+    .await;
+    grant(
+        &admin,
+        user_binding("flux-tokens", Some(&ns), &tokens, "tom"),
+    )
+    .await;
+    let spec = |sa: &str, role: &str| {
+        json!({
+            "authorityRef": {"name": "tokens"}, "serviceAccountRef": {"name": sa},
+            "validity": "10m", "secretRef": {"name": format!("{sa}-{role}")},
+            "authorization": {"roleBindings": [{"namespace": ns, "clusterRole": role}]},
+        })
+    };
+    // Another account: refused at admission, nothing created.
+    let (code, message) = refusal(create(&tom, &ns, "other", spec("other", "view")).await);
+    assert_eq!(code, 403, "{message}");
+    // A role she may not bind, for her account: refused too.
+    let (code, message) = refusal(create(&tom, &ns, "flux-admin", spec("flux", "admin")).await);
+    assert_eq!(code, 403, "{message}");
+    assert!(
+        Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    // Her account with view: admitted; the token can read ConfigMaps there, and no Secrets.
+    create_as(&tom, &ns, "flux", spec("flux", "view")).await;
+    wait_ready(&admin, &ns, "flux").await;
+    let token = client_from_kubeconfig(&kubeconfig_of(&admin, &ns, "flux-view").await).await;
+    until_code("the token reads ConfigMaps", 200, || {
+        crate::list_configmaps(token.clone(), ns.clone())
+    })
+    .await;
+    let secrets = Api::<Secret>::namespaced(token.clone(), &ns);
+    assert_eq!(crate::code(secrets.list(&Default::default()).await), 403);
+}
