@@ -21,7 +21,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, LogParams, PostParams},
 };
-use kubeconfig_authority::api::Kubeconfig;
+use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig};
 use serde_json::json;
 use support::{
     ControlPlane,
@@ -438,6 +438,16 @@ async fn installed_with_helm_and_kustomize_it_runs_on_a_real_node() {
             .unwrap()
             .is_some()
     );
+    // The chart's ClusterAuthority stays too (helm.sh/resource-policy: keep): a controller
+    // that found it gone would withdraw every kubeconfig it issued.
+    assert!(
+        Api::<ClusterAuthority>::all(admin.clone())
+            .get_opt("cluster-ca")
+            .await
+            .unwrap()
+            .is_some(),
+        "helm uninstall left the ClusterAuthority"
+    );
     eventually(
         Duration::from_secs(60),
         "the controller's pods gone",
@@ -480,21 +490,11 @@ async fn installed_with_helm_and_kustomize_it_runs_on_a_real_node() {
     pods.iter().for_each(assert_hardened);
     let running = pods[0].spec.as_ref().unwrap().containers[0].image.clone();
     assert_eq!(running.as_deref(), Some(image.as_str()));
-    // The chart's ClusterAuthority went with the release; the kustomize install has none.
-    plane
-        .apply_text(
-            &format!(
-                "apiVersion: kubeconfig-authority.dev/v1alpha1\nkind: ClusterAuthority\n\
-                 metadata: {{name: cluster-ca}}\nspec:\n  server: {}\n  signer:\n    \
-                 caSecretRef: {{name: cluster-ca, namespace: {SYSTEM}}}\n",
-                plane.server
-            ),
-            "ClusterAuthority",
-            false,
-        )
-        .await;
+    // The kustomize install serves the ClusterAuthority the chart left: it issues what is new
+    // and leaves what the chart's controller issued as it is.
     issue(&admin, team, "carol").await;
     assert_works(&admin, team, "carol").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(
         resource_version(&admin, team, "alice-kubeconfig").await,
         alice_version
