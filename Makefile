@@ -21,7 +21,8 @@ unit:
 	$(CARGO) test --test crds --example demo
 
 ## integration: the tests against a real etcd and kube-apiserver (with real Flux and Argo CD
-## code), and the controller benchmark at a tiny scale (as a check that it works)
+## code), and the controller benchmark, cert-manager beside it, at a tiny scale (as a check
+## that it works)
 integration: controlplane tools
 	$(CARGO) test --test integration --bench controller
 
@@ -39,11 +40,13 @@ controlplane:
 	@tests/controlplane/build.sh >/dev/null
 
 ## tools: build (or find) the Go tools the tests use: helm and promtool, Flux's
-## source-controller and kustomize-controller, and the Argo CD check (tests/tools/)
+## source-controller and kustomize-controller, the Argo CD check, and cert-manager's controller
+## for the side-by-side bench (tests/tools/)
 tools:
 	@tests/tools/build.sh >/dev/null
 	@tests/tools/build.sh flux >/dev/null
 	@tests/tools/build.sh argocd >/dev/null
+	@tests/tools/build.sh certmanager >/dev/null
 
 ## image: the controller's OCI image (a static binary, from scratch), reproducibly, as the OCI
 ## archive target/image/kubeconfig-authority.oci.tar; prints its reference and digest
@@ -61,9 +64,10 @@ demo: controlplane
 	$(CARGO) build --quiet --bin kubeconfig-authority
 	KEEP=$(KEEP) $(CARGO) run --quiet --example demo
 
-## bench: the controller against the local control plane (figures in target/bench), then
-## issuance micro-benchmarks (criterion; figures in target/criterion)
-bench:
+## bench: the controller against the local control plane and beside cert-manager (figures in
+## target/bench; BENCH_SCALE=100000 for this controller alone at that scale), then issuance
+## micro-benchmarks (criterion; figures in target/criterion)
+bench: controlplane tools
 	$(CARGO) bench --bench controller
 	$(CARGO) bench -p kubeconfig-authority-pki --bench issue
 

@@ -280,6 +280,15 @@ impl ControlPlane {
         });
     }
 
+    /// The process id of a running component (`etcd`, `kube-apiserver`), to read its memory.
+    pub fn component_pid(&self, name: &str) -> Option<u32> {
+        let processes = self.processes.lock().ok()?;
+        processes
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.child.id())
+    }
+
     /// Starts etcd or kube-apiserver again with its first command line (same ports, same data),
     /// its log appended to; for kube-apiserver, waits until it is ready.
     pub fn start_component(&self, name: &str) {

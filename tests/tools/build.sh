@@ -7,6 +7,10 @@
 #   build.sh flux     Flux's source-controller and kustomize-controller (one wrapper module,
 #                     one build), and their CRDs from the modules' own files
 #   build.sh argocd   argocd-cluster: ./argocd/main.go on Argo CD's published module
+#   build.sh certmanager
+#                     cert-manager's controller for the side-by-side bench:
+#                     ./certmanager/main.go on cert-manager's published module, and its
+#                     CRDs from that module's files
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +32,11 @@ case "$set_name" in
     key=$(cat "$here/argocd/go.mod" "$here/argocd/main.go" | sha256sum | cut -c1-16)
     dest="$cache_root/tools/argocd-cluster-$key"
     wanted=(argocd-cluster) ;;
-  *) log "unknown set $set_name (helm, flux, argocd)"; exit 2 ;;
+  certmanager)
+    key=$(cat "$here/certmanager/go.mod" "$here/certmanager/main.go" | sha256sum | cut -c1-16)
+    dest="$cache_root/tools/cert-manager-$key"
+    wanted=(cert-manager crds) ;;
+  *) log "unknown set $set_name (helm, flux, argocd, certmanager)"; exit 2 ;;
 esac
 have_all() { local w; for w in "${wanted[@]}"; do [ -e "$dest/$w" ] || return 1; done; }
 if have_all; then echo "$dest"; exit 0; fi
@@ -93,6 +101,17 @@ case "$set_name" in
     cp -r "$here/argocd" "$work/argocd"
     (cd "$work/argocd" && go build -trimpath -ldflags=-s -o "$work/out/argocd-cluster" .)
     log "built argocd-cluster ($(grep -m1 'argoproj/argo-cd' "$here/argocd/go.mod" | xargs)) in $(( $(date +%s) - started ))s"
+    ;;
+  certmanager)
+    started=$(date +%s)
+    cp -r "$here/certmanager" "$work/certmanager"
+    (
+      cd "$work/certmanager"
+      go build -trimpath -ldflags=-s -o "$work/out/cert-manager" .
+      mkdir -p "$work/out/crds"
+      cp "$(go list -m -f '{{.Dir}}' github.com/cert-manager/cert-manager)"/deploy/crds/*.yaml "$work/out/crds/"
+    )
+    log "built cert-manager's controller ($(grep -m1 'cert-manager/cert-manager ' "$here/certmanager/go.mod" | xargs)) in $(( $(date +%s) - started ))s"
     ;;
 esac
 rm -rf "$dest.tmp" && mv "$work/out" "$dest.tmp" && mv "$dest.tmp" "$dest"

@@ -5,6 +5,12 @@
 //! Every figure is taken in the same run as its baseline: a plain client writing Secrets of the
 //! same size as the controller's, at the best concurrency found. Figures go to
 //! `target/bench/controller.json`.
+//!
+//! The same run puts cert-manager beside it (see [`cert_manager`]): the same credentials, on
+//! the same API server, P-256 and RSA-4096, with cert-manager's default and tuned client limits.
+//! `BENCH_SCALE=N` runs this controller alone at N Kubeconfigs (100,000 takes most of an hour).
+
+mod cert_manager;
 
 use kubeconfig_authority_testenv as support;
 
@@ -34,14 +40,35 @@ struct Scale {
     /// validity and renewBefore of the largest bulk batch, which is also the renewal storm.
     storm_validity: &'static str,
     storm_renew_before: &'static str,
+    /// How long the whole storm may take.
+    storm_deadline: Duration,
     probe: usize,
     settle: Duration,
-    /// Restart and renewal storm after the bulk batches (off in a quick profiling run).
-    /// The renewal storm (the restart is measured in every mode).
+    /// The renewal storm after the bulk batches (the restart is measured in every mode).
     storm: bool,
+    /// Credentials with RSA-4096 keys, for this controller and for cert-manager (0: none).
+    rsa: usize,
+    /// cert-manager's bulk batches, P-256 (none: cert-manager is not run).
+    cert_manager: Vec<usize>,
 }
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+/// The key of a credential.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Key {
+    P256,
+    Rsa4096,
+}
+
+impl Key {
+    fn name(self) -> &'static str {
+        match self {
+            Key::P256 => "P-256",
+            Key::Rsa4096 => "RSA-4096",
+        }
+    }
+}
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), Error> {
     let full = std::env::args().any(|a| a == "--bench");
@@ -51,15 +78,38 @@ fn main() -> Result<(), Error> {
         .map(|n| n.parse::<usize>())
         .transpose()
         .map_err(|e| format!("BENCH_QUICK must be a number of Kubeconfigs: {e}"))?;
+    // `BENCH_SCALE=N`: this controller alone, one bulk batch of N (also the renewal storm).
+    let large = std::env::var("BENCH_SCALE")
+        .ok()
+        .map(|n| n.parse::<usize>())
+        .transpose()
+        .map_err(|e| format!("BENCH_SCALE must be a number of Kubeconfigs: {e}"))?;
     let scale = if let Some(n) = quick {
         Scale {
             single: 50,
             bulk: vec![n],
             storm_validity: "24h",
             storm_renew_before: "1h",
+            storm_deadline: Duration::ZERO,
             probe: 1_000,
             settle: Duration::from_secs(10),
             storm: false,
+            rsa: 0,
+            cert_manager: vec![],
+        }
+    } else if let Some(n) = large {
+        Scale {
+            single: 50,
+            bulk: vec![n],
+            // Renewals start after the last is issued (about 15 minutes for 100,000 here).
+            storm_validity: "50m",
+            storm_renew_before: "25m",
+            storm_deadline: Duration::from_secs(50 * 60),
+            probe: 1_000,
+            settle: Duration::from_secs(10),
+            storm: true,
+            rsa: 0,
+            cert_manager: vec![],
         }
     } else if full {
         Scale {
@@ -67,9 +117,12 @@ fn main() -> Result<(), Error> {
             bulk: vec![1_000, 10_000],
             storm_validity: "6m",
             storm_renew_before: "3m",
+            storm_deadline: Duration::from_secs(600),
             probe: 1_000,
             settle: Duration::from_secs(10),
             storm: true,
+            rsa: 100,
+            cert_manager: vec![1_000, 10_000],
         }
     } else {
         Scale {
@@ -77,9 +130,12 @@ fn main() -> Result<(), Error> {
             bulk: vec![20],
             storm_validity: "2m",
             storm_renew_before: "1m",
+            storm_deadline: Duration::from_secs(90),
             probe: 50,
             settle: Duration::from_secs(2),
             storm: true,
+            rsa: 2,
+            cert_manager: vec![10],
         }
     };
     let plane = ControlPlane::start()?;
@@ -201,27 +257,30 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
     tokio::spawn(watch(admin.clone(), ns.clone(), seen.clone()));
 
     // Single-object latency, one at a time.
-    let mut latencies = Vec::new();
-    for i in 0..scale.single {
-        let name = format!("single-{i}");
-        let started = Instant::now();
-        create(&admin, &ns, &name, "24h", None).await?;
-        until(Duration::from_secs(10), || {
-            seen.lock().is_ok_and(|s| s.ready.contains_key(&name))
-        })
-        .await?;
-        latencies.push(started.elapsed());
-    }
-    latencies.sort();
-    let p = |q: f64| {
-        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
-    };
-    report.line("single object: apply to Ready, p50", ms(p(0.50)));
-    report.line("single object: apply to Ready, p99", ms(p(0.99)));
-    report.figure("single_p50_ms", p(0.50).as_secs_f64() * 1e3);
-    report.figure("single_p99_ms", p(0.99).as_secs_f64() * 1e3);
+    let latencies = singles(
+        scale.single,
+        "single-",
+        |name| {
+            let (admin, ns) = (admin.clone(), ns.clone());
+            async move { create(&admin, &ns, &name, "24h", None, Key::P256).await }
+        },
+        |name| seen.lock().is_ok_and(|s| s.ready.contains_key(name)),
+    )
+    .await?;
+    let p50 = quantile(&latencies, 0.50);
+    report.line("single object: apply to Ready, p50", ms(p50));
+    report.line(
+        "single object: apply to Ready, p99",
+        ms(quantile(&latencies, 0.99)),
+    );
+    report.figure("single_p50_ms", p50.as_secs_f64() * 1e3);
+    report.figure(
+        "single_p99_ms",
+        quantile(&latencies, 0.99).as_secs_f64() * 1e3,
+    );
 
     // Bulk: N at once; the last batch is also the renewal storm.
+    let mut rows = Vec::new();
     let last = *scale.bulk.last().unwrap_or(&0);
     for &n in &scale.bulk {
         let storm = n == last;
@@ -230,51 +289,75 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
         } else {
             ("24h", None)
         };
-        let writes_before = api_writes(&admin).await?;
-        let cpu_before = cpu_seconds(pid);
-        let started = Instant::now();
-        futures::stream::iter(0..n)
-            .map(|i| {
-                let (admin, ns) = (admin.clone(), ns.clone());
-                async move { create(&admin, &ns, &format!("bulk{n}-{i}"), validity, renew_before).await }
-            })
-            .buffer_unordered(concurrency)
-            .try_collect::<Vec<_>>()
-            .await?;
         let prefix = format!("bulk{n}-");
-        until(Duration::from_secs(600), || {
-            seen.lock()
-                .is_ok_and(|s| s.ready.keys().filter(|k| k.starts_with(&prefix)).count() == n)
-        })
-        .await?;
-        let took = started.elapsed();
-        let cpu = cpu_seconds(pid) - cpu_before;
-        // Writes during the batch, less the bench's own N creates.
-        let writes = api_writes(&admin).await? - writes_before - n as f64;
-        let ratio = took.as_secs_f64() / baseline[&n].as_secs_f64();
+        let done = batch(
+            &admin,
+            pid,
+            n,
+            concurrency,
+            |i| {
+                let (admin, ns) = (admin.clone(), ns.clone());
+                async move {
+                    create(
+                        &admin,
+                        &ns,
+                        &format!("bulk{n}-{i}"),
+                        validity,
+                        renew_before,
+                        Key::P256,
+                    )
+                    .await
+                }
+            },
+            || {
+                seen.lock().map_or(0, |s| {
+                    s.ready.keys().filter(|k| k.starts_with(&prefix)).count()
+                })
+            },
+        )
+        .await?
+        .complete(n)?;
+        let ratio = done.took.as_secs_f64() / baseline[&n].as_secs_f64();
         report.line(
             &format!("bulk {n}: all Ready"),
-            format!("{:.2} s = {ratio:.2}x the baseline", took.as_secs_f64()),
+            format!(
+                "{:.2} s = {ratio:.2}x the baseline",
+                done.took.as_secs_f64()
+            ),
         );
         report.line(
             &format!("bulk {n}: time against the floor"),
-            format!("{:.2}x", took.as_secs_f64() / floor[&n].as_secs_f64()),
+            format!("{:.2}x", done.took.as_secs_f64() / floor[&n].as_secs_f64()),
         );
         report.figure(
             &format!("bulk_{n}_floor_ratio"),
-            took.as_secs_f64() / floor[&n].as_secs_f64(),
+            done.took.as_secs_f64() / floor[&n].as_secs_f64(),
         );
         report.line(
             &format!("bulk {n}: API writes per Kubeconfig"),
-            format!("{:.2}", writes / n as f64),
+            format!("{:.2}", done.writes / n as f64),
         );
         report.line(
             &format!("bulk {n}: controller CPU per Kubeconfig"),
-            format!("{:.3} ms", cpu * 1e3 / n as f64),
+            format!("{:.3} ms", done.cpu * 1e3 / n as f64),
         );
         report.figure(&format!("bulk_{n}_ratio"), ratio);
-        report.figure(&format!("bulk_{n}_writes_per_object"), writes / n as f64);
-        report.figure(&format!("bulk_{n}_cpu_ms_per_object"), cpu * 1e3 / n as f64);
+        report.figure(
+            &format!("bulk_{n}_writes_per_object"),
+            done.writes / n as f64,
+        );
+        report.figure(
+            &format!("bulk_{n}_cpu_ms_per_object"),
+            done.cpu * 1e3 / n as f64,
+        );
+        rows.push(Row::new(
+            OURS,
+            n,
+            Key::P256,
+            &done,
+            memory(pid).1,
+            Some(p50),
+        ));
     }
     let (rss, peak) = memory(pid);
     report.line(
@@ -327,69 +410,137 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
     report.figure("restart_synced_ms", synced.as_secs_f64() * 1e3);
     report.figure("restart_writes", writes);
     report.figure("restart_rss_mib", rss);
-    if !scale.storm {
-        controller.stop(Duration::from_secs(10));
-        return report.print_and_save("controller-quick.json");
-    }
-
-    // The renewal storm: the last batch, issued together with a short validity.
-    let prefix = format!("bulk{last}-");
-    let deadline = Duration::from_secs(if full { 600 } else { 90 });
-    let cpu_before = cpu_seconds(pid);
-    until(deadline, || {
-        seen.lock()
-            .is_ok_and(|s| s.renewed.keys().filter(|k| k.starts_with(&prefix)).count() == last)
-    })
-    .await?;
-    let cpu = cpu_seconds(pid) - cpu_before;
-    let seen = seen.lock().map_err(|_| "poisoned")?;
-    let epoch = std::time::SystemTime::now();
-    let now_unix = epoch.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
-    let to_unix = |t: Instant| now_unix - t.elapsed().as_secs_f64();
-    let mut delays = Vec::new();
-    let mut expired = 0;
-    let mut times = Vec::new();
-    for (name, renewed) in seen.renewed.iter().filter(|(k, _)| k.starts_with(&prefix)) {
-        let Some((_, Some(scheduled), Some(not_after))) = seen.ready.get(name) else {
-            continue;
-        };
-        let at = to_unix(*renewed);
-        times.push(at);
-        delays.push(at - *scheduled as f64);
-        if at > *not_after as f64 {
-            expired += 1;
+    if scale.storm {
+        // The renewal storm: the last batch, issued together with a short validity.
+        let prefix = format!("bulk{last}-");
+        let deadline = scale.storm_deadline;
+        let cpu_before = cpu_seconds(pid);
+        until_every(deadline, Duration::from_millis(200), || {
+            seen.lock()
+                .is_ok_and(|s| s.renewed.keys().filter(|k| k.starts_with(&prefix)).count() == last)
+        })
+        .await?;
+        let cpu = cpu_seconds(pid) - cpu_before;
+        let seen = seen.lock().map_err(|_| "poisoned")?;
+        let epoch = std::time::SystemTime::now();
+        let now_unix = epoch.duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
+        let to_unix = |t: Instant| now_unix - t.elapsed().as_secs_f64();
+        let mut delays = Vec::new();
+        let mut expired = 0;
+        let mut times = Vec::new();
+        for (name, renewed) in seen.renewed.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+            let Some((_, Some(scheduled), Some(not_after))) = seen.ready.get(name) else {
+                continue;
+            };
+            let at = to_unix(*renewed);
+            times.push(at);
+            delays.push(at - *scheduled as f64);
+            if at > *not_after as f64 {
+                expired += 1;
+            }
         }
+        delays.sort_by(f64::total_cmp);
+        times.sort_by(f64::total_cmp);
+        let q = |v: &[f64], q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
+        report.line(
+            &format!("renewal storm: {last} renewed, spread over"),
+            format!(
+                "{:.1} s",
+                times.last().unwrap_or(&0.0) - times.first().unwrap_or(&0.0)
+            ),
+        );
+        report.line(
+            "renewal storm: after the scheduled time, p50 / p99",
+            format!("{:.2} s / {:.2} s", q(&delays, 0.5), q(&delays, 0.99)),
+        );
+        report.line(
+            "renewal storm: renewed after expiry (late)",
+            format!("{expired}"),
+        );
+        report.line(
+            "renewal storm: controller CPU per renewal",
+            format!("{:.3} ms", cpu * 1e3 / last as f64),
+        );
+        report.figure("storm_delay_p99_s", q(&delays, 0.99));
+        report.figure("storm_expired", expired as f64);
     }
-    delays.sort_by(f64::total_cmp);
-    times.sort_by(f64::total_cmp);
-    let q = |v: &[f64], q: f64| v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1];
-    report.line(
-        &format!("renewal storm: {last} renewed, spread over"),
-        format!(
-            "{:.1} s",
-            times.last().unwrap_or(&0.0) - times.first().unwrap_or(&0.0)
-        ),
-    );
-    report.line(
-        "renewal storm: after the scheduled time, p50 / p99",
-        format!("{:.2} s / {:.2} s", q(&delays, 0.5), q(&delays, 0.99)),
-    );
-    report.line(
-        "renewal storm: renewed after expiry (late)",
-        format!("{expired}"),
-    );
-    report.line(
-        "renewal storm: controller CPU per renewal",
-        format!("{:.3} ms", cpu * 1e3 / last as f64),
-    );
-    report.figure("storm_delay_p99_s", q(&delays, 0.99));
-    report.figure("storm_expired", expired as f64);
-    controller.stop(Duration::from_secs(10));
 
-    report.print_and_save(if full {
-        "controller.json"
-    } else {
-        "controller-smoke.json"
+    // RSA-4096 keys (kcp-operator's choice), a batch at once.
+    if scale.rsa > 0 {
+        let n = scale.rsa;
+        let done =
+            batch(
+                &admin,
+                pid,
+                n,
+                concurrency,
+                |i| {
+                    let (admin, ns) = (admin.clone(), ns.clone());
+                    async move {
+                        create(&admin, &ns, &format!("rsa-{i}"), "24h", None, Key::Rsa4096).await
+                    }
+                },
+                || {
+                    seen.lock().map_or(0, |s| {
+                        s.ready.keys().filter(|k| k.starts_with("rsa-")).count()
+                    })
+                },
+            )
+            .await?
+            .complete(n)?;
+        report.line(
+            &format!("RSA-4096: {n} Kubeconfigs, all Ready"),
+            format!(
+                "{:.2} s, {:.0} ms CPU each",
+                done.took.as_secs_f64(),
+                done.cpu * 1e3 / n as f64
+            ),
+        );
+        rows.push(Row::new(OURS, n, Key::Rsa4096, &done, memory(pid).1, None));
+    }
+    controller.stop(Duration::from_secs(10));
+    plane_memory(plane, &mut report);
+
+    if !scale.cert_manager.is_empty() {
+        // This controller's objects go, so that they weigh on nothing cert-manager does.
+        Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
+            .await?;
+        Api::<Secret>::namespaced(admin.clone(), &ns)
+            .delete_collection(
+                &DeleteParams::default(),
+                &ListParams::default().fields("metadata.name!=ca"),
+            )
+            .await?;
+        let context = cert_manager::Bench {
+            plane,
+            admin: &admin,
+            scale,
+            concurrency,
+        };
+        rows.extend(context.run(&mut report).await?);
+    }
+    // The baseline again, at the end of the run: how much the API server drifted meanwhile.
+    if let Some(&n) = scale.bulk.first() {
+        let started = Instant::now();
+        write_secrets(&admin, &ns, &format!("end-{n}"), n, concurrency, &data).await?;
+        let took = started.elapsed();
+        report.line(
+            &format!("baseline again at the end: {n} Secrets"),
+            format!(
+                "{:.2} s = {:.2}x the first",
+                took.as_secs_f64(),
+                took.as_secs_f64() / baseline[&n].as_secs_f64()
+            ),
+        );
+    }
+    compare(&rows, &baseline, &mut report);
+
+    report.print_and_save(&match (full, scale.bulk.as_slice()) {
+        _ if !scale.storm => "controller-quick.json".to_string(),
+        (true, [n]) => format!("controller-{n}.json"),
+        (true, _) => "controller.json".to_string(),
+        (false, _) => "controller-smoke.json".to_string(),
     })
 }
 
@@ -424,15 +575,211 @@ async fn wait_ready(port: u16) -> Result<(), Error> {
     }
 }
 
-async fn until(timeout: Duration, mut done: impl FnMut() -> bool) -> Result<(), Error> {
+/// Waits until `done`, looking every millisecond (for latencies).
+async fn until(timeout: Duration, done: impl FnMut() -> bool) -> Result<(), Error> {
+    until_every(timeout, Duration::from_millis(1), done).await
+}
+
+/// Waits until `done`, looking every `every` (a look that counts many objects costs the bench
+/// CPU the controllers on this machine would otherwise have).
+async fn until_every(
+    timeout: Duration,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), Error> {
     let deadline = Instant::now() + timeout;
     while !done() {
         if Instant::now() > deadline {
             return Err(format!("not done within {timeout:?}").into());
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(every).await;
     }
     Ok(())
+}
+
+/// Creates `n` objects named `<prefix><i>` one at a time, each once the one before is Ready;
+/// their times from create to Ready, sorted.
+async fn singles<C, Fut>(
+    n: usize,
+    prefix: &str,
+    create: C,
+    ready: impl Fn(&str) -> bool,
+) -> Result<Vec<Duration>, Error>
+where
+    C: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let mut latencies = Vec::new();
+    for i in 0..n {
+        let name = format!("{prefix}{i}");
+        let started = Instant::now();
+        create(name.clone()).await?;
+        until(Duration::from_secs(30), || ready(&name)).await?;
+        latencies.push(started.elapsed());
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// The `q` quantile of sorted `values`.
+fn quantile<T: Copy + Default>(values: &[T], q: f64) -> T {
+    let i = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len().max(1)) - 1;
+    values.get(i).copied().unwrap_or_default()
+}
+
+/// What one batch cost: its time to all Ready (or to the timeout), how many were Ready then, the
+/// CPU of the process that served it, and the API writes besides the batch's own creates.
+struct Batch {
+    took: Duration,
+    ready: usize,
+    cpu: f64,
+    writes: f64,
+}
+
+impl Batch {
+    /// The batch, or an error when not all `n` were Ready.
+    fn complete(self, n: usize) -> Result<Self, Error> {
+        if self.ready < n {
+            return Err(format!("{} of {n} Ready after {:?}", self.ready, self.took).into());
+        }
+        Ok(self)
+    }
+}
+
+/// Creates `n` objects (`create(i)`), `concurrency` at once, and waits until `ready()` counts
+/// `n` of them, for at most 2 minutes plus a quarter of a second per object.
+async fn batch<C, Fut>(
+    admin: &Client,
+    pid: u32,
+    n: usize,
+    concurrency: usize,
+    create: C,
+    ready: impl Fn() -> usize,
+) -> Result<Batch, Error>
+where
+    C: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let timeout = Duration::from_secs(120) + Duration::from_millis(250) * n as u32;
+    let writes_before = api_writes(admin).await?;
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(create)
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<_>>()
+        .await?;
+    // Not done in time is a figure too (cert-manager at scale); the caller decides.
+    let _ = until_every(timeout, Duration::from_millis(50), || ready() >= n).await;
+    Ok(Batch {
+        took: started.elapsed(),
+        ready: ready(),
+        cpu: cpu_seconds(pid) - cpu_before,
+        writes: api_writes(admin).await? - writes_before - n as f64,
+    })
+}
+
+const OURS: &str = "kubeconfig-authority";
+
+/// One contender's batch, for the side-by-side table.
+pub struct Row {
+    who: String,
+    n: usize,
+    key: Key,
+    took: Duration,
+    ready: usize,
+    cpu: f64,
+    writes: f64,
+    /// The process's peak resident memory so far, MiB.
+    peak: f64,
+    /// Single object, create to Ready, p50.
+    p50: Option<Duration>,
+}
+
+impl Row {
+    fn new(who: &str, n: usize, key: Key, batch: &Batch, peak: f64, p50: Option<Duration>) -> Self {
+        Row {
+            who: who.to_string(),
+            n,
+            key,
+            took: batch.took,
+            ready: batch.ready,
+            cpu: batch.cpu,
+            writes: batch.writes,
+            peak,
+            p50,
+        }
+    }
+
+    /// Objects Ready per second.
+    fn rate(&self) -> f64 {
+        self.ready as f64 / self.took.as_secs_f64()
+    }
+}
+
+/// The side-by-side table: every contender's batches, and each against the baseline and against
+/// this controller's batch of the same size and key.
+fn compare(rows: &[Row], baseline: &HashMap<usize, Duration>, report: &mut Report) {
+    if rows.iter().all(|r| r.who == OURS) {
+        return;
+    }
+    println!(
+        "\n| | objects | key | all Ready | x baseline | ours x faster | CPU per object | API writes per object | peak RSS | one object, p50 |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for row in rows {
+        let ours = rows
+            .iter()
+            .find(|r| r.who == OURS && r.n == row.n && r.key == row.key)
+            .filter(|_| row.who != OURS);
+        let faster = ours.map_or(String::new(), |o| format!("{:.1}", o.rate() / row.rate()));
+        let against_baseline = baseline.get(&row.n).map_or(String::new(), |b| {
+            format!("{:.1}", row.took.as_secs_f64() / b.as_secs_f64())
+        });
+        let ready = if row.ready < row.n {
+            format!("{:.1} s: only {} Ready", row.took.as_secs_f64(), row.ready)
+        } else {
+            format!("{:.2} s", row.took.as_secs_f64())
+        };
+        let key = row.key.name();
+        println!(
+            "| {} | {} | {key} | {ready} | {against_baseline} | {faster} | {:.2} ms | {:.1} | {:.0} MiB | {} |",
+            row.who,
+            row.n,
+            row.cpu * 1e3 / row.ready.max(1) as f64,
+            row.writes / row.ready.max(1) as f64,
+            row.peak,
+            row.p50.map_or(String::new(), ms),
+        );
+        let key = format!(
+            "{}_{}_{}",
+            row.who.replace([' ', '/', ','], "_"),
+            key,
+            row.n
+        );
+        report.figure(&format!("{key}_seconds"), row.took.as_secs_f64());
+        report.figure(
+            &format!("{key}_cpu_ms_per_object"),
+            row.cpu * 1e3 / row.ready.max(1) as f64,
+        );
+        report.figure(
+            &format!("{key}_writes_per_object"),
+            row.writes / row.ready.max(1) as f64,
+        );
+        report.figure(&format!("{key}_peak_rss_mib"), row.peak);
+    }
+}
+
+/// The API server's and etcd's own resident memory.
+fn plane_memory(plane: &ControlPlane, report: &mut Report) {
+    for name in ["kube-apiserver", "etcd"] {
+        if let Some(pid) = plane.component_pid(name) {
+            let (rss, peak) = memory(pid);
+            report.line(
+                &format!("{name} memory now: resident, peak"),
+                format!("{rss:.0} MiB, {peak:.0} MiB"),
+            );
+        }
+    }
 }
 
 /// Records when each Kubeconfig is first Ready (with its schedule) and first Renewed.
@@ -473,12 +820,18 @@ async fn create(
     name: &str,
     validity: &str,
     renew_before: Option<&str>,
+    key: Key,
 ) -> Result<(), Error> {
+    let private_key = match key {
+        Key::P256 => json!({"algorithm": "ECDSA", "size": 256}),
+        Key::Rsa4096 => json!({"algorithm": "RSA", "size": 4096}),
+    };
     let kc: Kubeconfig = serde_json::from_value(json!({
         "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",
         "metadata": {"name": name},
         "spec": {"authorityRef": {"name": "ca"}, "username": name, "groups": ["bench"],
-            "validity": validity, "renewBefore": renew_before, "secretRef": {"name": name}},
+            "validity": validity, "renewBefore": renew_before, "secretRef": {"name": name},
+            "privateKey": private_key},
     }))?;
     Api::<Kubeconfig>::namespaced(admin.clone(), ns)
         .create(&PostParams::default(), &kc)
