@@ -295,7 +295,35 @@ pub fn reflect<K, T>(
     name: &str,
     api: Api<K>,
     config: watcher::Config,
+    cached: impl FnMut(K) -> T + Send + 'static,
+) -> (
+    Store<T>,
+    impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    T: reflector::Lookup + Clone + Send + Sync + 'static,
+    T::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    reflect_seen(watches, name, api, config, cached, |_| {})
+}
+
+/// [`reflect`], with `seen` told of every event (what the cache keeps of its object) just
+/// before the cache takes it: for an index of the cache's objects.
+pub fn reflect_seen<K, T>(
+    watches: &Arc<Watches>,
+    name: &str,
+    api: Api<K>,
+    config: watcher::Config,
     mut cached: impl FnMut(K) -> T + Send + 'static,
+    mut seen: impl FnMut(&watcher::Event<T>) + Send + 'static,
 ) -> (
     Store<T>,
     impl futures::Stream<Item = Result<T, watcher::Error>> + Send + 'static,
@@ -320,16 +348,17 @@ where
     };
     let events = reflector::reflector(
         writer,
-        futures::TryStreamExt::map_ok(
-            watch(api, config, name, watches),
-            move |event| match event {
+        futures::TryStreamExt::map_ok(watch(api, config, name, watches), move |event| {
+            let event = match event {
                 watcher::Event::Apply(o) => watcher::Event::Apply(cache(o)),
                 watcher::Event::Delete(o) => watcher::Event::Delete(cache(o)),
                 watcher::Event::InitApply(o) => watcher::Event::InitApply(cache(o)),
                 watcher::Event::Init => watcher::Event::Init,
                 watcher::Event::InitDone => watcher::Event::InitDone,
-            },
-        ),
+            };
+            seen(&event);
+            event
+        }),
     )
     .touched_objects();
     (store, events)

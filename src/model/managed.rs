@@ -4,13 +4,19 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap},
-    sync::Mutex,
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex},
 };
 
 use base64::Engine;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::{ResourceExt, runtime::reflector::Lookup};
+use kube::{
+    ResourceExt,
+    runtime::{
+        reflector::{Lookup, ObjectRef},
+        watcher,
+    },
+};
 use kubeconfig_authority_pki::{inspect_certificate, kubeconfig as kc_file, parse_certificates};
 
 use super::credential::{self, Held};
@@ -149,6 +155,86 @@ impl OwnWrites {
     }
 }
 
+/// The managed Secrets by the UID of their Kubeconfig (its Secret, its copies, its Argo CD
+/// cluster Secret). Every reconcile asks for its own; a scan of every managed Secret per
+/// reconcile was a tenth of the controller's CPU at ten thousand Kubeconfigs (`make bench`).
+/// It follows the watch's events as the cache does (a relist builds it anew), and a lookup
+/// takes each Secret from the cache.
+#[derive(Default)]
+pub struct ByKubeconfig(Mutex<Index>);
+
+type Refs = HashMap<String, HashSet<ObjectRef<ManagedSecret>>>;
+
+#[derive(Default)]
+struct Index {
+    current: Refs,
+    /// Filled during a relist, in place of `current` once it completes.
+    relisting: Option<Refs>,
+}
+
+impl ByKubeconfig {
+    /// Follows one event of the managed Secrets' watch.
+    pub fn saw(&self, event: &watcher::Event<ManagedSecret>) {
+        let Ok(mut index) = self.0.lock() else {
+            return;
+        };
+        let key = |s: &ManagedSecret| {
+            s.kubeconfig_uid
+                .clone()
+                .map(|uid| (uid, ObjectRef::new(&s.name).within(&s.namespace)))
+        };
+        match event {
+            watcher::Event::Init => index.relisting = Some(Refs::new()),
+            watcher::Event::InitApply(s) => {
+                if let (Some((uid, r)), Some(refs)) = (key(s), index.relisting.as_mut()) {
+                    refs.entry(uid).or_default().insert(r);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(refs) = index.relisting.take() {
+                    index.current = refs;
+                }
+            }
+            watcher::Event::Apply(s) => {
+                if let Some((uid, r)) = key(s) {
+                    index.current.entry(uid).or_default().insert(r);
+                }
+            }
+            watcher::Event::Delete(s) => {
+                if let Some((uid, r)) = key(s)
+                    && let Some(refs) = index.current.get_mut(&uid)
+                {
+                    refs.remove(&r);
+                    if refs.is_empty() {
+                        index.current.remove(&uid);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The Secrets of the Kubeconfig `uid` that `keep` selects, as `cached` (the cache)
+    /// holds them now.
+    pub fn of(
+        &self,
+        uid: &str,
+        cached: impl Fn(&ObjectRef<ManagedSecret>) -> Option<Arc<ManagedSecret>>,
+        keep: impl Fn(&ManagedSecret) -> bool,
+    ) -> Vec<Arc<ManagedSecret>> {
+        let Ok(index) = self.0.lock() else {
+            return Vec::new();
+        };
+        index
+            .current
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter_map(cached)
+            .filter(|s| s.kubeconfig_uid.as_deref() == Some(uid) && keep(s))
+            .collect()
+    }
+}
+
 /// The digest of a Secret's data and, when there is one, its credential record.
 pub fn digest_of(data: &BTreeMap<String, ByteString>, record: Option<&str>) -> String {
     let mut bytes = Vec::new();
@@ -210,5 +296,64 @@ mod tests {
         // Never written by us, or written with no resourceVersion known.
         writes.record("ns", "c", None);
         assert!(!writes.is_echo(&secret("c", "1")));
+    }
+
+    fn owned(namespace: &str, name: &str, uid: &str) -> ManagedSecret {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1",
+                "labels": {KUBECONFIG_UID_LABEL: uid}},
+        }))
+        .unwrap();
+        ManagedSecret::from(secret)
+    }
+
+    #[test]
+    fn the_index_by_kubeconfig_follows_the_watch_and_answers_from_the_cache() {
+        let index = ByKubeconfig::default();
+        let cache: std::cell::RefCell<HashMap<ObjectRef<ManagedSecret>, Arc<ManagedSecret>>> =
+            Default::default();
+        let put = |s: ManagedSecret| {
+            cache
+                .borrow_mut()
+                .insert(ObjectRef::new(&s.name).within(&s.namespace), Arc::new(s));
+        };
+        let names = |uid: &str, keep: &dyn Fn(&ManagedSecret) -> bool| {
+            let mut names: Vec<String> = index
+                .of(uid, |r| cache.borrow().get(r).cloned(), keep)
+                .iter()
+                .map(|s| format!("{}/{}", s.namespace, s.name))
+                .collect();
+            names.sort();
+            names
+        };
+        for s in [
+            owned("a", "kc", "u1"),
+            owned("b", "kc", "u1"),
+            owned("a", "other", "u2"),
+        ] {
+            put(s.clone());
+            index.saw(&watcher::Event::Apply(s));
+        }
+        assert_eq!(names("u1", &|_| true), ["a/kc", "b/kc"]);
+        assert_eq!(names("u1", &|s| s.namespace != "a"), ["b/kc"]);
+        assert!(names("u3", &|_| true).is_empty());
+        // A deletion leaves the index.
+        index.saw(&watcher::Event::Delete(owned("b", "kc", "u1")));
+        assert_eq!(names("u1", &|_| true), ["a/kc"]);
+        // A relist replaces it whole: what went while the watch was down goes with it.
+        index.saw(&watcher::Event::Init);
+        index.saw(&watcher::Event::InitApply(owned("a", "other", "u2")));
+        assert_eq!(
+            names("u1", &|_| true),
+            ["a/kc"],
+            "the old index serves until the list ends"
+        );
+        index.saw(&watcher::Event::InitDone);
+        assert!(names("u1", &|_| true).is_empty());
+        assert_eq!(names("u2", &|_| true), ["a/other"]);
+        // The cache is the truth: an indexed Secret it no longer holds, or holds for another
+        // Kubeconfig, is not answered.
+        put(owned("a", "other", "u9"));
+        assert!(names("u2", &|_| true).is_empty());
     }
 }

@@ -29,7 +29,7 @@ use crate::{
     },
     client::{
         cluster::Cluster,
-        watch::{self, Watches, keep, reflect, watch},
+        watch::{self, Watches, keep, reflect, reflect_seen, watch},
     },
     controllers::{
         generator,
@@ -41,7 +41,10 @@ use crate::{
         },
         onboarding,
     },
-    model::{Error, authority, labels, managed::ManagedSecret},
+    model::{
+        Error, authority, labels,
+        managed::{ByKubeconfig, ManagedSecret},
+    },
 };
 
 use super::{
@@ -95,14 +98,20 @@ impl Term<'_> {
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         let all = watcher::Config::default;
 
-        // The cache keeps a summary of each managed Secret's data, not the data.
-        let (secrets, secret_events) = reflect(
-            watches,
-            "managed Secrets",
-            Api::<Secret>::all(client.clone()),
-            managed.clone(),
-            ManagedSecret::from,
-        );
+        // The cache keeps a summary of each managed Secret's data, not the data, and an
+        // index of them by Kubeconfig.
+        let secrets_by_kubeconfig = Arc::new(ByKubeconfig::default());
+        let (secrets, secret_events) = {
+            let index = secrets_by_kubeconfig.clone();
+            reflect_seen(
+                watches,
+                "managed Secrets",
+                Api::<Secret>::all(client.clone()),
+                managed.clone(),
+                ManagedSecret::from,
+                move |event| index.saw(event),
+            )
+        };
         let (crbs, crb_events) = reflect(
             watches,
             "ClusterRoleBindings",
@@ -198,7 +207,8 @@ impl Term<'_> {
             kubeconfigs: kubeconfigs.clone(),
             authorities: authorities.clone(),
             cluster_authorities: cluster_authorities.clone(),
-            secrets,
+            secrets: secrets.clone(),
+            secrets_by_kubeconfig: secrets_by_kubeconfig.clone(),
             local: Arc::new(Cluster {
                 client: client.clone(),
                 cluster_role_bindings: crbs,

@@ -195,9 +195,7 @@ pub async fn apply(
     policy: Option<&ArgoCdPolicy>,
     ctx: &Context,
 ) -> Result<Option<Registered>> {
-    let observed = ctx
-        .secrets
-        .state_filter(|s| s.kubeconfig_uid.as_deref() == Some(uid) && s.argo_cd);
+    let observed = ctx.secrets_of(uid, |s| s.argo_cd);
     if kc.spec.argo_cd.is_none() && observed.is_empty() {
         return Ok(None);
     }

@@ -41,6 +41,8 @@ pub struct Context {
     pub cluster_authorities: Store<ClusterAuthority>,
     /// Secrets labelled as managed by this controller, without their data.
     pub secrets: Store<managed::ManagedSecret>,
+    /// The managed Secrets by Kubeconfig UID (see [`Context::secrets_of`]).
+    pub secrets_by_kubeconfig: Arc<managed::ByKubeconfig>,
     /// The controller's own cluster: where bindings go unless an authority names a target.
     pub local: Arc<Cluster>,
     /// The authorities' target clusters.
@@ -58,7 +60,7 @@ pub struct Context {
     /// The managed Secrets as the controller last wrote them.
     pub own_writes: Arc<managed::OwnWrites>,
     /// How often each Kubeconfig's objects were written lately (see [`Context::spend`]).
-    pub write_budgets: Mutex<HashMap<(String, Written), kubeconfig_authority_pki::WriteBudget>>,
+    pub write_budgets: Mutex<WriteBudgets>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The authority conditions this process wrote (see [`authority::report_ca_key`]).
     pub flagged: Mutex<std::collections::HashSet<String>>,
@@ -66,7 +68,50 @@ pub struct Context {
     pub keys: Arc<super::keys::KeyPool>,
 }
 
+/// The write budgets of the Kubeconfigs written lately.
+#[derive(Debug)]
+pub struct WriteBudgets {
+    by_object: HashMap<(String, Written), kubeconfig_authority_pki::WriteBudget>,
+    /// The size at which the budgets spent before the window are dropped next.
+    prune_at: usize,
+}
+
+impl Default for WriteBudgets {
+    fn default() -> Self {
+        Self {
+            by_object: HashMap::new(),
+            prune_at: Self::PRUNE_AT_LEAST,
+        }
+    }
+}
+
+impl WriteBudgets {
+    const PRUNE_AT_LEAST: usize = 4096;
+
+    /// Drops the budgets with no write in the window, once their number has doubled since the
+    /// last time: a burst of ten thousand new Kubeconfigs, all inside the window, made a
+    /// prune on every write scan every budget (most of the controller's CPU in `make bench`).
+    fn prune(&mut self, now: time::OffsetDateTime) {
+        if self.by_object.len() < self.prune_at {
+            return;
+        }
+        self.by_object
+            .retain(|_, b| !b.is_spent_before(now, WRITE_WINDOW));
+        self.prune_at = (2 * self.by_object.len()).max(Self::PRUNE_AT_LEAST);
+    }
+}
+
 impl Context {
+    /// The cached managed Secrets of the Kubeconfig `uid` that `keep` selects.
+    pub fn secrets_of(
+        &self,
+        uid: &str,
+        keep: impl Fn(&managed::ManagedSecret) -> bool,
+    ) -> Vec<Arc<managed::ManagedSecret>> {
+        self.secrets_by_kubeconfig
+            .of(uid, |r| self.secrets.get(r), keep)
+    }
+
     /// Takes one write of `what` from the Kubeconfig's budget, or says (as an error the error
     /// policy turns into a requeue) when the next one is allowed.
     pub fn spend(&self, uid: &str, what: Written) -> Result<()> {
@@ -74,10 +119,9 @@ impl Context {
         let Ok(mut budgets) = self.write_budgets.lock() else {
             return Ok(());
         };
-        if budgets.len() > 4096 {
-            budgets.retain(|_, b| !b.is_spent_before(now, WRITE_WINDOW));
-        }
+        budgets.prune(now);
         budgets
+            .by_object
             .entry((uid.to_string(), what))
             .or_default()
             .take(now, WRITES_PER_WINDOW, WRITE_WINDOW)
@@ -150,5 +194,44 @@ impl Context {
         self.local.filled().await;
         filled(&self.namespaces).await;
         filled(&self.secret_metadata).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budgets_are_pruned_when_their_number_doubled_not_on_every_write() {
+        let t0 = time::macros::datetime!(2026-01-01 00:00 UTC);
+        let mut budgets = WriteBudgets::default();
+        let spend = |budgets: &mut WriteBudgets, i: usize, now| {
+            budgets.prune(now);
+            budgets
+                .by_object
+                .entry((format!("uid-{i}"), Written::Secret))
+                .or_default()
+                .take(now, WRITES_PER_WINDOW, WRITE_WINDOW)
+                .unwrap();
+        };
+        // A burst inside the window: nothing can be dropped, and the next prune waits until
+        // the number has doubled.
+        for i in 0..5000 {
+            spend(&mut budgets, i, t0);
+        }
+        assert_eq!(budgets.by_object.len(), 5000);
+        assert_eq!(budgets.prune_at, 2 * WriteBudgets::PRUNE_AT_LEAST);
+        // After the window, the next prune drops every spent budget.
+        let later = t0 + WRITE_WINDOW;
+        for i in 5000..8192 {
+            spend(&mut budgets, i, later);
+        }
+        assert_eq!(budgets.by_object.len(), 8192);
+        spend(&mut budgets, 9000, later);
+        assert_eq!(budgets.by_object.len(), 8192 - 5000 + 1);
+        assert_eq!(
+            budgets.prune_at,
+            WriteBudgets::PRUNE_AT_LEAST.max(2 * (8192 - 5000))
+        );
     }
 }

@@ -76,9 +76,8 @@ pub async fn apply_copies(
     let own = kc.namespace().unwrap_or_default();
     // Every reconcile passes here: the cache is searched in place, only this one's copies are
     // taken out of it.
-    let observed: Vec<Arc<ManagedSecret>> = ctx.secrets.state_filter(|s| {
-        s.kubeconfig_uid.as_deref() == Some(uid) && s.namespace != own && !s.argo_cd
-    });
+    let observed: Vec<Arc<ManagedSecret>> =
+        ctx.secrets_of(uid, |s| s.namespace != own && !s.argo_cd);
     if kc.spec.distribution.is_none() && observed.is_empty() {
         return Ok(None);
     }

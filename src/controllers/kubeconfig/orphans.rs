@@ -99,18 +99,31 @@ pub fn all(ctx: &Context) -> Vec<Candidate> {
 /// Removes the candidates whose Kubeconfig no longer exists. The caches say which look
 /// orphaned; the live Kubeconfig is asked before anything is deleted (a cache can lag).
 pub async fn sweep(ctx: &Context, candidates: Vec<Candidate>) -> Result<usize> {
-    let known: HashSet<String> = ctx
-        .kubeconfigs
-        .state()
-        .iter()
-        .filter_map(|kc| kc.uid())
-        .collect();
+    // Every managed Secret's change is a candidate, so the common answer (its Kubeconfig is
+    // cached) comes from one lookup by the owner it names; the UIDs of every cached
+    // Kubeconfig are gathered only for a candidate that lookup does not clear.
+    let mut known: Option<HashSet<String>> = None;
     let mut removed = 0;
     for candidate in candidates {
         let Some((uid, owner)) = cached(ctx, &candidate) else {
             continue;
         };
-        if known.contains(&uid) || still_owned(ctx, &uid, owner.as_deref()).await? {
+        let named = owner
+            .as_deref()
+            .and_then(|o| o.split_once('/'))
+            .and_then(|(ns, name)| ctx.kubeconfigs.get(&ObjectRef::new(name).within(ns)))
+            .is_some_and(|kc| kc.uid().as_deref() == Some(uid.as_str()));
+        let cached_owner = named
+            || known
+                .get_or_insert_with(|| {
+                    ctx.kubeconfigs
+                        .state()
+                        .iter()
+                        .filter_map(|kc| kc.uid())
+                        .collect()
+                })
+                .contains(&uid);
+        if cached_owner || still_owned(ctx, &uid, owner.as_deref()).await? {
             continue;
         }
         let client = ctx.client.clone();
