@@ -247,19 +247,15 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
             ),
         );
     }
-    Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
-        .delete_collection(
-            &DeleteParams::default(),
-            &ListParams::default().labels("bench=floor"),
-        )
-        .await?;
-    // The baseline's and the floor's Secrets go, so that they weigh on nothing that follows.
-    Api::<Secret>::namespaced(admin.clone(), &ns)
-        .delete_collection(
-            &DeleteParams::default(),
-            &ListParams::default().labels("bench in (baseline, floor)"),
-        )
-        .await?;
+    // The floor's Kubeconfigs, the baseline's and the floor's Secrets go, so that they weigh
+    // on nothing that follows.
+    remove(
+        &admin,
+        &ns,
+        ListParams::default().labels("bench=floor"),
+        ListParams::default().labels("bench in (baseline, floor)"),
+    )
+    .await?;
 
     // The controller, built in release mode, as a separate process.
     let health = support::free_port()?;
@@ -517,15 +513,13 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
 
     if !scale.cert_manager.is_empty() {
         // This controller's objects go, so that they weigh on nothing cert-manager does.
-        Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await?;
-        Api::<Secret>::namespaced(admin.clone(), &ns)
-            .delete_collection(
-                &DeleteParams::default(),
-                &ListParams::default().fields("metadata.name!=ca"),
-            )
-            .await?;
+        remove(
+            &admin,
+            &ns,
+            ListParams::default(),
+            ListParams::default().fields("metadata.name!=ca"),
+        )
+        .await?;
         let context = cert_manager::Bench {
             plane,
             admin: &admin,
@@ -556,6 +550,22 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
         (true, _) => "controller.json".to_string(),
         (false, _) => "controller-smoke.json".to_string(),
     })
+}
+
+/// Deletes the Kubeconfigs and the Secrets of `ns` that the selectors select.
+async fn remove(
+    admin: &Client,
+    ns: &str,
+    kubeconfigs: ListParams,
+    secrets: ListParams,
+) -> Result<(), Error> {
+    Api::<Kubeconfig>::namespaced(admin.clone(), ns)
+        .delete_collection(&DeleteParams::default(), &kubeconfigs)
+        .await?;
+    Api::<Secret>::namespaced(admin.clone(), ns)
+        .delete_collection(&DeleteParams::default(), &secrets)
+        .await?;
+    Ok(())
 }
 
 fn ms(d: Duration) -> String {
