@@ -507,6 +507,16 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
             ),
         );
         rows.push(Row::new(OURS, n, Key::Rsa4096, &done, memory(pid).1, None));
+        if let Some(row) = openssl_keys(n.min(10)) {
+            report.line(
+                &format!(
+                    "RSA-4096: openssl genpkey, {} keys one after another",
+                    row.n
+                ),
+                format!("{:.0} ms CPU each", row.cpu * 1e3 / row.n as f64),
+            );
+            rows.push(row);
+        }
     }
     controller.stop(Duration::from_secs(10));
     plane_memory(plane, &mut report);
@@ -550,6 +560,48 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
         (true, _) => "controller.json".to_string(),
         (false, _) => "controller-smoke.json".to_string(),
     })
+}
+
+/// `openssl genpkey` making `n` RSA-4096 keys, one process each after the other: the key alone,
+/// the reference for a credential's CPU. None when openssl is not installed.
+fn openssl_keys(n: usize) -> Option<Row> {
+    let children_cpu = || {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) };
+        let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        seconds(usage.ru_utime) + seconds(usage.ru_stime)
+    };
+    let cpu_before = children_cpu();
+    let started = Instant::now();
+    for _ in 0..n {
+        let status = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:4096",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(())?;
+    }
+    let batch = Batch {
+        took: started.elapsed(),
+        ready: n,
+        cpu: children_cpu() - cpu_before,
+        writes: 0.0,
+    };
+    Some(Row::new(
+        "openssl genpkey (the key alone)",
+        n,
+        Key::Rsa4096,
+        &batch,
+        0.0,
+        None,
+    ))
 }
 
 /// Deletes the Kubeconfigs and the Secrets of `ns` that the selectors select.
