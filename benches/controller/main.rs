@@ -176,8 +176,7 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
     let data = secret_like_ours(plane)?;
     let mut best = (0usize, 0.0f64);
     for concurrency in [8, 32, 64, 128] {
-        let started = Instant::now();
-        write_secrets(
+        let took = time_secrets(
             &admin,
             &ns,
             &format!("probe-{concurrency}"),
@@ -186,7 +185,7 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
             &data,
         )
         .await?;
-        let rate = scale.probe as f64 / started.elapsed().as_secs_f64();
+        let rate = scale.probe as f64 / took.as_secs_f64();
         report.line(
             &format!("baseline probe: {concurrency} at once"),
             format!("{rate:.0} Secrets/s"),
@@ -198,9 +197,7 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
     let concurrency = best.0;
     let mut baseline = HashMap::new();
     for &n in &scale.bulk {
-        let started = Instant::now();
-        write_secrets(&admin, &ns, &format!("base-{n}"), n, concurrency, &data).await?;
-        let took = started.elapsed();
+        let took = time_secrets(&admin, &ns, &format!("base-{n}"), n, concurrency, &data).await?;
         report.line(
             &format!("baseline: {n} Secrets, {concurrency} at once"),
             format!(
@@ -540,9 +537,7 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
     }
     // The baseline again, at the end of the run: how much the API server drifted meanwhile.
     if let Some(&n) = scale.bulk.first() {
-        let started = Instant::now();
-        write_secrets(&admin, &ns, &format!("end-{n}"), n, concurrency, &data).await?;
-        let took = started.elapsed();
+        let took = time_secrets(&admin, &ns, &format!("end-{n}"), n, concurrency, &data).await?;
         report.line(
             &format!("baseline again at the end: {n} Secrets"),
             format!(
@@ -949,14 +944,16 @@ fn secret_like_ours(
     .collect())
 }
 
-async fn write_secrets(
+/// Writes `n` Secrets of `data`, `concurrency` at once, and says how long it took.
+async fn time_secrets(
     admin: &Client,
     ns: &str,
     prefix: &str,
     n: usize,
     concurrency: usize,
     data: &std::collections::BTreeMap<String, ByteString>,
-) -> Result<(), Error> {
+) -> Result<Duration, Error> {
+    let started = Instant::now();
     let api = Api::<Secret>::namespaced(admin.clone(), ns);
     futures::stream::iter(0..n)
         .map(|i| {
@@ -975,7 +972,7 @@ async fn write_secrets(
         .buffer_unordered(concurrency)
         .try_collect::<Vec<_>>()
         .await?;
-    Ok(())
+    Ok(started.elapsed())
 }
 
 /// Per Kubeconfig: the create, then what a controller must write for it (the Secret and the
