@@ -963,3 +963,80 @@ async fn renewal_on_request_and_the_credential_id_of_the_audit_log() {
         .unwrap();
     assert_eq!(kc.status.unwrap().serial_number, serial, "nothing reissued");
 }
+
+/// A new Secret is created without a read first (`client::create_applied`): by server-side
+/// apply, so that later applies own (and can drop) its fields, and never over a Secret that
+/// exists already.
+#[tokio::test]
+async fn a_create_by_apply_never_overwrites_and_leaves_the_fields_to_later_applies() {
+    use kubeconfig_authority::{api::FIELD_MANAGER, client::create_applied};
+    let plane = plane();
+    let ns = plane.namespace("create-applied").await;
+    let secrets = Api::<Secret>::namespaced(plane.admin().await, &ns);
+    let ours = |data: &[(&str, &str)]| -> Secret {
+        let mut secret: Secret = serde_json::from_value(json!({"apiVersion": "v1",
+            "kind": "Secret", "metadata": {"name": "s", "labels": {"by": "us"}}}))
+        .unwrap();
+        secret.data = Some(
+            data.iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        );
+        secret
+    };
+    let created = create_applied(&secrets, "s", &ours(&[("a", "1"), ("b", "2")]))
+        .await
+        .unwrap()
+        .expect("created");
+    let live = secrets.get("s").await.unwrap();
+    assert_eq!(live.metadata.uid, created.metadata.uid);
+    assert_eq!(live.data.as_ref().unwrap()["b"].0, b"2");
+    let managers: Vec<_> = live
+        .managed_fields()
+        .iter()
+        .map(|m| (m.manager.clone(), m.operation.clone()))
+        .collect();
+    assert_eq!(
+        managers,
+        [(Some(FIELD_MANAGER.to_string()), Some("Apply".to_string()))]
+    );
+    // Once it exists, nothing is written: not over our own, not over someone else's.
+    assert!(
+        create_applied(&secrets, "s", &ours(&[("a", "changed")]))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let theirs: Secret = serde_json::from_value(json!({"metadata": {"name": "t"},
+        "stringData": {"x": "theirs"}}))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let mut over: Secret = ours(&[("y", "ours")]);
+    over.metadata.name = Some("t".into());
+    assert!(
+        create_applied(&secrets, "t", &over)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let t = secrets.get("t").await.unwrap();
+    assert_eq!(t.data.unwrap().keys().collect::<Vec<_>>(), ["x"]);
+    assert!(t.metadata.labels.is_none());
+    let s = secrets.get("s").await.unwrap();
+    assert_eq!(s.data.as_ref().unwrap()["a"].0, b"1");
+    // A later apply by the same manager that leaves out a key removes it: the create's
+    // fields are owned as applied, not as an update.
+    secrets
+        .patch(
+            "s",
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&ours(&[("a", "1")])),
+        )
+        .await
+        .unwrap();
+    let s = secrets.get("s").await.unwrap();
+    assert_eq!(s.data.unwrap().keys().collect::<Vec<_>>(), ["a"]);
+}

@@ -174,6 +174,23 @@ impl Context {
         Ok(())
     }
 
+    /// [`Self::write_managed_secret`] for a Secret that must not exist yet: `Ok(false)`, and
+    /// nothing written, when one does (see [`client::create_applied`]).
+    pub async fn create_managed_secret(
+        &self,
+        namespace: &str,
+        secret: &Secret,
+    ) -> kube::Result<bool> {
+        let name = secret.metadata.name.as_deref().unwrap_or_default();
+        let api = Api::<Secret>::namespaced(self.client.clone(), namespace);
+        let Some(created) = client::create_applied(&api, name, secret).await? else {
+            return Ok(false);
+        };
+        self.own_writes
+            .record(namespace, name, created.metadata.resource_version);
+        Ok(true)
+    }
+
     /// Whether Secret `namespace/name` exists and was not made for the Kubeconfig `uid` (it
     /// lacks its UID label): such a Secret is never overwritten.
     pub async fn foreign_secret(&self, namespace: &str, name: &str, uid: &str) -> Result<bool> {

@@ -232,124 +232,159 @@ pub async fn apply_secret(
 ) -> Result<(Outcome, Option<SecretData>)> {
     let namespace = kc.namespace().unwrap_or_default();
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
-    // The cache answers most reconciles. It can lag behind our own last write, so a plan to
-    // write is checked against the live object first: nothing is issued twice.
     let cached = ctx
         .secrets
         .get(&ObjectRef::new(&desired.secret_name).within(&namespace));
-    let cached_plan = cached.map(|c| plan_secret(desired, uid, Some(&c), now));
-    let (plan, data) = match cached_plan {
-        Some(plan) if !matches!(plan, SecretPlan::Write(..) | SecretPlan::ReplaceCopy(_)) => {
-            (plan, None)
-        }
-        // Not cached (perhaps not ours), or the cache says write: ask the live object, once.
-        _ => {
-            let live = secrets
-                .get_opt(&desired.secret_name)
-                .await
-                .map_err(Error::kube(format!(
-                    "reading Secret {}",
-                    desired.secret_name
-                )))?;
-            let observed = live
-                .as_ref()
-                .map(|l| ManagedSecret::of(l, Some(first_key(desired))));
-            let plan = plan_secret(desired, uid, observed.as_ref(), now);
-            (plan, live.and_then(|l| l.data))
-        }
-    };
-    let ready_message = format!("Secret {} holds a valid kubeconfig", desired.secret_name);
-    let (reason, why) = match plan {
-        SecretPlan::Keep { held, renew_at } => {
-            if let Some(problem) = apply_bindings(kc, uid, true, cluster, ctx).await? {
-                return Ok((Outcome::NotReady(problem), None));
+    // A Secret that neither cache has seen is almost always not there yet. A certificate
+    // signed here (nothing asked of an API server) is then written without a read first, by a
+    // create that leaves an existing Secret alone; only if one is there after all is it read
+    // and the plan made again.
+    let mut create_only = cached.is_none()
+        && ctx
+            .secret_metadata
+            .get(&ObjectRef::new(&desired.secret_name).within(&namespace))
+            .is_none()
+        && matches!(resolved.signer, ResolvedSigner::Ca(_));
+    loop {
+        let (plan, data) = if create_only {
+            (plan_secret(desired, uid, None, now), None)
+        } else {
+            observe_secret(desired, uid, cached.as_deref(), &secrets, now).await?
+        };
+        let ready_message = format!("Secret {} holds a valid kubeconfig", desired.secret_name);
+        let (reason, why) = match plan {
+            SecretPlan::Keep { held, renew_at } => {
+                if let Some(problem) = apply_bindings(kc, uid, true, cluster, ctx).await? {
+                    return Ok((Outcome::NotReady(problem), None));
+                }
+                let outcome = Outcome::Ready {
+                    held,
+                    renew_at,
+                    written: None,
+                    message: ready_message,
+                    blocked: None,
+                };
+                return Ok((outcome, data));
             }
-            let outcome = Outcome::Ready {
-                held,
-                renew_at,
-                written: None,
-                message: ready_message,
-                blocked: None,
-            };
-            return Ok((outcome, data));
+            SecretPlan::Conflict(problem) => return Ok((Outcome::NotReady(problem), None)),
+            SecretPlan::Write(reason, why) => (reason, why),
+            SecretPlan::ReplaceCopy(owner) => {
+                // Deleted first: the deletion brings the distributing Kubeconfig back, which then
+                // sees the name claimed here.
+                client::delete_ignoring_absent(secrets.clone(), &desired.secret_name).await?;
+                (
+                    WriteReason::Issue,
+                    format!(
+                        "the copy Kubeconfig {owner} had distributed under that name was removed"
+                    ),
+                )
+            }
+        };
+        // A CSR in flight took its write from the budget when it was made: looking again whether
+        // it was signed writes nothing (spending on each look stopped a slow signer's certificate
+        // for a minute after five looks).
+        let waiting = ctx.pending_csrs.lock().is_ok_and(|p| p.contains_key(uid));
+        if !waiting {
+            ctx.spend(uid, Written::Secret)?;
         }
-        SecretPlan::Conflict(problem) => return Ok((Outcome::NotReady(problem), None)),
-        SecretPlan::Write(reason, why) => (reason, why),
-        SecretPlan::ReplaceCopy(owner) => {
-            // Deleted first: the deletion brings the distributing Kubeconfig back, which then
-            // sees the name claimed here.
-            client::delete_ignoring_absent(secrets.clone(), &desired.secret_name).await?;
-            (
-                WriteReason::Issue,
-                format!("the copy Kubeconfig {owner} had distributed under that name was removed"),
-            )
+        let mut issued = match issue::issue(kc, uid, desired, resolved, cluster, ctx, now).await? {
+            Ok(issued) => issued,
+            Err(problem) => return Ok((Outcome::NotReady(problem), None)),
+        };
+        // A token or a CSR's certificate counts from now; a CA's from `now` as passed to it.
+        issued
+            .held
+            .issued_at
+            .get_or_insert_with(OffsetDateTime::now_utc);
+        let ca_pem = match &resolved.signer {
+            ResolvedSigner::Ca(ca) => ca.certificate_pem(),
+            _ => desired.server_ca_pem.as_str(),
+        };
+        let secret = match build_secret(kc, uid, desired, &issued, ca_pem) {
+            Ok(secret) => secret,
+            Err(problem) => return Ok((Outcome::NotReady(problem), None)),
+        };
+        // The bindings are in place before the credential is written; if they cannot be, the
+        // credential is never written.
+        if let Some(problem) = apply_bindings(kc, uid, true, cluster, ctx).await? {
+            return Ok((Outcome::NotReady(problem), None));
         }
-    };
-    // A CSR in flight took its write from the budget when it was made: looking again whether
-    // it was signed writes nothing (spending on each look stopped a slow signer's certificate
-    // for a minute after five looks).
-    let waiting = ctx.pending_csrs.lock().is_ok_and(|p| p.contains_key(uid));
-    if !waiting {
-        ctx.spend(uid, Written::Secret)?;
-    }
-    let mut issued = match issue::issue(kc, uid, desired, resolved, cluster, ctx, now).await? {
-        Ok(issued) => issued,
-        Err(problem) => return Ok((Outcome::NotReady(problem), None)),
-    };
-    // A token or a CSR's certificate counts from now; a CA's from `now` as passed to it.
-    issued
-        .held
-        .issued_at
-        .get_or_insert_with(OffsetDateTime::now_utc);
-    let ca_pem = match &resolved.signer {
-        ResolvedSigner::Ca(ca) => ca.certificate_pem(),
-        _ => desired.server_ca_pem.as_str(),
-    };
-    let secret = match build_secret(kc, uid, desired, &issued, ca_pem) {
-        Ok(secret) => secret,
-        Err(problem) => return Ok((Outcome::NotReady(problem), None)),
-    };
-    // The bindings are in place before the credential is written; if they cannot be, the
-    // credential is never written.
-    if let Some(problem) = apply_bindings(kc, uid, true, cluster, ctx).await? {
-        return Ok((Outcome::NotReady(problem), None));
-    }
-    ctx.write_managed_secret(&namespace, &secret)
-        .await
+        let written = if create_only {
+            ctx.create_managed_secret(&namespace, &secret).await
+        } else {
+            ctx.write_managed_secret(&namespace, &secret)
+                .await
+                .map(|()| true)
+        }
         .map_err(Error::kube(format!(
             "writing Secret {}",
             desired.secret_name
         )))?;
-    let held = issued.held;
-    let what = match &desired.credential {
-        Credential::Certificate { .. } => format!(
-            "a certificate for {} (serial {})",
-            desired.user_name, held.id
-        ),
-        Credential::Token { .. } => format!("a token for {}", desired.user_name),
-    };
-    let message = format!(
-        "{} {what}, valid until {}, into Secret {}: {why}",
-        reason.reason().as_str(),
-        held.not_after,
-        desired.secret_name
-    );
-    info!(reason = reason.reason().as_str(), id = %held.id, "{message}");
-    crate::metrics::Metrics::count(&ctx.metrics.issued, reason.reason().as_str());
-    ctx.publish(kc, EventType::Normal, reason.reason(), &message, "Issue")
-        .await;
-    let renew_at = renewal_time(held.issued_at(), held.not_after, desired.renew_before, uid);
-    let outcome = Outcome::Ready {
-        held,
-        renew_at,
-        written: Some(reason),
-        message: match issued.note {
-            Some(note) => format!("{ready_message}; {note}"),
-            None => ready_message,
-        },
-        blocked: None,
-    };
-    Ok((outcome, secret.data))
+        if !written {
+            // A Secret was there after all: what was signed is dropped, never handed out.
+            create_only = false;
+            continue;
+        }
+        let held = issued.held;
+        let what = match &desired.credential {
+            Credential::Certificate { .. } => format!(
+                "a certificate for {} (serial {})",
+                desired.user_name, held.id
+            ),
+            Credential::Token { .. } => format!("a token for {}", desired.user_name),
+        };
+        let message = format!(
+            "{} {what}, valid until {}, into Secret {}: {why}",
+            reason.reason().as_str(),
+            held.not_after,
+            desired.secret_name
+        );
+        info!(reason = reason.reason().as_str(), id = %held.id, "{message}");
+        crate::metrics::Metrics::count(&ctx.metrics.issued, reason.reason().as_str());
+        ctx.publish(kc, EventType::Normal, reason.reason(), &message, "Issue")
+            .await;
+        let renew_at = renewal_time(held.issued_at(), held.not_after, desired.renew_before, uid);
+        let outcome = Outcome::Ready {
+            held,
+            renew_at,
+            written: Some(reason),
+            message: match issued.note {
+                Some(note) => format!("{ready_message}; {note}"),
+                None => ready_message,
+            },
+            blocked: None,
+        };
+        return Ok((outcome, secret.data));
+    }
+}
+
+/// The plan for a Secret, from the cache when it says nothing is to be written, else from the
+/// live object: the cache can lag behind our own last write, and nothing is issued twice.
+/// The live Secret's data comes with it.
+async fn observe_secret(
+    desired: &Desired,
+    uid: &str,
+    cached: Option<&ManagedSecret>,
+    secrets: &Api<Secret>,
+    now: OffsetDateTime,
+) -> Result<(SecretPlan, Option<SecretData>)> {
+    if let Some(plan) = cached.map(|c| plan_secret(desired, uid, Some(c), now))
+        && !matches!(plan, SecretPlan::Write(..) | SecretPlan::ReplaceCopy(_))
+    {
+        return Ok((plan, None));
+    }
+    let live = secrets
+        .get_opt(&desired.secret_name)
+        .await
+        .map_err(Error::kube(format!(
+            "reading Secret {}",
+            desired.secret_name
+        )))?;
+    let observed = live
+        .as_ref()
+        .map(|l| ManagedSecret::of(l, Some(first_key(desired))));
+    let plan = plan_secret(desired, uid, observed.as_ref(), now);
+    Ok((plan, live.and_then(|l| l.data)))
 }
 
 /// Removes what a Kubeconfig that is not Ready must not hold: its bindings (in `cluster`,
