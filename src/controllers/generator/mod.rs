@@ -222,13 +222,13 @@ pub fn desired_for(
                 kubeconfig_keys: spec.kubeconfig_keys.clone(),
                 certificate_keys: spec.certificate_keys,
             },
-            authorization: spec.authorization.clone(),
+            authorization: spec.authorization.clone().map(Box::new),
             distribution: None,
             argo_cd: spec.argo_cd.clone().map(|mut a| {
                 a.name = a
                     .name
                     .or_else(|| Some(format!("{namespace}.{object_name}")));
-                a
+                Box::new(a)
             }),
         },
         status: None,

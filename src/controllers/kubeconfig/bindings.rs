@@ -170,7 +170,7 @@ pub fn desired_bindings(kc: &Kubeconfig, uid: &str) -> (Vec<ClusterRoleBinding>,
         annotations: Some(owner_annotation(kc)),
         ..ObjectMeta::default()
     };
-    let cluster = cluster_roles(kc.spec.authorization.as_ref())
+    let cluster = cluster_roles(kc.spec.authorization.as_deref())
         .into_iter()
         .map(|role| ClusterRoleBinding {
             metadata: meta(binding_name(&[&namespace, &name, &role]), None),

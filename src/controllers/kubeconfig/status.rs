@@ -125,7 +125,7 @@ pub fn status(
     let mut status = KubeconfigStatus {
         conditions,
         observed_generation: kc.metadata.generation,
-        target: target.cloned(),
+        target: target.cloned().map(Box::new),
         ..previous.clone()
     };
     if let Some(d) = distributed {

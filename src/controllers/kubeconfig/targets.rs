@@ -240,7 +240,7 @@ impl Targets {
                     Ok(None) => {}
                     Err(()) => {
                         let of_target = kubeconfigs.state_filter(|kc| {
-                            kc.status.as_ref().and_then(|s| s.target.as_ref()) == Some(&key)
+                            kc.status.as_ref().and_then(|s| s.target.as_deref()) == Some(&key)
                         });
                         for kc in of_target {
                             let _ = trigger.send(ObjectRef::from_obj(&*kc));

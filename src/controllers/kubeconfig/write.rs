@@ -47,7 +47,7 @@ pub fn target_of(
 ) -> Option<KeyRef> {
     match prepared {
         Ok((resolved, _)) => resolved.target.clone(),
-        Err(_) => kc.status.as_ref().and_then(|s| s.target.clone()),
+        Err(_) => kc.status.as_ref().and_then(|s| s.target.as_deref().cloned()),
     }
 }
 
