@@ -47,7 +47,10 @@ pub fn target_of(
 ) -> Option<KeyRef> {
     match prepared {
         Ok((resolved, _)) => resolved.target.clone(),
-        Err(_) => kc.status.as_ref().and_then(|s| s.target.as_deref().cloned()),
+        Err(_) => kc
+            .status
+            .as_ref()
+            .and_then(|s| s.target.as_deref().cloned()),
     }
 }
 
