@@ -227,6 +227,7 @@ impl Term<'_> {
             write_budgets: Default::default(),
             flagged: Default::default(),
             keys: Default::default(),
+            renewals: Default::default(),
             metrics: self.metrics.clone(),
         });
 
@@ -421,6 +422,7 @@ impl Term<'_> {
             })
             // Objects in target clusters name their Kubeconfig.
             .reconcile_on(target_changes)
+            .reconcile_on(context.renewals.stream())
             .watches_stream(authority_events, by_authority)
             .watches_stream(cluster_authority_events, by_cluster_authority)
             .watches_stream(secret_meta_events, by_secret)
