@@ -1,9 +1,8 @@
 //! The next look at every Ready Kubeconfig (its renewal, or the next check of its copies),
 //! outside kube-runtime's scheduler. The scheduler keeps each waiting object in a delay queue
-//! and maps, under a reference of four strings: about 0.8 KiB per Kubeconfig in a heap
-//! profile (heaptrack); resident memory at 10,050 Kubeconfigs fell from 59.6 to 55.0 MiB
-//! without it (`make bench`). Here a wait is one entry of a sorted set of (second, namespace,
-//! name), about 0.12 KiB, and the reconcile returns
+//! and a map, under a reference of four strings: about 0.8 KiB per Kubeconfig, a fifth of the
+//! controller's memory at 100,000 (`make bench`, heaptrack). Here a wait is one entry of a
+//! sorted set of (second, namespace, name), about 0.12 KiB, and the reconcile returns
 //! `Action::await_change()`. A due entry triggers a reconcile through the controller's
 //! `reconcile_on`; the reconcile decides again from what it reads, so an entry left behind by
 //! an earlier reconcile (the set never looks entries up by object) only brings a look that
