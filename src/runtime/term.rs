@@ -227,7 +227,6 @@ impl Term<'_> {
             write_budgets: Default::default(),
             flagged: Default::default(),
             keys: Default::default(),
-            renewals: Default::default(),
             metrics: self.metrics.clone(),
         });
 
@@ -422,7 +421,6 @@ impl Term<'_> {
             })
             // Objects in target clusters name their Kubeconfig.
             .reconcile_on(target_changes)
-            .reconcile_on(context.renewals.stream())
             .watches_stream(authority_events, by_authority)
             .watches_stream(cluster_authority_events, by_cluster_authority)
             .watches_stream(secret_meta_events, by_secret)
