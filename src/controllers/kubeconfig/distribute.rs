@@ -117,10 +117,10 @@ pub async fn apply_copies(
         }
     }
     let plan = plan_copies(kc, uid, primary.map(|(data, _)| data), &allowed, &observed);
-    if !plan.write.is_empty() || !plan.delete.is_empty() {
-        ctx.spend(uid, Written::Copies)?;
-    }
-    outcome.copies = plan.current;
+    // A copy an unmanaged Secret is in the way of is not written, and takes nothing from the
+    // budget: each look at such a Kubeconfig spent a write before, and five looks in a minute
+    // held up its real writes (a copy to remove) for the rest of that minute.
+    let mut write = Vec::new();
     for copy in plan.write {
         let ns = copy.namespace().unwrap_or_default();
         let known = observed
@@ -129,8 +129,15 @@ pub async fn apply_copies(
         // Not in the cache of managed Secrets: is an unmanaged one in the way?
         if !known && ctx.foreign_secret(&ns, name, uid).await? {
             outcome.conflicts.push(ns);
-            continue;
+        } else {
+            write.push((ns, copy));
         }
+    }
+    if !write.is_empty() || !plan.delete.is_empty() {
+        ctx.spend(uid, Written::Copies)?;
+    }
+    outcome.copies = plan.current;
+    for (ns, copy) in write {
         ctx.write_managed_secret(&ns, &copy)
             .await
             .map_err(Error::kube(format!("writing the copy {ns}/{name}")))?;
