@@ -240,7 +240,18 @@ pub async fn apply(
         })
         .collect();
     let current = matches!(&wanted, Some(Ok(secret)) if is_current(secret));
-    if !stale.is_empty() || (kept.is_some() && !current) {
+    // Not in the cache of managed Secrets: is an unmanaged one in the way? Then nothing is
+    // written, and nothing taken from the budget (a look that writes nothing spends nothing).
+    let foreign = match &kept {
+        Some((ns, name)) if !current => {
+            let known = observed
+                .iter()
+                .any(|o| o.namespace == *ns && o.name == *name);
+            !known && ctx.foreign_secret(ns, name, uid).await?
+        }
+        _ => false,
+    };
+    if !stale.is_empty() || (kept.is_some() && !current && !foreign) {
         ctx.spend(uid, Written::Copies)?;
     }
     for o in stale {
@@ -260,9 +271,7 @@ pub async fn apply(
     if current {
         return Ok(Some(Registered::Current(described)));
     }
-    let known = observed.iter().any(|o| o.namespace == ns && o.name == name);
-    // Not in the cache of managed Secrets: is an unmanaged one in the way?
-    if !known && ctx.foreign_secret(&ns, &name, uid).await? {
+    if foreign {
         return Ok(Some(Registered::Refused(Problem::new(
             Reason::SecretConflict,
             format!(
