@@ -49,7 +49,7 @@ use crate::{
 
 use super::{
     Options, TermEnd,
-    caches::not_status,
+    caches::Changes,
     http::{Health, HealthState},
 };
 
@@ -180,14 +180,28 @@ impl Term<'_> {
             keep,
         );
 
-        let (kubeconfigs, kubeconfig_events) = reflect(
-            watches,
-            "Kubeconfigs",
-            Api::<Kubeconfig>::all(client.clone()),
-            all(),
-            keep,
-        );
-        let kubeconfig_events = kubeconfig_events.predicate_filter(not_status, Default::default());
+        // A Ready Kubeconfig waits for its next look here; a deleted one waits no longer.
+        let renewals = Arc::new(kubeconfig::renewals::Renewals::default());
+        // Only what is not the status brings a Kubeconfig back.
+        let changes = Arc::new(Changes::default());
+        let (kubeconfigs, kubeconfig_events) = {
+            let (renewals, changes) = (renewals.clone(), changes.clone());
+            reflect_seen(
+                watches,
+                "Kubeconfigs",
+                Api::<Kubeconfig>::all(client.clone()),
+                all(),
+                keep,
+                move |event| {
+                    changes.saw(event);
+                    if let watcher::Event::Delete(kc) = event {
+                        renewals.forget(kc);
+                    }
+                },
+            )
+        };
+        let kubeconfig_events =
+            kubeconfig_events.try_filter(move |kc| futures::future::ready(changes.changed(kc)));
         let controller = Controller::for_stream(kubeconfig_events, kubeconfigs.clone())
             .with_config(
                 kube::runtime::controller::Config::default().concurrency(self.options.concurrency),
@@ -227,6 +241,7 @@ impl Term<'_> {
             write_budgets: Default::default(),
             flagged: Default::default(),
             keys: Default::default(),
+            renewals: renewals.clone(),
             metrics: self.metrics.clone(),
         });
 
@@ -421,6 +436,7 @@ impl Term<'_> {
             })
             // Objects in target clusters name their Kubeconfig.
             .reconcile_on(target_changes)
+            .reconcile_on(renewals.stream())
             .watches_stream(authority_events, by_authority)
             .watches_stream(cluster_authority_events, by_cluster_authority)
             .watches_stream(secret_meta_events, by_secret)

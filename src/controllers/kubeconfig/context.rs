@@ -66,6 +66,8 @@ pub struct Context {
     pub flagged: Mutex<std::collections::HashSet<String>>,
     /// RSA keys generated ahead.
     pub keys: Arc<super::keys::KeyPool>,
+    /// When each Ready Kubeconfig is looked at next.
+    pub renewals: Arc<super::renewals::Renewals>,
 }
 
 /// The write budgets of the Kubeconfigs written lately.

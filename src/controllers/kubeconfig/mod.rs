@@ -9,7 +9,7 @@
 //!    ([`status::still_valid`]);
 //! 3. the copies ([`copies`]);
 //! 4. report: the status ([`status::status`]), a Warning event on a new problem, and the next
-//!    look ([`status::requeue_for`]).
+//!    look ([`status::requeue_for`]; a Ready one waits in [`renewals`]).
 //!
 //! Bindings, Roles, tokens and CSRs go to the cluster of the authority's target, if it names
 //! one ([`targets`]), else to the controller's own.
@@ -29,6 +29,7 @@ pub mod issue;
 pub mod keys;
 pub mod orphans;
 pub mod policy;
+pub mod renewals;
 pub mod request;
 pub mod resolve;
 pub mod secret;
@@ -145,5 +146,14 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
         registered: registered.as_ref(),
     };
     write::report(&kc, &outcome, &outputs, target.as_ref(), ctx, now).await?;
-    Ok(status::requeue_for(&outcome, &outputs))
+    Ok(match status::requeue_for(&outcome, &outputs) {
+        status::Next::Renewal(wait) => {
+            ctx.renewals.after(&kc, wait);
+            Action::await_change()
+        }
+        status::Next::Retry(wait) => {
+            ctx.renewals.forget(&kc);
+            Action::requeue(wait)
+        }
+    })
 }

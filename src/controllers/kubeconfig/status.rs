@@ -3,7 +3,6 @@
 use crate::api::RENEW_ANNOTATION;
 use std::time::Duration;
 
-use kube::runtime::controller::Action;
 use time::OffsetDateTime;
 
 use super::{
@@ -190,11 +189,20 @@ pub struct Outputs<'a> {
     pub registered: Option<&'a Registered>,
 }
 
+/// When to look at a Kubeconfig again.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    /// Ready: at its renewal, or sooner to check its copies (waits in [`super::renewals`]).
+    Renewal(Duration),
+    /// Not ready: tried again then (kube-runtime's requeue).
+    Retry(Duration),
+}
+
 /// Ready: at the renewal time, and with copies at least every [`copies::RECHECK`] (sooner
 /// while a namespace is refused by an access review: rights often follow a new namespace by a
 /// moment). Not ready: the watches bring the object back when something it depends on
 /// changes; a slow retry covers anything they cannot see.
-pub fn requeue_for(outcome: &Outcome, outputs: &Outputs<'_>) -> Action {
+pub fn requeue_for(outcome: &Outcome, outputs: &Outputs<'_>) -> Next {
     match outcome {
         Outcome::Ready { renew_at, .. } => {
             let wait = (*renew_at - OffsetDateTime::now_utc())
@@ -211,13 +219,11 @@ pub fn requeue_for(outcome: &Outcome, outputs: &Outputs<'_>) -> Action {
                 Some(Registered::Refused(_)) => wait.min(copies::RECHECK_REFUSED),
                 _ => wait,
             };
-            Action::requeue(wait.max(Duration::from_millis(100)))
+            Next::Renewal(wait)
         }
-        Outcome::NotReady(p) if p.reason == Reason::CSRPending => Action::requeue(CSR_RETRY),
-        Outcome::NotReady(p) if p.reason == Reason::TargetUnreachable => {
-            Action::requeue(TARGET_RETRY)
-        }
-        Outcome::NotReady(_) => Action::requeue(RETRY_PROBLEM),
+        Outcome::NotReady(p) if p.reason == Reason::CSRPending => Next::Retry(CSR_RETRY),
+        Outcome::NotReady(p) if p.reason == Reason::TargetUnreachable => Next::Retry(TARGET_RETRY),
+        Outcome::NotReady(_) => Next::Retry(RETRY_PROBLEM),
     }
 }
 
@@ -247,7 +253,7 @@ pub fn still_valid(
                 .any(|c| c.type_ == READY && c.status == "True")
     });
     let held = cached
-        .filter(|s| was_ready && s.controller_uid.as_deref() == Some(uid) && s.intact)
+        .filter(|s| was_ready && crate::model::managed::is_uid(s.controller_uid, uid) && s.intact)
         .and_then(|s| s.held.clone())
         .filter(|held| now >= held.not_before && now < held.not_after);
     let Some(held) = held else {
@@ -422,51 +428,48 @@ mod tests {
             message: String::new(),
             blocked: None,
         };
-        let wait = |action: Action| format!("{action:?}");
-        let at = |secs: u64| wait(Action::requeue(Duration::from_secs(secs)));
+        let at = |secs: u64| Next::Renewal(Duration::from_secs(secs));
         // Within a second of the renewal time (the test's own clock moves on).
-        let renewal = wait(requeue_for(&ready(3600), &Outputs::default()));
-        assert!(
-            renewal.contains("3599") || renewal.contains("3600"),
-            "{renewal}"
-        );
+        let Next::Renewal(renewal) = requeue_for(&ready(3600), &Outputs::default()) else {
+            panic!("a Ready Kubeconfig waits for its renewal");
+        };
+        assert!((3599..=3600).contains(&renewal.as_secs()), "{renewal:?}");
         let copies = Distributed::default();
-        let with_copies = wait(requeue_for(
+        let with_copies = requeue_for(
             &ready(3600),
             &Outputs {
                 distributed: Some(&copies),
                 registered: None,
             },
-        ));
+        );
         assert_eq!(with_copies, at(copies::RECHECK.as_secs()));
         let refused = Distributed {
             reviews_refused: true,
             ..Distributed::default()
         };
         assert_eq!(
-            wait(requeue_for(
+            requeue_for(
                 &ready(3600),
                 &Outputs {
                     distributed: Some(&refused),
                     registered: None
                 }
-            )),
+            ),
             at(copies::RECHECK_REFUSED.as_secs())
         );
-        let past = wait(requeue_for(&ready(0), &Outputs::default()));
-        assert!(
-            past.contains("100ms") || past.contains("0ns") || past.contains("ms"),
-            "{past}"
+        assert_eq!(
+            requeue_for(&ready(0), &Outputs::default()),
+            Next::Renewal(Duration::ZERO)
         );
         let csr = Outcome::NotReady(Problem::new(Reason::CSRPending, "waiting"));
         assert_eq!(
-            wait(requeue_for(&csr, &Outputs::default())),
-            wait(Action::requeue(CSR_RETRY))
+            requeue_for(&csr, &Outputs::default()),
+            Next::Retry(CSR_RETRY)
         );
         let refused = Outcome::NotReady(Problem::new(Reason::PolicyViolation, "no"));
         assert_eq!(
-            wait(requeue_for(&refused, &Outputs::default())),
-            wait(Action::requeue(RETRY_PROBLEM))
+            requeue_for(&refused, &Outputs::default()),
+            Next::Retry(RETRY_PROBLEM)
         );
     }
 }
