@@ -18,6 +18,7 @@ use kube::{
     },
 };
 use kubeconfig_authority_pki::{inspect_certificate, kubeconfig as kc_file, parse_certificates};
+use uuid::Uuid;
 
 use super::credential::{self, Held};
 use crate::api::{
@@ -31,11 +32,11 @@ pub struct ManagedSecret {
     pub name: String,
     pub namespace: String,
     /// The UID of the owner that controls it (its Kubeconfig; copies have none).
-    pub controller_uid: Option<String>,
+    pub controller_uid: Option<Uuid>,
     /// `<namespace>/<name>` of its Kubeconfig.
     pub kubeconfig: Option<String>,
     /// Its Kubeconfig's UID (label).
-    pub kubeconfig_uid: Option<String>,
+    pub kubeconfig_uid: Option<Uuid>,
     pub inputs_digest: Option<String>,
     /// The data digest the controller wrote.
     pub data_digest: Option<String>,
@@ -69,9 +70,12 @@ impl ManagedSecret {
                 .owner_references()
                 .iter()
                 .find(|o| o.controller == Some(true))
-                .map(|o| o.uid.clone()),
+                .and_then(|o| uid(&o.uid)),
             kubeconfig: annotations.get(KUBECONFIG_ANNOTATION).cloned(),
-            kubeconfig_uid: secret.labels().get(KUBECONFIG_UID_LABEL).cloned(),
+            kubeconfig_uid: secret
+                .labels()
+                .get(KUBECONFIG_UID_LABEL)
+                .and_then(|u| uid(u)),
             inputs_digest: annotations.get(INPUTS_ANNOTATION).cloned(),
             intact: data_digest.as_deref()
                 == Some(digest_of(data, record.map(String::as_str)).as_str()),
@@ -85,6 +89,19 @@ impl ManagedSecret {
             resource_version: ResourceExt::resource_version(secret).unwrap_or_default(),
         }
     }
+}
+
+/// A UID as the cache keeps it: the 16 bytes of the UUID the API server gives every object,
+/// not its 36 characters (two per managed Secret and one in the index were a tenth of the
+/// controller's memory per Kubeconfig). A value that is no UUID, which no object the API
+/// server made has, is kept as none: it matches no Kubeconfig.
+pub fn uid(value: &str) -> Option<Uuid> {
+    Uuid::try_parse(value).ok()
+}
+
+/// Whether `kept` (as [`uid`] keeps it) is the UID `value`.
+pub fn is_uid(kept: Option<Uuid>, value: &str) -> bool {
+    kept.is_some_and(|kept| Some(kept) == uid(value))
 }
 
 impl From<Secret> for ManagedSecret {
@@ -165,7 +182,7 @@ impl OwnWrites {
 #[derive(Default)]
 pub struct ByKubeconfig(Mutex<Index>);
 
-type Refs = BTreeSet<(String, String, String)>;
+type Refs = BTreeSet<(Uuid, String, String)>;
 
 #[derive(Default)]
 struct Index {
@@ -182,7 +199,6 @@ impl ByKubeconfig {
         };
         let key = |s: &ManagedSecret| {
             s.kubeconfig_uid
-                .clone()
                 .map(|uid| (uid, s.namespace.clone(), s.name.clone()))
         };
         match event {
@@ -218,16 +234,16 @@ impl ByKubeconfig {
         cached: impl Fn(&ObjectRef<ManagedSecret>) -> Option<Arc<ManagedSecret>>,
         keep: impl Fn(&ManagedSecret) -> bool,
     ) -> Vec<Arc<ManagedSecret>> {
-        let Ok(index) = self.0.lock() else {
+        let (Some(uid), Ok(index)) = (self::uid(uid), self.0.lock()) else {
             return Vec::new();
         };
-        let from = (uid.to_string(), String::new(), String::new());
+        let from = (uid, String::new(), String::new());
         index
             .current
             .range(from..)
-            .take_while(|(u, _, _)| u == uid)
+            .take_while(|(u, _, _)| *u == uid)
             .filter_map(|(_, namespace, name)| cached(&ObjectRef::new(name).within(namespace)))
-            .filter(|s| s.kubeconfig_uid.as_deref() == Some(uid) && keep(s))
+            .filter(|s| s.kubeconfig_uid == Some(uid) && keep(s))
             .collect()
     }
 }
@@ -295,6 +311,11 @@ mod tests {
         assert!(!writes.is_echo(&secret("c", "1")));
     }
 
+    const U1: &str = "00000000-0000-4000-8000-000000000001";
+    const U2: &str = "00000000-0000-4000-8000-000000000002";
+    const U3: &str = "00000000-0000-4000-8000-000000000003";
+    const U9: &str = "00000000-0000-4000-8000-000000000009";
+
     fn owned(namespace: &str, name: &str, uid: &str) -> ManagedSecret {
         let secret: Secret = serde_json::from_value(serde_json::json!({
             "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1",
@@ -324,33 +345,39 @@ mod tests {
             names
         };
         for s in [
-            owned("a", "kc", "u1"),
-            owned("b", "kc", "u1"),
-            owned("a", "other", "u2"),
+            owned("a", "kc", U1),
+            owned("b", "kc", U1),
+            owned("a", "other", U2),
         ] {
             put(s.clone());
             index.saw(&watcher::Event::Apply(s));
         }
-        assert_eq!(names("u1", &|_| true), ["a/kc", "b/kc"]);
-        assert_eq!(names("u1", &|s| s.namespace != "a"), ["b/kc"]);
-        assert!(names("u3", &|_| true).is_empty());
+        assert_eq!(names(U1, &|_| true), ["a/kc", "b/kc"]);
+        assert_eq!(names(U1, &|s| s.namespace != "a"), ["b/kc"]);
+        assert!(names(U3, &|_| true).is_empty());
         // A deletion leaves the index.
-        index.saw(&watcher::Event::Delete(owned("b", "kc", "u1")));
-        assert_eq!(names("u1", &|_| true), ["a/kc"]);
+        index.saw(&watcher::Event::Delete(owned("b", "kc", U1)));
+        assert_eq!(names(U1, &|_| true), ["a/kc"]);
         // A relist replaces it whole: what went while the watch was down goes with it.
         index.saw(&watcher::Event::Init);
-        index.saw(&watcher::Event::InitApply(owned("a", "other", "u2")));
+        index.saw(&watcher::Event::InitApply(owned("a", "other", U2)));
         assert_eq!(
-            names("u1", &|_| true),
+            names(U1, &|_| true),
             ["a/kc"],
             "the old index serves until the list ends"
         );
         index.saw(&watcher::Event::InitDone);
-        assert!(names("u1", &|_| true).is_empty());
-        assert_eq!(names("u2", &|_| true), ["a/other"]);
+        assert!(names(U1, &|_| true).is_empty());
+        assert_eq!(names(U2, &|_| true), ["a/other"]);
         // The cache is the truth: an indexed Secret it no longer holds, or holds for another
         // Kubeconfig, is not answered.
-        put(owned("a", "other", "u9"));
-        assert!(names("u2", &|_| true).is_empty());
+        put(owned("a", "other", U9));
+        assert!(names(U2, &|_| true).is_empty());
+        // A label that is no UUID matches no Kubeconfig, not even one of that "UID".
+        let odd = owned("a", "odd", "not-a-uid");
+        assert_eq!(odd.kubeconfig_uid, None);
+        index.saw(&watcher::Event::Apply(odd.clone()));
+        put(odd);
+        assert!(names("not-a-uid", &|_| true).is_empty());
     }
 }

@@ -65,7 +65,7 @@ fn cached(ctx: &Context, candidate: &Candidate) -> Option<(String, Option<String
             {
                 return None;
             }
-            Some((s.kubeconfig_uid.clone()?, Some(owner)))
+            Some((s.kubeconfig_uid?.to_string(), Some(owner)))
         }
     }
 }

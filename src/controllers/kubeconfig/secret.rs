@@ -75,16 +75,14 @@ pub fn plan_secret(
         return SecretPlan::Write(WriteReason::Issue, "no Secret yet".into());
     };
     let copy_of_another = secret.controller_uid.is_none()
-        && secret
-            .kubeconfig_uid
-            .as_deref()
-            .is_some_and(|other| other != uid);
+        && secret.kubeconfig_uid.is_some()
+        && !managed::is_uid(secret.kubeconfig_uid, uid);
     if copy_of_another {
         // A copy another Kubeconfig distributed here never takes a name a Kubeconfig of this
         // namespace refers to (`distribution`): it goes, and this one's Secret takes its place.
         return SecretPlan::ReplaceCopy(secret.kubeconfig.clone().unwrap_or_default());
     }
-    if secret.controller_uid.as_deref() != Some(uid) {
+    if !managed::is_uid(secret.controller_uid, uid) {
         return SecretPlan::Conflict(Problem::new(
             Reason::SecretConflict,
             format!(

@@ -407,7 +407,7 @@ pub async fn withdraw(
     let ours = ctx
         .secrets
         .get(&ObjectRef::new(name).within(&namespace))
-        .is_some_and(|s| s.controller_uid.as_deref() == Some(uid));
+        .is_some_and(|s| crate::model::managed::is_uid(s.controller_uid, uid));
     if ours {
         info!(secret = %name, "removing the Secret of a Kubeconfig that is not Ready");
         client::delete_ignoring_absent(
