@@ -184,8 +184,11 @@ impl Term<'_> {
         let renewals = Arc::new(kubeconfig::renewals::Renewals::default());
         // Only what is not the status brings a Kubeconfig back.
         let changes = Arc::new(Changes::default());
+        // The status last written to each Kubeconfig, until this watch brings it.
+        let own_status = Arc::new(kubeconfig::own_status::OwnStatus::default());
         let (kubeconfigs, kubeconfig_events) = {
-            let (renewals, changes) = (renewals.clone(), changes.clone());
+            let (renewals, changes, own_status) =
+                (renewals.clone(), changes.clone(), own_status.clone());
             reflect_seen(
                 watches,
                 "Kubeconfigs",
@@ -194,6 +197,7 @@ impl Term<'_> {
                 keep,
                 move |event| {
                     changes.saw(event);
+                    own_status.saw(event);
                     if let watcher::Event::Delete(kc) = event {
                         renewals.forget(kc);
                     }
@@ -242,6 +246,7 @@ impl Term<'_> {
             flagged: Default::default(),
             keys: Default::default(),
             renewals: renewals.clone(),
+            own_status,
             metrics: self.metrics.clone(),
         });
 

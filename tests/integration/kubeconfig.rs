@@ -964,6 +964,116 @@ async fn renewal_on_request_and_the_credential_id_of_the_audit_log() {
     assert_eq!(kc.status.unwrap().serial_number, serial, "nothing reissued");
 }
 
+/// One forced renewal per request, however many events bring the Kubeconfig back meanwhile:
+/// a reconcile that runs before the watch has brought the status of the renewal (which
+/// records the request) decides from that status all the same. The Secret is edited every few
+/// milliseconds while the renewal happens, each edit a reconcile, and the Secret's own watch
+/// must show one new certificate, not two.
+#[tokio::test]
+async fn a_forced_renewal_happens_once_whatever_events_race_it() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::api::{WatchEvent, WatchParams};
+    let plane = plane();
+    let (admin, ns) = setup("renew-once", &plane.ca).await;
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+    for round in 0..3 {
+        let name = format!("ruth-{round}");
+        let secret_name = format!("{name}-kubeconfig");
+        apply(&admin, &ns, &name, spec(&name, json!({}))).await;
+        wait_ready(&admin, &ns, &name).await;
+        let first = serial_of(&kubeconfig_of(&admin, &ns, &secret_name).await).0;
+        let from = secrets
+            .get(&secret_name)
+            .await
+            .unwrap()
+            .resource_version()
+            .unwrap();
+        let mut seen = secrets
+            .watch(
+                &WatchParams::default().fields(&format!("metadata.name={secret_name}")),
+                &from,
+            )
+            .await
+            .unwrap()
+            .boxed();
+        Api::<Kubeconfig>::namespaced(admin.clone(), &ns)
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"annotations": {
+                    "kubeconfig-authority.dev/renew-requested-at": "2026-11-30T12:00:00Z"}}})),
+            )
+            .await
+            .unwrap();
+        for i in 0..60 {
+            let touch = json!({"metadata": {"annotations": {"touched": i.to_string()}}});
+            secrets
+                .patch(&secret_name, &PatchParams::default(), &Patch::Merge(&touch))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut serials = vec![first.clone()];
+        while let Ok(Ok(Some(event))) =
+            tokio::time::timeout(Duration::from_millis(500), seen.try_next()).await
+        {
+            let (WatchEvent::Added(s) | WatchEvent::Modified(s)) = event else {
+                continue;
+            };
+            let yaml = String::from_utf8(s.data.unwrap()["kubeconfig"].0.clone()).unwrap();
+            let serial = serial_of(&yaml).0;
+            if serials.last() != Some(&serial) {
+                serials.push(serial);
+            }
+        }
+        assert_eq!(
+            serials.len(),
+            2,
+            "round {round}: one renewal for one request, certificates in turn: {serials:?}"
+        );
+    }
+}
+
+/// A finalizer patch whose test fails (the cache was behind the finalizers) is told apart from
+/// an object that fails validation, as the API server answers them: the first is no error
+/// (the watch brings the object back), the second stays one (`client::finalizer_outcome`).
+#[tokio::test]
+async fn a_failed_patch_test_is_told_apart_from_a_validation_error() {
+    use kubeconfig_authority::client::failed_test;
+    let plane = plane();
+    let ns = plane.namespace("patch-test").await;
+    let admin = plane.admin().await;
+    let api = Api::<Kubeconfig>::namespaced(admin.clone(), &ns);
+    apply(&admin, &ns, "pat", spec("pat", json!({}))).await;
+    let stale = json!([
+        {"op": "test", "path": "/metadata/finalizers", "value": ["someone/else"]},
+        {"op": "add", "path": "/metadata/finalizers/-", "value": "mine"},
+    ]);
+    let patch = |p: serde_json::Value| {
+        let api = api.clone();
+        async move {
+            match api
+                .patch(
+                    "pat",
+                    &PatchParams::default(),
+                    &Patch::<()>::Json(serde_json::from_value(p).unwrap()),
+                )
+                .await
+            {
+                Err(kube::Error::Api(status)) => *status,
+                other => panic!("expected a refusal: {other:?}"),
+            }
+        }
+    };
+    let status = patch(stale).await;
+    assert!(failed_test(&status), "a failed test: {status:?}");
+    let invalid = json!([{"op": "replace", "path": "/spec/validity", "value": "forever"}]);
+    let status = patch(invalid).await;
+    assert_eq!(status.code, 422, "{status:?}");
+    assert!(!failed_test(&status), "a validation error: {status:?}");
+}
+
 /// A new Secret is created without a read first (`client::create_applied`): by server-side
 /// apply, so that later applies own (and can drop) its fields, and never over a Secret that
 /// exists already.

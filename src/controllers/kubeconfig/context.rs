@@ -66,6 +66,8 @@ pub struct Context {
     pub flagged: Mutex<std::collections::HashSet<String>>,
     /// RSA keys generated ahead.
     pub keys: Arc<super::keys::KeyPool>,
+    /// The status last written to each Kubeconfig, until the watch brings it.
+    pub own_status: Arc<super::own_status::OwnStatus>,
     /// When each Ready Kubeconfig is looked at next.
     pub renewals: Arc<super::renewals::Renewals>,
 }

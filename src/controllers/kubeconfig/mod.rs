@@ -28,6 +28,7 @@ mod fixtures;
 pub mod issue;
 pub mod keys;
 pub mod orphans;
+pub mod own_status;
 pub mod policy;
 pub mod renewals;
 pub mod request;
@@ -79,6 +80,8 @@ pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action>
 pub const RECONCILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 async fn reconcile_once(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action> {
+    // Decided from the status last written, even before the watch brings it.
+    let kc = ctx.own_status.latest(kc);
     let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace);
     let span =

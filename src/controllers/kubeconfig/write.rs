@@ -206,9 +206,12 @@ pub async fn report(
         }
     }
     let patch = json!({"apiVersion": Kubeconfig::api_version(&()), "kind": Kubeconfig::kind(&()), "status": new_status});
-    client::apply_status::<Kubeconfig>(&ctx.client, Some(&namespace), &name, &patch)
+    let written = client::apply_status::<Kubeconfig>(&ctx.client, Some(&namespace), &name, &patch)
         .await
         .map_err(Error::kube("updating status"))?;
+    if let Some(uid) = kc.uid() {
+        ctx.own_status.record(&uid, new_status, written);
+    }
     if let Outcome::NotReady(problem) = outcome {
         warn!(reason = %problem.reason, "{}", problem.message);
         crate::metrics::Metrics::count(&ctx.metrics.failures, problem.reason.as_str());
