@@ -240,15 +240,10 @@ pub async fn apply(
         })
         .collect();
     let current = matches!(&wanted, Some(Ok(secret)) if is_current(secret));
-    // Not in the cache of managed Secrets: is an unmanaged one in the way? Then nothing is
-    // written, and nothing taken from the budget (a look that writes nothing spends nothing).
+    // An unmanaged Secret in the way: nothing is written, and nothing taken from the budget
+    // (a look that writes nothing spends nothing).
     let foreign = match &kept {
-        Some((ns, name)) if !current => {
-            let known = observed
-                .iter()
-                .any(|o| o.namespace == *ns && o.name == *name);
-            !known && ctx.foreign_secret(ns, name, uid).await?
-        }
+        Some((ns, name)) if !current => ctx.foreign_secret(&observed, ns, name, uid).await?,
         _ => false,
     };
     if !stale.is_empty() || (kept.is_some() && !current && !foreign) {

@@ -195,9 +195,22 @@ impl Context {
         Ok(true)
     }
 
-    /// Whether Secret `namespace/name` exists and was not made for the Kubeconfig `uid` (it
-    /// lacks its UID label): such a Secret is never overwritten.
-    pub async fn foreign_secret(&self, namespace: &str, name: &str, uid: &str) -> Result<bool> {
+    /// Whether Secret `namespace/name` is in the way of the Kubeconfig `uid`: not one of the
+    /// managed Secrets the cache holds for it (`observed`), and existing without its UID label.
+    /// Such a Secret is never overwritten.
+    pub async fn foreign_secret(
+        &self,
+        observed: &[Arc<managed::ManagedSecret>],
+        namespace: &str,
+        name: &str,
+        uid: &str,
+    ) -> Result<bool> {
+        if observed
+            .iter()
+            .any(|o| o.namespace == namespace && o.name == name)
+        {
+            return Ok(false);
+        }
         let live = Api::<Secret>::namespaced(self.client.clone(), namespace)
             .get_metadata_opt(name)
             .await

@@ -123,11 +123,7 @@ pub async fn apply_copies(
     let mut write = Vec::new();
     for copy in plan.write {
         let ns = copy.namespace().unwrap_or_default();
-        let known = observed
-            .iter()
-            .any(|o| o.namespace == ns && o.name == *name);
-        // Not in the cache of managed Secrets: is an unmanaged one in the way?
-        if !known && ctx.foreign_secret(&ns, name, uid).await? {
+        if ctx.foreign_secret(&observed, &ns, name, uid).await? {
             outcome.conflicts.push(ns);
         } else {
             write.push((ns, copy));
