@@ -122,12 +122,13 @@ impl Renewals {
     }
 
     /// How many Kubeconfigs wait.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.due.lock().map_or(0, |due| due.by_object.len())
     }
 
-    /// Whether none waits.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 

@@ -178,32 +178,11 @@ pub async fn report(
 ) -> Result<()> {
     let namespace = kc.namespace().unwrap_or_default();
     let name = kc.name_any();
-    let mut new_status = status::status(kc, outcome, outputs, target, now);
+    // `kc` carries the status this controller last wrote even before the watch brings it back
+    // (`own_status`): an unchanged status is not written again, and nothing is read first.
+    let new_status = status::status(kc, outcome, outputs, target, now);
     if kc.status.as_ref() == Some(&new_status) {
         return Ok(());
-    }
-    // The cached object may lag behind our last status write: compare with the live one,
-    // unless a first credential was just written to an object with no status yet (nothing
-    // live can say so already).
-    let first_issue = kc.status.is_none()
-        && matches!(
-            outcome,
-            Outcome::Ready {
-                written: Some(_),
-                ..
-            }
-        );
-    if !first_issue {
-        let live = Api::<Kubeconfig>::namespaced(ctx.client.clone(), &namespace)
-            .get_opt(&name)
-            .await
-            .map_err(Error::kube("reading the Kubeconfig"))?;
-        if let Some(live) = live {
-            new_status = status::status(&live, outcome, outputs, target, now);
-            if live.status.as_ref() == Some(&new_status) {
-                return Ok(());
-            }
-        }
     }
     let patch = json!({"apiVersion": Kubeconfig::api_version(&()), "kind": Kubeconfig::kind(&()), "status": new_status});
     let written = client::apply_status::<Kubeconfig>(&ctx.client, Some(&namespace), &name, &patch)
