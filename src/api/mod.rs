@@ -373,7 +373,8 @@ pub struct KubeconfigStatus {
     /// whoami` (the user's extra `authentication.kubernetes.io/credential-id`):
     /// `X509SHA256=<fingerprint>` for a certificate, `JTI=<token ID>` for a token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential_id: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub credential_id: Option<CredentialId>,
     /// The last value of the annotation `kubeconfig-authority.dev/renew-requested-at` that
     /// was acted on (a renewal was forced for it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -389,6 +390,82 @@ pub struct KubeconfigStatus {
     /// changes or goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Box<KeyRef>>,
+}
+
+/// How the API server names a credential in audit logs and in `kubectl auth whoami`:
+/// `X509SHA256=<fingerprint>` (lower-case hex) for a certificate, `JTI=<token ID>` for a token.
+/// It reads and writes as that text; a certificate's is kept as the 32 bytes of its
+/// fingerprint, not 75 characters (twice per Kubeconfig in the controller's caches: the status
+/// and the managed Secret's record).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum CredentialId {
+    /// Not known (records of older versions).
+    #[default]
+    Unknown,
+    Certificate([u8; 32]),
+    Other(String),
+}
+
+const CERTIFICATE_ID_PREFIX: &str = "X509SHA256=";
+
+impl CredentialId {
+    pub fn is_unknown(&self) -> bool {
+        *self == Self::Unknown
+    }
+}
+
+impl From<String> for CredentialId {
+    fn from(text: String) -> Self {
+        let fingerprint = text
+            .strip_prefix(CERTIFICATE_ID_PREFIX)
+            .filter(|hex| {
+                hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            })
+            .map(|hex| {
+                let mut bytes = [0u8; 32];
+                for (byte, pair) in bytes.iter_mut().zip(hex.as_bytes().chunks(2)) {
+                    let digit = |b: u8| {
+                        if b.is_ascii_digit() {
+                            b - b'0'
+                        } else {
+                            b - b'a' + 10
+                        }
+                    };
+                    *byte = digit(pair[0]) << 4 | digit(pair[1]);
+                }
+                bytes
+            });
+        match fingerprint {
+            Some(bytes) => Self::Certificate(bytes),
+            None if text.is_empty() => Self::Unknown,
+            None => Self::Other(text),
+        }
+    }
+}
+
+impl std::fmt::Display for CredentialId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unknown => Ok(()),
+            Self::Certificate(bytes) => {
+                f.write_str(CERTIFICATE_ID_PREFIX)?;
+                bytes.iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+            Self::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl Serialize for CredentialId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CredentialId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::from)
+    }
 }
 
 /// Where kubeconfigs point and how identities are proven. Namespaced: usable by the
@@ -714,5 +791,32 @@ mod tests {
     fn a_cached_kubeconfig_fits_the_896_byte_size_class() {
         let size = std::mem::size_of::<super::Kubeconfig>() + 2 * std::mem::size_of::<usize>();
         assert!(size <= 896, "a cached Kubeconfig takes {size} bytes");
+    }
+
+    #[test]
+    fn a_credential_id_reads_and_writes_as_its_text() {
+        use super::CredentialId;
+        let fingerprint = format!("X509SHA256={}", "0123456789abcdef".repeat(4));
+        for (text, kept_as_bytes) in [
+            (fingerprint.as_str(), true),
+            ("JTI=2f6e3c1a-7d5b-4b8e-9c1d-0a1b2c3d4e5f", false),
+            // Not what the API server writes (upper case, short): kept as it came.
+            (
+                "X509SHA256=0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+                false,
+            ),
+            ("X509SHA256=0123", false),
+            ("", false),
+        ] {
+            let id: CredentialId = serde_json::from_value(serde_json::json!(text)).unwrap();
+            assert_eq!(
+                matches!(id, CredentialId::Certificate(_)),
+                kept_as_bytes,
+                "{text}"
+            );
+            assert_eq!(serde_json::to_value(&id).unwrap(), serde_json::json!(text));
+            assert_eq!(id.to_string(), text);
+        }
+        assert!(CredentialId::from(String::new()).is_unknown());
     }
 }

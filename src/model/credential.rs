@@ -5,6 +5,8 @@ use kubeconfig_authority_pki::CertificateInfo;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::api::CredentialId;
+
 /// What a Secret holds, as far as renewal and status care. Recorded on the Secret as JSON in
 /// `kubeconfig-authority.dev/credential`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,8 +30,8 @@ pub struct Held {
     pub issued_at: Option<OffsetDateTime>,
     /// What the API server names the credential by in audit logs and `kubectl auth whoami`:
     /// `X509SHA256=<fingerprint>` or `JTI=<token ID>`. Absent in records of older versions.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub credential_id: String,
+    #[serde(default, skip_serializing_if = "CredentialId::is_unknown")]
+    pub credential_id: CredentialId,
 }
 
 impl Held {
@@ -57,19 +59,19 @@ impl From<CertificateInfo> for Held {
             not_after: info.not_after,
             is_token: false,
             issued_at: None,
-            credential_id: info.credential_id,
+            credential_id: info.credential_id.into(),
         }
     }
 }
 
 /// The credential ID of a PEM certificate (see [`kubeconfig_authority_pki::credential_id`]);
-/// empty if it cannot be read.
-pub fn certificate_id(pem: &str) -> String {
+/// unknown if it cannot be read.
+pub fn certificate_id(pem: &str) -> CredentialId {
     kubeconfig_authority_pki::parse_certificates(pem)
         .ok()
         .and_then(|ders| {
             ders.first()
-                .map(|der| kubeconfig_authority_pki::credential_id(der))
+                .map(|der| kubeconfig_authority_pki::credential_id(der).into())
         })
         .unwrap_or_default()
 }
@@ -90,9 +92,9 @@ pub fn token_held(token: &str) -> Option<Held> {
     let jti = claims["jti"].as_str().unwrap_or_default().to_string();
     Some(Held {
         credential_id: if jti.is_empty() {
-            String::new()
+            CredentialId::Unknown
         } else {
-            format!("JTI={jti}")
+            CredentialId::Other(format!("JTI={jti}"))
         },
         id: jti,
         not_before: time("nbf").or_else(|| time("iat"))?,

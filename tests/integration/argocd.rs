@@ -148,7 +148,12 @@ async fn argo_cd_loads_the_registered_cluster_and_works_with_it() {
             .await
         }
     };
-    let first = seen(kc.status.as_ref().and_then(|s| s.credential_id.clone())).await;
+    let first = seen(
+        kc.status
+            .as_ref()
+            .and_then(|s| s.credential_id.as_ref().map(ToString::to_string)),
+    )
+    .await;
     assert_eq!(first["review"], "ok", "{first}");
     assert_eq!(first["user"], "deployer");
     assert_eq!(first["server"], plane.server.trim_end_matches('/'));
@@ -184,8 +189,16 @@ async fn argo_cd_loads_the_registered_cluster_and_works_with_it() {
         let (admin, ns, before) = (admin.clone(), ns.clone(), kc.status.clone());
         async move {
             let kc = wait_ready(&admin, &ns, "deployer").await;
-            let now = kc.status.as_ref().and_then(|s| s.credential_id.clone());
-            if now.is_some() && now != before.and_then(|s| s.credential_id) {
+            let now = kc
+                .status
+                .as_ref()
+                .and_then(|s| s.credential_id.as_ref().map(ToString::to_string));
+            if now.is_some()
+                && now
+                    != before
+                        .and_then(|s| s.credential_id)
+                        .map(|id| id.to_string())
+            {
                 Ok(now)
             } else {
                 Err("not renewed yet".to_string())

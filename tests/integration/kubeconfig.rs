@@ -875,7 +875,11 @@ async fn renewal_on_request_and_the_credential_id_of_the_audit_log() {
     let (admin, ns) = setup("renew", &plane.ca).await;
     apply(&admin, &ns, "rita", spec("rita", json!({}))).await;
     let status = wait_ready(&admin, &ns, "rita").await.status.unwrap();
-    let id = status.credential_id.clone().expect("status.credentialId");
+    let id = status
+        .credential_id
+        .clone()
+        .expect("status.credentialId")
+        .to_string();
     assert!(id.starts_with("X509SHA256="), "{id}");
     let yaml = kubeconfig_of(&admin, &ns, "rita-kubeconfig").await;
     let review = Api::<SelfSubjectReview>::all(client_from_kubeconfig(&yaml).await)

@@ -679,7 +679,11 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
         .unwrap_or_default();
     assert_eq!(
         id,
-        robot_status.credential_id.into_iter().collect::<Vec<_>>()
+        robot_status
+            .credential_id
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
     );
     assert!(id[0].starts_with("JTI="), "{id:?}");
     // Rotated on request: a new token from B, which works.

@@ -157,7 +157,7 @@ pub fn status(
             status.not_after = Some(to_time(held.not_after));
             status.renewal_time = Some(to_time(*renew_at));
             // Records of older versions lack it: what the status had stays then.
-            if !held.credential_id.is_empty() {
+            if !held.credential_id.is_unknown() {
                 status.credential_id = Some(held.credential_id.clone());
             }
         }
@@ -419,7 +419,7 @@ mod tests {
             not_after: now + Duration::from_secs(7200),
             is_token: false,
             issued_at: Some(now),
-            credential_id: String::new(),
+            credential_id: Default::default(),
         };
         let ready = |renew_in: u64| Outcome::Ready {
             held: held.clone(),
