@@ -349,19 +349,43 @@ where
     let events = reflector::reflector(
         writer,
         futures::TryStreamExt::map_ok(watch(api, config, name, watches), move |event| {
-            let event = match event {
-                watcher::Event::Apply(o) => watcher::Event::Apply(cache(o)),
-                watcher::Event::Delete(o) => watcher::Event::Delete(cache(o)),
-                watcher::Event::InitApply(o) => watcher::Event::InitApply(cache(o)),
-                watcher::Event::Init => watcher::Event::Init,
-                watcher::Event::InitDone => watcher::Event::InitDone,
-            };
+            let event = summarized(event, &mut cache);
             seen(&event);
             event
         }),
     )
     .touched_objects();
     (store, events)
+}
+
+/// The watch of the managed Secrets, into `secrets` (each turned into its summary), and the
+/// stream of the Secrets it saw change (deletions included) that triggers reconciles.
+pub fn reflect_managed(
+    watches: &Arc<Watches>,
+    api: Api<k8s_openapi::api::core::v1::Secret>,
+    config: watcher::Config,
+    secrets: Arc<crate::model::managed::ManagedSecrets>,
+) -> impl futures::Stream<Item = Result<Arc<crate::model::managed::ManagedSecret>, watcher::Error>>
++ Send
++ 'static {
+    use crate::model::managed::ManagedSecret;
+    watch(api, config, "managed Secrets", watches).filter_map(move |event| {
+        futures::future::ready(match event {
+            Ok(event) => secrets.saw(summarized(event, ManagedSecret::from)).map(Ok),
+            Err(e) => Some(Err(e)),
+        })
+    })
+}
+
+/// An event with its object turned into what a cache keeps of it.
+fn summarized<K, T>(event: watcher::Event<K>, mut cached: impl FnMut(K) -> T) -> watcher::Event<T> {
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(cached(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(cached(o)),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(cached(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
 }
 
 /// Waits until a store has been filled once. A waiter registered before the fill is not

@@ -3,20 +3,15 @@
 //! metadata of `k8s-openapi`'s types, would be most of the controller's memory (`make bench`).
 
 use std::{
-    borrow::Cow,
-    collections::{BTreeMap, BTreeSet, HashMap},
-    sync::{Arc, Mutex},
+    collections::{BTreeMap, HashMap},
+    hash::BuildHasher,
+    sync::{Arc, Mutex, RwLock},
 };
 
 use base64::Engine;
+use hashbrown::HashTable;
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::{
-    ResourceExt,
-    runtime::{
-        reflector::{Lookup, ObjectRef},
-        watcher,
-    },
-};
+use kube::{ResourceExt, runtime::watcher};
 use kubeconfig_authority_pki::{inspect_certificate, kubeconfig as kc_file, parse_certificates};
 use uuid::Uuid;
 
@@ -37,9 +32,9 @@ pub struct ManagedSecret {
     pub kubeconfig: Option<String>,
     /// Its Kubeconfig's UID (label).
     pub kubeconfig_uid: Option<Uuid>,
-    pub inputs_digest: Option<String>,
+    pub inputs_digest: Option<Digest>,
     /// The data digest the controller wrote.
-    pub data_digest: Option<String>,
+    pub data_digest: Option<Digest>,
     /// The data (and credential record) still match that digest: nobody edited them.
     pub intact: bool,
     /// The credential it holds, as recorded when written.
@@ -58,7 +53,9 @@ impl ManagedSecret {
         let record = annotations.get(CREDENTIAL_ANNOTATION);
         let empty = BTreeMap::new();
         let data = secret.data.as_ref().unwrap_or(&empty);
-        let data_digest = annotations.get(DATA_ANNOTATION).cloned();
+        let data_digest = annotations
+            .get(DATA_ANNOTATION)
+            .and_then(|d| Digest::parse(d));
         let held = match record {
             Some(record) => serde_json::from_str(record).ok(),
             None => read_key.and_then(|key| data.get(key)).and_then(held_under),
@@ -76,9 +73,10 @@ impl ManagedSecret {
                 .labels()
                 .get(KUBECONFIG_UID_LABEL)
                 .and_then(|u| uid(u)),
-            inputs_digest: annotations.get(INPUTS_ANNOTATION).cloned(),
-            intact: data_digest.as_deref()
-                == Some(digest_of(data, record.map(String::as_str)).as_str()),
+            inputs_digest: annotations
+                .get(INPUTS_ANNOTATION)
+                .and_then(|d| Digest::parse(d)),
+            intact: data_digest.is_some_and(|d| d.is(&digest_of(data, record.map(String::as_str)))),
             data_digest,
             held,
             argo_cd: secret
@@ -110,43 +108,6 @@ impl From<Secret> for ManagedSecret {
     }
 }
 
-impl Lookup for ManagedSecret {
-    type DynamicType = ();
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Secret".into()
-    }
-
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
-    }
-
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-
-    fn plural(_: &()) -> Cow<'_, str> {
-        "secrets".into()
-    }
-
-    fn name(&self) -> Option<Cow<'_, str>> {
-        Some(self.name.as_str().into())
-    }
-
-    fn namespace(&self) -> Option<Cow<'_, str>> {
-        Some(self.namespace.as_str().into())
-    }
-
-    /// None: the cache's key need not repeat it.
-    fn resource_version(&self) -> Option<Cow<'_, str>> {
-        None
-    }
-
-    fn uid(&self) -> Option<Cow<'_, str>> {
-        None
-    }
-}
-
 /// The resourceVersion of each managed Secret as the controller last wrote it. The watch
 /// event of the controller's own write is no news: it brings nothing back (at ten thousand
 /// Kubeconfigs that second reconcile per issuance was a tenth of the controller's CPU,
@@ -173,78 +134,164 @@ impl OwnWrites {
     }
 }
 
-/// The managed Secrets by the UID of their Kubeconfig (its Secret, its copies, its Argo CD
-/// cluster Secret). Every reconcile asks for its own; a scan of every managed Secret per
-/// reconcile was a tenth of the controller's CPU at ten thousand Kubeconfigs (`make bench`).
-/// It follows the watch's events as the cache does (a relist builds it anew), and a lookup
-/// takes each Secret from the cache. One sorted set of (Kubeconfig UID, namespace, name):
-/// a map of sets took about 550 bytes per Kubeconfig, most of the index.
-#[derive(Default)]
-pub struct ByKubeconfig(Mutex<Index>);
-
-type Refs = BTreeSet<(Uuid, String, String)>;
-
-#[derive(Default)]
-struct Index {
-    current: Refs,
-    /// Filled during a relist, in place of `current` once it completes.
-    relisting: Option<Refs>,
+/// The managed Secrets as their watch shows them, found by namespace and name or by the UID of
+/// their Kubeconfig (its Secret, its copies, its Argo CD cluster Secret): every reconcile asks
+/// for its own, and a scan per reconcile was a tenth of the controller's CPU at ten thousand
+/// Kubeconfigs (`make bench`).
+///
+/// Each Secret is kept once, and both ways of finding it hold only a pointer to it. kube-runtime's
+/// store keyed each object by a reference of four strings, and an index beside it repeated the
+/// namespace and name: together 430 bytes per Kubeconfig, more than the summary itself (100,000
+/// Kubeconfigs in `make bench`). A relist fills a new set, which replaces the old one whole when
+/// the list completes: what went while the watch was down goes with it.
+pub struct ManagedSecrets {
+    state: RwLock<State>,
+    /// Whether the watch has listed once.
+    filled: tokio::sync::watch::Sender<bool>,
 }
 
-impl ByKubeconfig {
-    /// Follows one event of the managed Secrets' watch.
-    pub fn saw(&self, event: &watcher::Event<ManagedSecret>) {
-        let Ok(mut index) = self.0.lock() else {
+#[derive(Default)]
+struct State {
+    current: Secrets,
+    relisting: Option<Secrets>,
+}
+
+/// Two tables of pointers: by the hash of namespace and name (one Secret each), and by the
+/// hash of the Kubeconfig UID (as many as it has).
+#[derive(Default)]
+struct Secrets {
+    by_name: HashTable<Arc<ManagedSecret>>,
+    by_kubeconfig: HashTable<Arc<ManagedSecret>>,
+}
+
+impl Default for ManagedSecrets {
+    fn default() -> Self {
+        Self {
+            state: RwLock::default(),
+            filled: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+/// The hashes the tables use; the same for every run of a table, never seen outside it.
+fn hash(key: impl std::hash::Hash) -> u64 {
+    static HASHER: std::sync::LazyLock<std::hash::RandomState> =
+        std::sync::LazyLock::new(std::hash::RandomState::new);
+    HASHER.hash_one(key)
+}
+
+fn name_hash(s: &ManagedSecret) -> u64 {
+    hash((s.namespace.as_str(), s.name.as_str()))
+}
+
+/// Only a Secret with a Kubeconfig UID is in `by_kubeconfig`.
+fn uid_hash(s: &ManagedSecret) -> u64 {
+    hash(s.kubeconfig_uid)
+}
+
+impl Secrets {
+    fn get(&self, namespace: &str, name: &str) -> Option<&Arc<ManagedSecret>> {
+        self.by_name.find(hash((namespace, name)), |s| {
+            s.namespace == namespace && s.name == name
+        })
+    }
+
+    fn of(&self, uid: Uuid) -> impl Iterator<Item = &Arc<ManagedSecret>> {
+        self.by_kubeconfig
+            .iter_hash(hash(Some(uid)))
+            .filter(move |s| s.kubeconfig_uid == Some(uid))
+    }
+
+    fn insert(&mut self, secret: Arc<ManagedSecret>) {
+        self.remove(&secret.namespace, &secret.name);
+        if secret.kubeconfig_uid.is_some() {
+            self.by_kubeconfig
+                .insert_unique(uid_hash(&secret), secret.clone(), |s| uid_hash(s));
+        }
+        self.by_name
+            .insert_unique(name_hash(&secret), secret, |s| name_hash(s));
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) {
+        let Ok(entry) = self.by_name.find_entry(hash((namespace, name)), |s| {
+            s.namespace == namespace && s.name == name
+        }) else {
             return;
         };
-        let key = |s: &ManagedSecret| {
-            s.kubeconfig_uid
-                .map(|uid| (uid, s.namespace.clone(), s.name.clone()))
+        let (gone, _) = entry.remove();
+        if let Ok(entry) = self
+            .by_kubeconfig
+            .find_entry(uid_hash(&gone), |s| Arc::ptr_eq(s, &gone))
+        {
+            entry.remove();
+        }
+    }
+}
+
+impl ManagedSecrets {
+    /// Takes one event of the managed Secrets' watch; gives what a trigger needs of it.
+    pub fn saw(&self, event: watcher::Event<ManagedSecret>) -> Option<Arc<ManagedSecret>> {
+        let Ok(mut state) = self.state.write() else {
+            return None;
         };
         match event {
-            watcher::Event::Init => index.relisting = Some(Refs::new()),
+            watcher::Event::Init => {
+                state.relisting = Some(Secrets::default());
+                None
+            }
             watcher::Event::InitApply(s) => {
-                if let (Some(key), Some(refs)) = (key(s), index.relisting.as_mut()) {
-                    refs.insert(key);
+                let s = Arc::new(s);
+                if let Some(relisting) = state.relisting.as_mut() {
+                    relisting.insert(s.clone());
                 }
+                Some(s)
             }
             watcher::Event::InitDone => {
-                if let Some(refs) = index.relisting.take() {
-                    index.current = refs;
+                if let Some(secrets) = state.relisting.take() {
+                    state.current = secrets;
                 }
+                self.filled.send_replace(true);
+                None
             }
             watcher::Event::Apply(s) => {
-                if let Some(key) = key(s) {
-                    index.current.insert(key);
-                }
+                let s = Arc::new(s);
+                state.current.insert(s.clone());
+                Some(s)
             }
             watcher::Event::Delete(s) => {
-                if let Some(key) = key(s) {
-                    index.current.remove(&key);
-                }
+                state.current.remove(&s.namespace, &s.name);
+                Some(Arc::new(s))
             }
         }
     }
 
-    /// The Secrets of the Kubeconfig `uid` that `keep` selects, as `cached` (the cache)
-    /// holds them now.
-    pub fn of(
-        &self,
-        uid: &str,
-        cached: impl Fn(&ObjectRef<ManagedSecret>) -> Option<Arc<ManagedSecret>>,
-        keep: impl Fn(&ManagedSecret) -> bool,
-    ) -> Vec<Arc<ManagedSecret>> {
-        let (Some(uid), Ok(index)) = (self::uid(uid), self.0.lock()) else {
+    /// The managed Secret `namespace/name`.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<ManagedSecret>> {
+        let state = self.state.read().ok()?;
+        state.current.get(namespace, name).cloned()
+    }
+
+    /// The Secrets of the Kubeconfig `uid` that `keep` selects.
+    pub fn of(&self, uid: &str, keep: impl Fn(&ManagedSecret) -> bool) -> Vec<Arc<ManagedSecret>> {
+        let (Some(uid), Ok(state)) = (self::uid(uid), self.state.read()) else {
             return Vec::new();
         };
-        let from = (uid, String::new(), String::new());
-        index
-            .current
-            .range(from..)
-            .take_while(|(u, _, _)| *u == uid)
-            .filter_map(|(_, namespace, name)| cached(&ObjectRef::new(name).within(namespace)))
-            .filter(|s| s.kubeconfig_uid == Some(uid) && keep(s))
-            .collect()
+        state.current.of(uid).filter(|s| keep(s)).cloned().collect()
+    }
+
+    /// Every managed Secret.
+    pub fn all(&self) -> Vec<Arc<ManagedSecret>> {
+        self.state
+            .read()
+            .map(|state| state.current.by_name.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the watch has listed once.
+    pub async fn filled(&self) {
+        let mut filled = self.filled.subscribe();
+        // An error means the sender is gone: the controller is shutting down.
+        let _ = filled.wait_for(|filled| *filled).await;
     }
 }
 
@@ -267,7 +314,30 @@ pub fn digest_of(data: &BTreeMap<String, ByteString>, record: Option<&str>) -> S
 /// A short SHA-256 digest, URL-safe base64.
 pub fn digest(bytes: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..18])
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..DIGEST_LEN])
+}
+
+const DIGEST_LEN: usize = 18;
+
+/// A [`digest`] as the cache keeps it: its 18 bytes, not their 24 characters (two per managed
+/// Secret).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest([u8; DIGEST_LEN]);
+
+impl Digest {
+    /// The digest `text` spells, if it spells one (an annotation can hold anything).
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut bytes = [0; DIGEST_LEN];
+        match base64::engine::general_purpose::URL_SAFE_NO_PAD.decode_slice(text, &mut bytes) {
+            Ok(DIGEST_LEN) if text.len() == 24 => Some(Self(bytes)),
+            _ => None,
+        }
+    }
+
+    /// Whether `text` spells this digest.
+    pub fn is(&self, text: &str) -> bool {
+        Self::parse(text) == Some(*self)
+    }
 }
 
 /// The credential of the kubeconfig in one value of a Secret.
@@ -314,7 +384,6 @@ mod tests {
     const U1: &str = "00000000-0000-4000-8000-000000000001";
     const U2: &str = "00000000-0000-4000-8000-000000000002";
     const U3: &str = "00000000-0000-4000-8000-000000000003";
-    const U9: &str = "00000000-0000-4000-8000-000000000009";
 
     fn owned(namespace: &str, name: &str, uid: &str) -> ManagedSecret {
         let secret: Secret = serde_json::from_value(serde_json::json!({
@@ -326,18 +395,11 @@ mod tests {
     }
 
     #[test]
-    fn the_index_by_kubeconfig_follows_the_watch_and_answers_from_the_cache() {
-        let index = ByKubeconfig::default();
-        let cache: std::cell::RefCell<HashMap<ObjectRef<ManagedSecret>, Arc<ManagedSecret>>> =
-            Default::default();
-        let put = |s: ManagedSecret| {
-            cache
-                .borrow_mut()
-                .insert(ObjectRef::new(&s.name).within(&s.namespace), Arc::new(s));
-        };
+    fn managed_secrets_follow_the_watch_by_name_and_by_kubeconfig() {
+        let secrets = ManagedSecrets::default();
         let names = |uid: &str, keep: &dyn Fn(&ManagedSecret) -> bool| {
-            let mut names: Vec<String> = index
-                .of(uid, |r| cache.borrow().get(r).cloned(), keep)
+            let mut names: Vec<String> = secrets
+                .of(uid, keep)
                 .iter()
                 .map(|s| format!("{}/{}", s.namespace, s.name))
                 .collect();
@@ -349,35 +411,77 @@ mod tests {
             owned("b", "kc", U1),
             owned("a", "other", U2),
         ] {
-            put(s.clone());
-            index.saw(&watcher::Event::Apply(s));
+            secrets.saw(watcher::Event::Apply(s));
         }
         assert_eq!(names(U1, &|_| true), ["a/kc", "b/kc"]);
         assert_eq!(names(U1, &|s| s.namespace != "a"), ["b/kc"]);
         assert!(names(U3, &|_| true).is_empty());
-        // A deletion leaves the index.
-        index.saw(&watcher::Event::Delete(owned("b", "kc", U1)));
+        assert_eq!(
+            secrets.get("b", "kc").map(|s| s.kubeconfig_uid),
+            Some(uid(U1))
+        );
+        assert!(secrets.get("b", "other").is_none());
+        // A deletion leaves both.
+        secrets.saw(watcher::Event::Delete(owned("b", "kc", U1)));
         assert_eq!(names(U1, &|_| true), ["a/kc"]);
-        // A relist replaces it whole: what went while the watch was down goes with it.
-        index.saw(&watcher::Event::Init);
-        index.saw(&watcher::Event::InitApply(owned("a", "other", U2)));
+        assert!(secrets.get("b", "kc").is_none());
+        // A Secret that changes Kubeconfig moves: the old one no longer finds it.
+        secrets.saw(watcher::Event::Apply(owned("a", "other", U3)));
+        assert!(names(U2, &|_| true).is_empty());
+        assert_eq!(names(U3, &|_| true), ["a/other"]);
+        // A relist replaces the set whole: what went while the watch was down goes with it.
+        secrets.saw(watcher::Event::Init);
+        secrets.saw(watcher::Event::InitApply(owned("a", "other", U2)));
         assert_eq!(
             names(U1, &|_| true),
             ["a/kc"],
-            "the old index serves until the list ends"
+            "the old set serves until the list ends"
         );
-        index.saw(&watcher::Event::InitDone);
+        secrets.saw(watcher::Event::InitDone);
         assert!(names(U1, &|_| true).is_empty());
+        assert!(secrets.get("a", "kc").is_none());
         assert_eq!(names(U2, &|_| true), ["a/other"]);
-        // The cache is the truth: an indexed Secret it no longer holds, or holds for another
-        // Kubeconfig, is not answered.
-        put(owned("a", "other", U9));
-        assert!(names(U2, &|_| true).is_empty());
+        assert_eq!(secrets.all().len(), 1);
         // A label that is no UUID matches no Kubeconfig, not even one of that "UID".
         let odd = owned("a", "odd", "not-a-uid");
         assert_eq!(odd.kubeconfig_uid, None);
-        index.saw(&watcher::Event::Apply(odd.clone()));
-        put(odd);
+        secrets.saw(watcher::Event::Apply(odd));
         assert!(names("not-a-uid", &|_| true).is_empty());
+        assert!(secrets.get("a", "odd").is_some());
+    }
+
+    #[tokio::test]
+    async fn managed_secrets_are_filled_by_the_first_complete_list() {
+        let secrets = Arc::new(ManagedSecrets::default());
+        let waiting = tokio::spawn({
+            let secrets = secrets.clone();
+            async move { secrets.filled().await }
+        });
+        secrets.saw(watcher::Event::Init);
+        secrets.saw(watcher::Event::InitApply(owned("a", "kc", U1)));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "filled before the list ended");
+        secrets.saw(watcher::Event::InitDone);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("filled when the list ended")
+            .unwrap();
+    }
+
+    #[test]
+    fn a_digest_is_kept_as_its_bytes_and_anything_else_as_none() {
+        let text = digest(b"data");
+        let kept = Digest::parse(&text).expect("a digest");
+        assert!(kept.is(&text));
+        assert!(!kept.is(&digest(b"other data")));
+        for odd in [
+            "",
+            "not a digest",
+            &text[1..],
+            &format!("{text}A"),
+            "!!!!!!!!!!!!!!!!!!!!!!!!",
+        ] {
+            assert_eq!(Digest::parse(odd), None, "{odd}");
+        }
     }
 }

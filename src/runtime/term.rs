@@ -29,7 +29,7 @@ use crate::{
     },
     client::{
         cluster::Cluster,
-        watch::{self, Watches, keep, reflect, reflect_seen, watch},
+        watch::{self, Watches, keep, reflect, reflect_managed, reflect_seen, watch},
     },
     controllers::{
         generator,
@@ -41,10 +41,7 @@ use crate::{
         },
         onboarding,
     },
-    model::{
-        Error, authority, labels,
-        managed::{ByKubeconfig, ManagedSecret},
-    },
+    model::{Error, authority, labels, managed::ManagedSecrets},
 };
 
 use super::{
@@ -100,18 +97,13 @@ impl Term<'_> {
 
         // The cache keeps a summary of each managed Secret's data, not the data, and an
         // index of them by Kubeconfig.
-        let secrets_by_kubeconfig = Arc::new(ByKubeconfig::default());
-        let (secrets, secret_events) = {
-            let index = secrets_by_kubeconfig.clone();
-            reflect_seen(
-                watches,
-                "managed Secrets",
-                Api::<Secret>::all(client.clone()),
-                managed.clone(),
-                ManagedSecret::from,
-                move |event| index.saw(event),
-            )
-        };
+        let secrets = Arc::new(ManagedSecrets::default());
+        let secret_events = reflect_managed(
+            watches,
+            Api::<Secret>::all(client.clone()),
+            managed.clone(),
+            secrets.clone(),
+        );
         let (crbs, crb_events) = reflect(
             watches,
             "ClusterRoleBindings",
@@ -226,7 +218,6 @@ impl Term<'_> {
             authorities: authorities.clone(),
             cluster_authorities: cluster_authorities.clone(),
             secrets: secrets.clone(),
-            secrets_by_kubeconfig: secrets_by_kubeconfig.clone(),
             local: Arc::new(Cluster {
                 client: client.clone(),
                 cluster_role_bindings: crbs,

@@ -205,7 +205,7 @@ pub async fn apply(
         observed.iter().any(|o| {
             o.namespace == secret.namespace().unwrap_or_default()
                 && o.name == secret.name_any()
-                && o.data_digest.as_ref() == digest
+                && o.data_digest == digest.and_then(|d| managed::Digest::parse(d))
                 && o.intact
         })
     };

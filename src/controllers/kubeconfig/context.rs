@@ -39,10 +39,9 @@ pub struct Context {
     pub kubeconfigs: Store<Kubeconfig>,
     pub authorities: Store<Authority>,
     pub cluster_authorities: Store<ClusterAuthority>,
-    /// Secrets labelled as managed by this controller, without their data.
-    pub secrets: Store<managed::ManagedSecret>,
-    /// The managed Secrets by Kubeconfig UID (see [`Context::secrets_of`]).
-    pub secrets_by_kubeconfig: Arc<managed::ByKubeconfig>,
+    /// Secrets labelled as managed by this controller, without their data, by name and by
+    /// Kubeconfig UID (see [`Context::secrets_of`]).
+    pub secrets: Arc<managed::ManagedSecrets>,
     /// The controller's own cluster: where bindings go unless an authority names a target.
     pub local: Arc<Cluster>,
     /// The authorities' target clusters.
@@ -112,8 +111,7 @@ impl Context {
         uid: &str,
         keep: impl Fn(&managed::ManagedSecret) -> bool,
     ) -> Vec<Arc<managed::ManagedSecret>> {
-        self.secrets_by_kubeconfig
-            .of(uid, |r| self.secrets.get(r), keep)
+        self.secrets.of(uid, keep)
     }
 
     /// Takes one write of `what` from the Kubeconfig's budget, or says (as an error the error
@@ -224,7 +222,7 @@ impl Context {
     pub async fn caches_ready(&self) {
         filled(&self.authorities).await;
         filled(&self.cluster_authorities).await;
-        filled(&self.secrets).await;
+        self.secrets.filled().await;
         self.local.filled().await;
         filled(&self.namespaces).await;
         filled(&self.secret_metadata).await;

@@ -177,7 +177,7 @@ pub fn plan_copies(
     let digest = managed::digest_of(data, None);
     for ns in targets {
         let current = observed.iter().any(|o| {
-            o.namespace == *ns && o.name == *name && o.data_digest.as_ref() == Some(&digest)
+            o.namespace == *ns && o.name == *name && o.data_digest.is_some_and(|d| d.is(&digest))
         });
         if current {
             plan.current += 1;

@@ -56,7 +56,7 @@ fn cached(ctx: &Context, candidate: &Candidate) -> Option<(String, Option<String
             from(r.labels(), r.annotations())
         }
         Candidate::Copy(ns, name) => {
-            let s = ctx.secrets.get(&ObjectRef::new(name).within(ns))?;
+            let s = ctx.secrets.get(ns, name)?;
             let owner = s.kubeconfig.clone()?;
             // The Kubeconfig's own Secret is the garbage collector's (ownerReference).
             if owner
@@ -76,7 +76,7 @@ pub fn all(ctx: &Context) -> Vec<Candidate> {
     let crbs = ctx.local.cluster_role_bindings.state();
     let rbs = ctx.local.role_bindings.state();
     let roles = ctx.local.roles.state();
-    let secrets = ctx.secrets.state();
+    let secrets = ctx.secrets.all();
     crbs.iter()
         .map(|b| Candidate::ClusterRoleBinding(b.name_any()))
         .chain(

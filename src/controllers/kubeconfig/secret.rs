@@ -91,7 +91,10 @@ pub fn plan_secret(
             ),
         ));
     }
-    if secret.inputs_digest.as_ref() != Some(&desired.inputs_digest) {
+    if !secret
+        .inputs_digest
+        .is_some_and(|d| d.is(&desired.inputs_digest))
+    {
         return SecretPlan::Write(
             WriteReason::Reissue,
             "the spec, the authority or its CA changed".into(),

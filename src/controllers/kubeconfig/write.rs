@@ -93,9 +93,7 @@ pub async fn credential(
         return Ok((outcome, data));
     };
     let namespace = kc.namespace().unwrap_or_default();
-    let cached = ctx
-        .secrets
-        .get(&ObjectRef::new(&kc.spec.secret_ref.name).within(&namespace));
+    let cached = ctx.secrets.get(&namespace, &kc.spec.secret_ref.name);
     let cluster = cluster.ok();
     match status::still_valid(kc, uid, problem, cached.as_deref(), now) {
         Ok(kept) => {
@@ -217,9 +215,7 @@ pub async fn apply_secret(
 ) -> Result<(Outcome, Option<SecretData>)> {
     let namespace = kc.namespace().unwrap_or_default();
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
-    let cached = ctx
-        .secrets
-        .get(&ObjectRef::new(&desired.secret_name).within(&namespace));
+    let cached = ctx.secrets.get(&namespace, &desired.secret_name);
     // A Secret that neither cache has seen is almost always not there yet. A certificate
     // signed here (nothing asked of an API server) is then written without a read first, by a
     // create that leaves an existing Secret alone; only if one is there after all is it read
@@ -388,7 +384,7 @@ pub async fn withdraw(
     let name = &kc.spec.secret_ref.name;
     let ours = ctx
         .secrets
-        .get(&ObjectRef::new(name).within(&namespace))
+        .get(&namespace, name)
         .is_some_and(|s| crate::model::managed::is_uid(s.controller_uid, uid));
     if ours {
         info!(secret = %name, "removing the Secret of a Kubeconfig that is not Ready");
