@@ -287,11 +287,9 @@ impl ManagedSecrets {
             .unwrap_or_default()
     }
 
-    /// Waits until the watch has listed once.
-    pub async fn filled(&self) {
-        let mut filled = self.filled.subscribe();
-        // An error means the sender is gone: the controller is shutting down.
-        let _ = filled.wait_for(|filled| *filled).await;
+    /// Whether the watch has listed once: a reconcile waits for it (`Context::caches_ready`).
+    pub fn filled(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.filled.subscribe()
     }
 }
 
@@ -450,22 +448,15 @@ mod tests {
         assert!(secrets.get("a", "odd").is_some());
     }
 
-    #[tokio::test]
-    async fn managed_secrets_are_filled_by_the_first_complete_list() {
-        let secrets = Arc::new(ManagedSecrets::default());
-        let waiting = tokio::spawn({
-            let secrets = secrets.clone();
-            async move { secrets.filled().await }
-        });
+    #[test]
+    fn managed_secrets_are_filled_by_the_first_complete_list() {
+        let secrets = ManagedSecrets::default();
+        let filled = secrets.filled();
         secrets.saw(watcher::Event::Init);
         secrets.saw(watcher::Event::InitApply(owned("a", "kc", U1)));
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished(), "filled before the list ended");
+        assert!(!*filled.borrow(), "filled before the list ended");
         secrets.saw(watcher::Event::InitDone);
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
-            .await
-            .expect("filled when the list ended")
-            .unwrap();
+        assert!(*filled.borrow());
     }
 
     #[test]

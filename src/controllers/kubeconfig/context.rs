@@ -222,7 +222,8 @@ impl Context {
     pub async fn caches_ready(&self) {
         filled(&self.authorities).await;
         filled(&self.cluster_authorities).await;
-        self.secrets.filled().await;
+        // An error means the watch is gone: the controller is shutting down.
+        let _ = self.secrets.filled().wait_for(|filled| *filled).await;
         self.local.filled().await;
         filled(&self.namespaces).await;
         filled(&self.secret_metadata).await;
