@@ -18,7 +18,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams},
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
@@ -144,17 +144,14 @@ pub async fn watch(admin: Client, ns: String, seen: Arc<Mutex<HashMap<String, In
 /// weigh on the next.
 pub async fn clear(admin: &Client, ns: &str) -> Result<(), Error> {
     for kind in ["Certificate", "CertificateRequest"] {
-        Api::<DynamicObject>::namespaced_with(admin.clone(), ns, &resource(kind))
-            .delete_collection(&DeleteParams::default(), &ListParams::default())
-            .await?;
+        let api = Api::<DynamicObject>::namespaced_with(admin.clone(), ns, &resource(kind));
+        super::delete_all(api, &ListParams::default()).await?;
     }
-    Api::<Secret>::namespaced(admin.clone(), ns)
-        .delete_collection(
-            &DeleteParams::default(),
-            &ListParams::default().fields("metadata.name!=ca-tls"),
-        )
-        .await?;
-    Ok(())
+    super::delete_all(
+        Api::<Secret>::namespaced(admin.clone(), ns),
+        &ListParams::default().fields("metadata.name!=ca-tls"),
+    )
+    .await
 }
 
 /// The cert-manager version `tests/tools/certmanager/go.mod` pins.

@@ -614,13 +614,36 @@ async fn remove(
     kubeconfigs: ListParams,
     secrets: ListParams,
 ) -> Result<(), Error> {
-    Api::<Kubeconfig>::namespaced(admin.clone(), ns)
-        .delete_collection(&DeleteParams::default(), &kubeconfigs)
-        .await?;
-    Api::<Secret>::namespaced(admin.clone(), ns)
-        .delete_collection(&DeleteParams::default(), &secrets)
-        .await?;
-    Ok(())
+    delete_all(
+        Api::<Kubeconfig>::namespaced(admin.clone(), ns),
+        &kubeconfigs,
+    )
+    .await?;
+    delete_all(Api::<Secret>::namespaced(admin.clone(), ns), &secrets).await
+}
+
+/// Deletes what `selected` selects. Deleting 100,000 Secrets can outlast the API server's
+/// 60 s request timeout (it answers 500 and goes on deleting): the delete is asked again,
+/// a few times, until one completes.
+pub async fn delete_all<K>(api: Api<K>, selected: &ListParams) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut tries = 0;
+    loop {
+        match api
+            .delete_collection(&DeleteParams::default(), selected)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) if tries < 10 => {
+                tries += 1;
+                eprintln!("deleting {}: {e}; asking again", std::any::type_name::<K>());
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 fn ms(d: Duration) -> String {
