@@ -76,7 +76,7 @@ impl ManagedSecret {
             inputs_digest: annotations
                 .get(INPUTS_ANNOTATION)
                 .and_then(|d| Digest::parse(d)),
-            intact: data_digest.is_some_and(|d| d.is(&digest_of(data, record.map(String::as_str)))),
+            intact: data_digest == Some(digest_of(data, record.map(String::as_str))),
             data_digest,
             held,
             argo_cd: secret
@@ -294,7 +294,7 @@ impl ManagedSecrets {
 }
 
 /// The digest of a Secret's data and, when there is one, its credential record.
-pub fn digest_of(data: &BTreeMap<String, ByteString>, record: Option<&str>) -> String {
+pub fn digest_of(data: &BTreeMap<String, ByteString>, record: Option<&str>) -> Digest {
     let mut bytes = Vec::new();
     for (k, v) in data {
         bytes.extend_from_slice(&(k.len() as u64).to_be_bytes());
@@ -306,23 +306,31 @@ pub fn digest_of(data: &BTreeMap<String, ByteString>, record: Option<&str>) -> S
         bytes.extend_from_slice(CREDENTIAL_ANNOTATION.as_bytes());
         bytes.extend_from_slice(record.as_bytes());
     }
-    digest(&bytes)
+    Digest::of(&bytes)
 }
 
 /// A short SHA-256 digest, URL-safe base64.
 pub fn digest(bytes: &[u8]) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&d.as_ref()[..DIGEST_LEN])
+    Digest::of(bytes).to_string()
 }
 
 const DIGEST_LEN: usize = 18;
 
 /// A [`digest`] as the cache keeps it: its 18 bytes, not their 24 characters (two per managed
-/// Secret).
+/// Secret). It is written as URL-safe base64.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Digest([u8; DIGEST_LEN]);
 
 impl Digest {
+    /// The first 18 bytes of the SHA-256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        let mut kept = [0; DIGEST_LEN];
+        kept.copy_from_slice(
+            &ring::digest::digest(&ring::digest::SHA256, bytes).as_ref()[..DIGEST_LEN],
+        );
+        Self(kept)
+    }
+
     /// The digest `text` spells, if it spells one (an annotation can hold anything).
     pub fn parse(text: &str) -> Option<Self> {
         let mut bytes = [0; DIGEST_LEN];
@@ -335,6 +343,12 @@ impl Digest {
     /// Whether `text` spells this digest.
     pub fn is(&self, text: &str) -> bool {
         Self::parse(text) == Some(*self)
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.0))
     }
 }
 
@@ -464,6 +478,8 @@ mod tests {
         let text = digest(b"data");
         let kept = Digest::parse(&text).expect("a digest");
         assert!(kept.is(&text));
+        assert_eq!(kept.to_string(), text);
+        assert_eq!(kept, Digest::of(b"data"));
         assert!(!kept.is(&digest(b"other data")));
         for odd in [
             "",

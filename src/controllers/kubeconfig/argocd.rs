@@ -175,7 +175,7 @@ pub fn desired(
                     KUBECONFIG_ANNOTATION.to_string(),
                     format!("{own}/{}", kc.name_any()),
                 ),
-                (DATA_ANNOTATION.to_string(), digest),
+                (DATA_ANNOTATION.to_string(), digest.to_string()),
             ])),
             ..ObjectMeta::default()
         },

@@ -176,9 +176,9 @@ pub fn plan_copies(
     }
     let digest = managed::digest_of(data, None);
     for ns in targets {
-        let current = observed.iter().any(|o| {
-            o.namespace == *ns && o.name == *name && o.data_digest.is_some_and(|d| d.is(&digest))
-        });
+        let current = observed
+            .iter()
+            .any(|o| o.namespace == *ns && o.name == *name && o.data_digest == Some(digest));
         if current {
             plan.current += 1;
             continue;
@@ -188,7 +188,7 @@ pub fn plan_copies(
                 KUBECONFIG_ANNOTATION.to_string(),
                 format!("{own}/{}", kc.name_any()),
             ),
-            (DATA_ANNOTATION.to_string(), digest.clone()),
+            (DATA_ANNOTATION.to_string(), digest.to_string()),
         ]);
         plan.write.push(Secret {
             metadata: ObjectMeta {

@@ -204,7 +204,7 @@ pub fn build_secret(
     annotations.insert(INPUTS_ANNOTATION.into(), desired.inputs_digest.clone());
     annotations.insert(
         DATA_ANNOTATION.into(),
-        managed::digest_of(&data, Some(&record)),
+        managed::digest_of(&data, Some(&record)).to_string(),
     );
     annotations.insert(CREDENTIAL_ANNOTATION.into(), record);
     secret.data = Some(data);
@@ -330,7 +330,7 @@ mod tests {
             .annotations
             .as_mut()
             .unwrap()
-            .insert(DATA_ANNOTATION.into(), digest);
+            .insert(DATA_ANNOTATION.into(), digest.to_string());
         let SecretPlan::Keep { held: read, .. } = plan(&desired, UID, &unrecorded, now) else {
             panic!("an unrecorded Secret is kept")
         };
