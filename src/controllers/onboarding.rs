@@ -13,7 +13,7 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{
         controller::Action,
-        events::{EventType, Recorder},
+        events::{EventType, Reporter},
         reflector::{ObjectRef, Store},
     },
 };
@@ -37,7 +37,7 @@ pub struct Context {
     pub client: kube::Client,
     /// The Kubeconfig controller's cache.
     pub kubeconfigs: Store<Kubeconfig>,
-    pub recorder: Recorder,
+    pub reporter: Reporter,
     pub default_authority: Option<AuthorityRef>,
 }
 
@@ -175,7 +175,8 @@ async fn warn(ctx: &Context, sa: &ServiceAccount, reason: Reason, note: &str) {
     warn!(%reason, "{note}");
     let reference = sa.object_ref(&());
     crate::client::publish(
-        &ctx.recorder,
+        &ctx.client,
+        &ctx.reporter,
         &reference,
         EventType::Warning,
         reason.as_str(),

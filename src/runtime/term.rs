@@ -13,10 +13,7 @@ use kube::{
     Api, Client, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
-        events::{Recorder, Reporter},
-        reflector::ObjectRef,
+        Controller, WatchStreamExt, controller::Action, events::Reporter, reflector::ObjectRef,
         watcher,
     },
 };
@@ -321,7 +318,7 @@ impl Term<'_> {
                 Arc::new(onboarding::Context {
                     client: client.clone(),
                     kubeconfigs: kubeconfigs.clone(),
-                    recorder: Recorder::new(client.clone(), reporter.clone()),
+                    reporter: reporter.clone(),
                     default_authority: self.options.default_authority.clone(),
                 }),
             )

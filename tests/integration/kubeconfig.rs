@@ -104,6 +104,21 @@ async fn a_kubeconfig_is_ready_within_two_seconds_and_authenticates() {
             .ok_or_else(|| "none yet".to_string())
     })
     .await;
+    assert_eq!(
+        (
+            issued.type_.as_deref(),
+            issued.action.as_deref(),
+            issued.reporting_controller.as_deref(),
+            issued.regarding.as_ref().and_then(|r| r.uid.as_deref()),
+        ),
+        (
+            Some("Normal"),
+            Some("Issue"),
+            Some("kubeconfig-authority"),
+            Some(uid.as_str())
+        )
+    );
+    assert!(issued.event_time.is_some() && issued.reporting_instance.is_some());
     let note = issued.note.unwrap_or_default();
     assert!(
         note.contains(status.serial_number.as_deref().unwrap()) && !note.contains("PRIVATE KEY"),
@@ -1086,7 +1101,8 @@ async fn a_create_by_apply_never_overwrites_and_leaves_the_fields_to_later_appli
     use kubeconfig_authority::{api::FIELD_MANAGER, client::create_applied};
     let plane = plane();
     let ns = plane.namespace("create-applied").await;
-    let secrets = Api::<Secret>::namespaced(plane.admin().await, &ns);
+    let admin = plane.admin().await;
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
     let ours = |data: &[(&str, &str)]| -> Secret {
         let mut secret: Secret = serde_json::from_value(json!({"apiVersion": "v1",
             "kind": "Secret", "metadata": {"name": "s", "labels": {"by": "us"}}}))
@@ -1098,12 +1114,14 @@ async fn a_create_by_apply_never_overwrites_and_leaves_the_fields_to_later_appli
         );
         secret
     };
-    let created = create_applied(&secrets, "s", &ours(&[("a", "1"), ("b", "2")]))
+    let created = create_applied(&admin, Some(&ns), "s", &ours(&[("a", "1"), ("b", "2")]))
         .await
         .unwrap()
         .expect("created");
     let live = secrets.get("s").await.unwrap();
-    assert_eq!(live.metadata.uid, created.metadata.uid);
+    // The answer's resourceVersion is the one of the object made.
+    assert_eq!(live.metadata.resource_version, created);
+    assert!(created.is_some());
     assert_eq!(live.data.as_ref().unwrap()["b"].0, b"2");
     let managers: Vec<_> = live
         .managed_fields()
@@ -1116,7 +1134,7 @@ async fn a_create_by_apply_never_overwrites_and_leaves_the_fields_to_later_appli
     );
     // Once it exists, nothing is written: not over our own, not over someone else's.
     assert!(
-        create_applied(&secrets, "s", &ours(&[("a", "changed")]))
+        create_applied(&admin, Some(&ns), "s", &ours(&[("a", "changed")]))
             .await
             .unwrap()
             .is_none()
@@ -1131,7 +1149,7 @@ async fn a_create_by_apply_never_overwrites_and_leaves_the_fields_to_later_appli
     let mut over: Secret = ours(&[("y", "ours")]);
     over.metadata.name = Some("t".into());
     assert!(
-        create_applied(&secrets, "t", &over)
+        create_applied(&admin, Some(&ns), "t", &over)
             .await
             .unwrap()
             .is_none()

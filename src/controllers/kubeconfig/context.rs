@@ -9,19 +9,13 @@ use std::{
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
     core::PartialObjectMeta,
-    runtime::{
-        events::{Recorder, Reporter},
-        reflector::Store,
-    },
+    runtime::{events::Reporter, reflector::Store},
 };
 use kubeconfig_authority_pki::CertificateAuthority;
 
 use crate::{
-    api::{
-        Authority, AuthorityRef, ClusterAuthority, FIELD_MANAGER, KUBECONFIG_UID_LABEL, Kubeconfig,
-    },
+    api::{Authority, AuthorityRef, ClusterAuthority, KUBECONFIG_UID_LABEL, Kubeconfig},
     client::{self, cluster::Cluster, filled},
     model::{Error, Reason, Result, WRITE_WINDOW, WRITES_PER_WINDOW, Written, managed},
 };
@@ -130,14 +124,6 @@ impl Context {
             .map_err(|until| Error::RateLimited { what, until })
     }
 
-    /// A recorder for one event. kube-runtime's shared Recorder keeps every event of the last
-    /// six minutes to count repeats, and scans them all under a lock on each publish: at ten
-    /// thousand Kubeconfigs that was a ninth of the controller's CPU (`make bench`). The
-    /// Kubeconfig controller publishes once per change, never a repeat, so it needs no count.
-    pub fn recorder(&self) -> Recorder {
-        Recorder::new(self.client.clone(), self.reporter.clone())
-    }
-
     /// Publishes an event about a Kubeconfig.
     pub async fn publish(
         &self,
@@ -149,7 +135,8 @@ impl Context {
     ) {
         let reference = kube::Resource::object_ref(kc, &());
         client::publish(
-            &self.recorder(),
+            &self.client,
+            &self.reporter,
             &reference,
             type_,
             reason.as_str(),
@@ -164,15 +151,8 @@ impl Context {
     /// that its watch event brings nothing back.
     pub async fn write_managed_secret(&self, namespace: &str, secret: &Secret) -> kube::Result<()> {
         let name = secret.metadata.name.as_deref().unwrap_or_default();
-        let written = Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .patch_metadata(
-                name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(secret),
-            )
-            .await?;
-        self.own_writes
-            .record(namespace, name, written.metadata.resource_version);
+        let written = client::apply(&self.client, Some(namespace), name, secret).await?;
+        self.own_writes.record(namespace, name, written);
         Ok(())
     }
 
@@ -184,12 +164,12 @@ impl Context {
         secret: &Secret,
     ) -> kube::Result<bool> {
         let name = secret.metadata.name.as_deref().unwrap_or_default();
-        let api = Api::<Secret>::namespaced(self.client.clone(), namespace);
-        let Some(created) = client::create_applied(&api, name, secret).await? else {
+        let Some(created) =
+            client::create_applied(&self.client, Some(namespace), name, secret).await?
+        else {
             return Ok(false);
         };
-        self.own_writes
-            .record(namespace, name, created.metadata.resource_version);
+        self.own_writes.record(namespace, name, created);
         Ok(true)
     }
 

@@ -10,10 +10,7 @@ use k8s_openapi::{
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{
-        events::{Event, EventType},
-        reflector::ObjectRef,
-    },
+    runtime::{events::EventType, reflector::ObjectRef},
 };
 use kubeconfig_authority_pki::{CertificateAuthority, kubeconfig as kc_file, parse_certificates};
 use serde_json::json;
@@ -257,16 +254,16 @@ pub async fn report_ca_key(found: &Found, kc: &Kubeconfig, ctx: &Context) -> Res
     let reference = result.map_err(Error::kube(format!("flagging {}", found.described)))?;
     if condition.status == "False" {
         tracing::warn!(authority = %found.described, "{}", condition.message);
-        let event = Event {
-            type_: EventType::Warning,
-            reason: Reason::CAKeyWithRequesters.as_str().into(),
-            note: Some(condition.message.clone()),
-            action: "Check".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder().publish(&event, &reference).await {
-            tracing::warn!("could not publish an event: {e}");
-        }
+        crate::client::publish(
+            &ctx.client,
+            &ctx.reporter,
+            &reference,
+            EventType::Warning,
+            Reason::CAKeyWithRequesters.as_str(),
+            &condition.message,
+            "Check",
+        )
+        .await;
     }
     Ok(())
 }
