@@ -9,6 +9,11 @@
 //! The same run puts cert-manager beside it (see [`cert_manager`]): the same credentials, on
 //! the same API server, P-256 and RSA-4096, with cert-manager's default and tuned client limits.
 //! `BENCH_SCALE=N` runs this controller alone at N Kubeconfigs (100,000 takes most of an hour).
+//!
+//! `BENCH_CONTROLLER=path` measures another build of the controller (an older commit's, for a
+//! comparison on the same machine). Where `perf` can count a process's instructions, the bulk
+//! batches also report them per Kubeconfig: unlike CPU time, they do not depend on how fast the
+//! machine is that day.
 
 mod cert_manager;
 
@@ -356,6 +361,16 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
             &format!("bulk {n}: controller CPU per Kubeconfig"),
             format!("{:.3} ms", done.cpu * 1e3 / n as f64),
         );
+        if let Some(instructions) = done.instructions {
+            report.line(
+                &format!("bulk {n}: controller instructions per Kubeconfig"),
+                format!("{:.0} thousand", instructions / 1e3 / n as f64),
+            );
+            report.figure(
+                &format!("bulk_{n}_instructions_per_object"),
+                instructions / n as f64,
+            );
+        }
         report.figure(&format!("bulk_{n}_ratio"), ratio);
         report.figure(
             &format!("bulk_{n}_writes_per_object"),
@@ -595,6 +610,7 @@ fn openssl_keys(n: usize) -> Option<Row> {
         took: started.elapsed(),
         ready: n,
         cpu: children_cpu() - cpu_before,
+        instructions: None,
         writes: 0.0,
     };
     Some(Row::new(
@@ -652,8 +668,9 @@ fn ms(d: Duration) -> String {
 
 fn start_controller(plane: &ControlPlane, health: u16, run: &str) -> Process {
     let health = format!("127.0.0.1:{health}");
+    let bin = std::env::var("BENCH_CONTROLLER").unwrap_or_else(|_| BIN.to_string());
     plane.spawn_controller(
-        Path::new(BIN),
+        Path::new(&bin),
         &["--health-addr", &health],
         &[("RUST_LOG", "warn")],
         &format!("controller-{run}"),
@@ -735,6 +752,8 @@ struct Batch {
     took: Duration,
     ready: usize,
     cpu: f64,
+    /// User-space instructions of the process, where `perf` could count them.
+    instructions: Option<f64>,
     writes: f64,
 }
 
@@ -765,6 +784,7 @@ where
     let timeout = Duration::from_secs(120) + Duration::from_millis(250) * n as u32;
     let writes_before = api_writes(admin).await?;
     let cpu_before = cpu_seconds(pid);
+    let instructions = Instructions::count(pid);
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(create)
@@ -777,8 +797,46 @@ where
         took: started.elapsed(),
         ready: ready(),
         cpu: cpu_seconds(pid) - cpu_before,
+        instructions: instructions.and_then(Instructions::stop),
         writes: api_writes(admin).await? - writes_before - n as f64,
     })
+}
+
+/// `perf stat` counting the user-space instructions of a process until stopped.
+struct Instructions(std::process::Child);
+
+impl Instructions {
+    /// `None` where `perf` is missing or may not count.
+    fn count(pid: u32) -> Option<Self> {
+        let child = std::process::Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                "instructions:u",
+                "-p",
+                &pid.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        Some(Self(child))
+    }
+
+    /// Stops counting (perf prints its count on SIGINT): the count, if there is one.
+    fn stop(self) -> Option<f64> {
+        let pid = libc::pid_t::try_from(self.0.id()).ok()?;
+        // SAFETY: a signal to a child of this process, which has not been waited for yet.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let out = self.0.wait_with_output().ok()?;
+        // CSV: `count,unit,event,...`; `<not supported>` or `<not counted>` where it cannot.
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .find(|l| l.contains("instructions"))
+            .and_then(|l| l.split(',').next()?.parse().ok())
+    }
 }
 
 const OURS: &str = "kubeconfig-authority";

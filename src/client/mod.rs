@@ -19,7 +19,6 @@ use kube::{
         events::{EventType, Reporter},
     },
 };
-use serde_json::Value;
 use tracing::warn;
 
 use crate::{
@@ -39,7 +38,7 @@ pub async fn apply_status<K>(
     client: &Client,
     namespace: Option<&str>,
     name: &str,
-    patch: &Value,
+    patch: &impl serde::Serialize,
 ) -> kube::Result<Option<String>>
 where
     K: Resource<DynamicType = ()>,

@@ -7,7 +7,6 @@ use kube::ResourceExt;
 use kubeconfig_authority_pki::{
     Identity, KeyAlgorithm, MIN_VALIDITY, format_duration, parse_duration,
 };
-use serde_json::json;
 
 use crate::{
     api::{Kubeconfig, UID_GROUP_PREFIX},
@@ -115,7 +114,7 @@ impl Desired {
             .transpose()
             .map_err(|e| invalid("renewBefore", &e))?;
         let mismatch = |message: &str| Problem::new(Reason::SignerMismatch, message.to_string());
-        let (credential, user_name, signer) = match (
+        let (credential, user_name) = match (
             &spec.username,
             &spec.service_account_ref,
             &authority.signer,
@@ -125,7 +124,7 @@ impl Desired {
                     "spec.username asks for a certificate, but the authority's signer is serviceAccountToken: use spec.serviceAccountRef, or an authority that signs certificates",
                 ));
             }
-            (Some(username), _, signer) => {
+            (Some(username), _, _) => {
                 if validity < MIN_VALIDITY {
                     return Err(invalid(
                         "validity",
@@ -148,11 +147,6 @@ impl Desired {
                 identity
                     .add_group(format!("{UID_GROUP_PREFIX}{uid}"))
                     .map_err(|e| invalid("metadata.uid", &e))?;
-                let signer = match signer {
-                    ResolvedSigner::Ca(ca) => json!({"ca": ca.certificate_pem()}),
-                    ResolvedSigner::Csr { signer_name } => json!({"csr": signer_name}),
-                    ResolvedSigner::Token { .. } => json!(null),
-                };
                 let user = identity.username.clone();
                 (
                     Credential::Certificate {
@@ -160,7 +154,6 @@ impl Desired {
                         algorithm,
                     },
                     user,
-                    signer,
                 )
             }
             (None, Some(sa), ResolvedSigner::Token { audiences }) => {
@@ -176,7 +169,6 @@ impl Desired {
                         audiences: audiences.clone(),
                     },
                     format!("system:serviceaccount:{namespace}:{}", sa.name),
-                    json!({"token": audiences}),
                 )
             }
             (None, Some(_), _) => {
@@ -195,19 +187,42 @@ impl Desired {
             .unwrap_or_else(|| DEFAULT_KUBECONFIG_KEYS.map(String::from).to_vec());
         let certificate_keys = spec.secret_ref.certificate_keys.unwrap_or(true)
             && matches!(credential, Credential::Certificate { .. });
-        let inputs = json!({
-            "credential": match &credential {
-                Credential::Certificate { identity, algorithm } => json!({"identity": identity, "algorithm": algorithm.name()}),
-                Credential::Token { service_account, .. } => json!({"serviceAccount": service_account}),
+        let inputs = Inputs {
+            certificate_keys,
+            credential: match &credential {
+                Credential::Certificate {
+                    identity,
+                    algorithm,
+                } => CredentialInputs::Certificate {
+                    algorithm: algorithm.name(),
+                    identity: IdentityInputs {
+                        groups: &identity.groups,
+                        username: &identity.username,
+                    },
+                },
+                Credential::Token {
+                    service_account, ..
+                } => CredentialInputs::Token { service_account },
             },
-            "validity": validity.as_secs(),
-            "renewBefore": renew_before.map(|d| d.as_secs()),
-            "kubeconfigKeys": kubeconfig_keys,
-            "certificateKeys": certificate_keys,
-            "server": authority.server,
-            "serverCA": authority.server_ca_pem,
-            "signer": signer,
-        });
+            kubeconfig_keys: &kubeconfig_keys,
+            renew_before: renew_before.map(|d| d.as_secs()),
+            server: &authority.server,
+            server_ca: &authority.server_ca_pem,
+            signer: match &authority.signer {
+                ResolvedSigner::Ca(ca) => SignerInputs::Ca(ca.certificate_pem()),
+                ResolvedSigner::Csr { signer_name } => SignerInputs::Csr(signer_name),
+                ResolvedSigner::Token { audiences } => SignerInputs::Token(audiences),
+            },
+            validity: validity.as_secs(),
+        };
+        let inputs_digest = serde_json::to_vec(&inputs)
+            .map(|bytes| managed::digest(&bytes))
+            .map_err(|e| {
+                Problem::new(
+                    Reason::InvalidSpec,
+                    format!("the spec could not be written as JSON: {e}"),
+                )
+            })?;
         Ok(Self {
             credential,
             user_name,
@@ -218,10 +233,54 @@ impl Desired {
             secret_name: spec.secret_ref.name.clone(),
             server: authority.server.clone(),
             server_ca_pem: authority.server_ca_pem.clone(),
-            inputs_digest: managed::digest(inputs.to_string().as_bytes()),
+            inputs_digest,
             renew_requested: renew_requested(kc).map(String::from),
         })
     }
+}
+
+/// What the inputs digest covers, written as the JSON object earlier versions built as a
+/// `serde_json::Value` (keys in sorted order, as a `Value` writes them), so that the Secrets
+/// they wrote keep their digest; serialized directly, without building the value first.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Inputs<'a> {
+    certificate_keys: bool,
+    credential: CredentialInputs<'a>,
+    kubeconfig_keys: &'a [String],
+    renew_before: Option<u64>,
+    server: &'a str,
+    #[serde(rename = "serverCA")]
+    server_ca: &'a str,
+    signer: SignerInputs<'a>,
+    validity: u64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum CredentialInputs<'a> {
+    Certificate {
+        algorithm: &'a str,
+        identity: IdentityInputs<'a>,
+    },
+    Token {
+        #[serde(rename = "serviceAccount")]
+        service_account: &'a str,
+    },
+}
+
+#[derive(serde::Serialize)]
+struct IdentityInputs<'a> {
+    groups: &'a [String],
+    username: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum SignerInputs<'a> {
+    Ca(&'a str),
+    Csr(&'a str),
+    Token(&'a [String]),
 }
 
 /// The renewal the annotation asks for, unless the status says it was done.
@@ -249,6 +308,7 @@ pub fn self_impersonating(kc: &Kubeconfig) -> Option<&str> {
 mod tests {
     use super::*;
     use crate::controllers::kubeconfig::fixtures::*;
+    use serde_json::json;
 
     #[test]
     fn the_identity_is_unique_to_the_object() {
@@ -268,6 +328,72 @@ mod tests {
         );
         assert_eq!(desired.kubeconfig_keys, ["kubeconfig", "value"]);
         assert_eq!(*algorithm, KeyAlgorithm::EcdsaP256);
+    }
+
+    /// The inputs digest as versions up to 0.1 computed it, through a `serde_json::Value`.
+    fn digest_of_earlier_versions(desired: &Desired, authority: &Resolved) -> String {
+        let signer = match (&desired.credential, &authority.signer) {
+            (Credential::Certificate { .. }, ResolvedSigner::Ca(ca)) => {
+                json!({"ca": ca.certificate_pem()})
+            }
+            (Credential::Certificate { .. }, ResolvedSigner::Csr { signer_name }) => {
+                json!({"csr": signer_name})
+            }
+            (_, ResolvedSigner::Token { audiences }) => json!({"token": audiences}),
+            _ => unreachable!(),
+        };
+        let inputs = json!({
+            "credential": match &desired.credential {
+                Credential::Certificate { identity, algorithm } => json!({"identity": identity, "algorithm": algorithm.name()}),
+                Credential::Token { service_account, .. } => json!({"serviceAccount": service_account}),
+            },
+            "validity": desired.validity.as_secs(),
+            "renewBefore": desired.renew_before.map(|d| d.as_secs()),
+            "kubeconfigKeys": desired.kubeconfig_keys,
+            "certificateKeys": desired.certificate_keys,
+            "server": authority.server,
+            "serverCA": authority.server_ca_pem,
+            "signer": signer,
+        });
+        managed::digest(inputs.to_string().as_bytes())
+    }
+
+    #[test]
+    fn the_inputs_digest_is_the_one_earlier_versions_wrote() {
+        let ca = make_ca("a");
+        let with_ca = resolved(&ca);
+        let mut through_csr = resolved(&ca);
+        through_csr.signer = ResolvedSigner::Csr {
+            signer_name: "example.com/signer".into(),
+        };
+        let mut tokens = resolved(&ca);
+        tokens.signer = ResolvedSigner::Token {
+            audiences: vec!["a".into(), "b \"quoted\"".into()],
+        };
+        let mut renewing = base_spec();
+        renewing["renewBefore"] = json!("1h");
+        renewing["privateKey"] = json!({"algorithm": "RSA", "size": 2048});
+        renewing["secretRef"] =
+            json!({"name": "s", "kubeconfigKeys": ["config"], "certificateKeys": false});
+        let mut token = base_spec();
+        token.as_object_mut().unwrap().remove("username");
+        token["serviceAccountRef"] = json!({"name": "flux"});
+        let cases = [
+            (base_spec(), &with_ca),
+            (renewing.clone(), &with_ca),
+            (renewing, &through_csr),
+            (token, &tokens),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for (spec, authority) in cases {
+            let desired = Desired::from_spec(&kubeconfig(spec), UID, authority).unwrap();
+            assert_eq!(
+                desired.inputs_digest,
+                digest_of_earlier_versions(&desired, authority)
+            );
+            seen.insert(desired.inputs_digest);
+        }
+        assert_eq!(seen.len(), 4, "every case has a digest of its own");
     }
 
     #[test]

@@ -14,7 +14,6 @@ use kube::{
     runtime::{controller::Action, events::EventType, reflector::ObjectRef},
 };
 use kubeconfig_authority_pki::renewal_time;
-use serde_json::json;
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
@@ -182,7 +181,19 @@ pub async fn report(
     if kc.status.as_ref() == Some(&new_status) {
         return Ok(());
     }
-    let patch = json!({"apiVersion": Kubeconfig::api_version(&()), "kind": Kubeconfig::kind(&()), "status": new_status});
+    // Serialized as it is, not through a JSON value first.
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct StatusPatch<'a> {
+        api_version: &'a str,
+        kind: &'a str,
+        status: &'a crate::api::KubeconfigStatus,
+    }
+    let patch = StatusPatch {
+        api_version: &Kubeconfig::api_version(&()),
+        kind: &Kubeconfig::kind(&()),
+        status: &new_status,
+    };
     let written = client::apply_status::<Kubeconfig>(&ctx.client, Some(&namespace), &name, &patch)
         .await
         .map_err(Error::kube("updating status"))?;
