@@ -10,10 +10,9 @@
 //! the same API server, P-256 and RSA-4096, with cert-manager's default and tuned client limits.
 //! `BENCH_SCALE=N` runs this controller alone at N Kubeconfigs (100,000 takes most of an hour).
 //!
-//! `BENCH_CONTROLLER=path` measures another build of the controller (an older commit's, for a
-//! comparison on the same machine). Where `perf` can count a process's instructions, the bulk
-//! batches also report them per Kubeconfig: unlike CPU time, they do not depend on how fast the
-//! machine is that day.
+//! `BENCH_CONTROLLER=path` measures another build of the controller: an older commit's, for a
+//! comparison on the same machine on the same day (CPU time per Kubeconfig varies by a tenth
+//! from one day to the next here).
 
 mod cert_manager;
 
@@ -361,16 +360,6 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
             &format!("bulk {n}: controller CPU per Kubeconfig"),
             format!("{:.3} ms", done.cpu * 1e3 / n as f64),
         );
-        if let Some(instructions) = done.instructions {
-            report.line(
-                &format!("bulk {n}: controller instructions per Kubeconfig"),
-                format!("{:.0} thousand", instructions / 1e3 / n as f64),
-            );
-            report.figure(
-                &format!("bulk_{n}_instructions_per_object"),
-                instructions / n as f64,
-            );
-        }
         report.figure(&format!("bulk_{n}_ratio"), ratio);
         report.figure(
             &format!("bulk_{n}_writes_per_object"),
@@ -421,11 +410,18 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
         .into());
     }
     let synced = started.elapsed();
+    let pid = controller.child.id();
+    // Close to the wall time when the controller's own work (decoding the lists) is what
+    // the restart waits for; far below it when it waits for the API server.
+    let restart_cpu = cpu_seconds(pid);
     tokio::time::sleep(scale.settle).await;
     let writes = api_writes(&admin).await? - writes_before;
-    let (rss, _) = memory(controller.child.id());
-    let pid = controller.child.id();
+    let (rss, _) = memory(pid);
     report.line("restart: synced (/readyz) after", ms(synced));
+    report.line(
+        "restart: controller CPU until synced",
+        format!("{restart_cpu:.1} s"),
+    );
     report.line(
         &format!(
             "restart: API writes in the {} s after",
@@ -438,6 +434,7 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
         format!("{rss:.1} MiB"),
     );
     report.figure("restart_synced_ms", synced.as_secs_f64() * 1e3);
+    report.figure("restart_cpu_s", restart_cpu);
     report.figure("restart_writes", writes);
     report.figure("restart_rss_mib", rss);
     if scale.storm {
@@ -610,7 +607,6 @@ fn openssl_keys(n: usize) -> Option<Row> {
         took: started.elapsed(),
         ready: n,
         cpu: children_cpu() - cpu_before,
-        instructions: None,
         writes: 0.0,
     };
     Some(Row::new(
@@ -672,7 +668,8 @@ fn start_controller(plane: &ControlPlane, health: u16, run: &str) -> Process {
     plane.spawn_controller(
         Path::new(&bin),
         &["--health-addr", &health],
-        &[("RUST_LOG", "warn")],
+        // Warnings, and how long each watch took to list (a restart is mostly those lists).
+        &[("RUST_LOG", "warn,kubeconfig_authority::client::watch=info")],
         &format!("controller-{run}"),
     )
 }
@@ -752,8 +749,6 @@ struct Batch {
     took: Duration,
     ready: usize,
     cpu: f64,
-    /// User-space instructions of the process, where `perf` could count them.
-    instructions: Option<f64>,
     writes: f64,
 }
 
@@ -784,7 +779,6 @@ where
     let timeout = Duration::from_secs(120) + Duration::from_millis(250) * n as u32;
     let writes_before = api_writes(admin).await?;
     let cpu_before = cpu_seconds(pid);
-    let instructions = Instructions::count(pid);
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(create)
@@ -797,46 +791,8 @@ where
         took: started.elapsed(),
         ready: ready(),
         cpu: cpu_seconds(pid) - cpu_before,
-        instructions: instructions.and_then(Instructions::stop),
         writes: api_writes(admin).await? - writes_before - n as f64,
     })
-}
-
-/// `perf stat` counting the user-space instructions of a process until stopped.
-struct Instructions(std::process::Child);
-
-impl Instructions {
-    /// `None` where `perf` is missing or may not count.
-    fn count(pid: u32) -> Option<Self> {
-        let child = std::process::Command::new("perf")
-            .args([
-                "stat",
-                "-x",
-                ",",
-                "-e",
-                "instructions:u",
-                "-p",
-                &pid.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .ok()?;
-        Some(Self(child))
-    }
-
-    /// Stops counting (perf prints its count on SIGINT): the count, if there is one.
-    fn stop(self) -> Option<f64> {
-        let pid = libc::pid_t::try_from(self.0.id()).ok()?;
-        // SAFETY: a signal to a child of this process, which has not been waited for yet.
-        unsafe { libc::kill(pid, libc::SIGINT) };
-        let out = self.0.wait_with_output().ok()?;
-        // CSV: `count,unit,event,...`; `<not supported>` or `<not counted>` where it cannot.
-        String::from_utf8_lossy(&out.stderr)
-            .lines()
-            .find(|l| l.contains("instructions"))
-            .and_then(|l| l.split(',').next()?.parse().ok())
-    }
 }
 
 const OURS: &str = "kubeconfig-authority";

@@ -210,12 +210,15 @@ where
         inner: Option<Inner<K>>,
         failures: u32,
         recoveries: tokio::sync::watch::Receiver<u64>,
+        /// When the list under way began, and how many objects it brought so far.
+        listing: (Instant, usize),
     }
     watches.update(&name, |_| {});
     let state = State {
         inner: None,
         failures: 0,
         recoveries: watches.recoveries(),
+        listing: (Instant::now(), 0),
     };
     futures::stream::unfold(state, move |mut state| {
         let (api, config, name, watches) =
@@ -247,7 +250,19 @@ where
                                 | watcher::Event::Apply(_)
                                 | watcher::Event::Delete(_)
                         );
+                        match event {
+                            watcher::Event::Init => state.listing = (Instant::now(), 0),
+                            watcher::Event::InitApply(_) => state.listing.1 += 1,
+                            _ => {}
+                        }
                         if matches!(event, watcher::Event::InitDone) {
+                            let (began, objects) = state.listing;
+                            info!(
+                                watch = %name,
+                                objects,
+                                seconds = began.elapsed().as_secs_f64(),
+                                "listed"
+                            );
                             if watches.listed() {
                                 // This watch has just listed: the others start over.
                                 state.recoveries.borrow_and_update();
