@@ -77,8 +77,9 @@ where
 
 /// Sends a write asking the API server to answer with the object's metadata only, and reads
 /// only the resourceVersion of the answer. A server-side apply fills `managedFields`, often
-/// the larger part of the metadata: decoding it for nothing was a tenth of the controller's
-/// CPU per Kubeconfig (`make bench`).
+/// the larger part of the metadata: decoding it after the status and Secret writes was 2.6% of
+/// the controller's CPU samples during a batch of 10,000 (`perf record`), and the whole event
+/// kube-runtime's `Recorder` decoded after each publish another 1.5%.
 async fn written(
     client: &Client,
     mut request: http::Request<Vec<u8>>,
