@@ -1,6 +1,7 @@
 //! Thin helpers over the API client that the controllers share: deletes that ignore absence,
-//! metadata-only status writes, events, waiting for a cache, the finalizer's outcome, and
-//! watches that recover from every fault ([`watch`]).
+//! applies and creates whose answers are read for their resourceVersion only ([`written`]),
+//! events, waiting for a cache, the finalizer's outcome, and watches that recover from every
+//! fault ([`watch`]).
 
 pub mod cluster;
 pub mod watch;
