@@ -236,16 +236,14 @@ pub async fn publish(
         ),
         ..Default::default()
     };
-    let created = match serde_json::to_vec(&event) {
-        Ok(body) => match kube::core::Request::new(K8sEvent::url_path(&(), Some(namespace)))
+    let created = async {
+        let body = serde_json::to_vec(&event).map_err(kube::Error::SerdeError)?;
+        let request = kube::core::Request::new(K8sEvent::url_path(&(), Some(namespace)))
             .create(&PostParams::default(), body)
-        {
-            Ok(request) => written(client, request).await,
-            Err(e) => Err(kube::Error::BuildRequest(e)),
-        },
-        Err(e) => Err(kube::Error::SerdeError(e)),
+            .map_err(kube::Error::BuildRequest)?;
+        written(client, request).await
     };
-    if let Err(e) = created {
+    if let Err(e) = created.await {
         warn!("could not publish an event: {e}");
     }
 }
