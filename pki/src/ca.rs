@@ -20,7 +20,7 @@ const CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
 pub struct CertificateAuthority {
     cert_pem: String,
     issuer: Issuer<'static, Deferred>,
-    key: PrivateKey,
+    key: rcgen::KeyPair,
     subject: String,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
@@ -31,7 +31,7 @@ impl fmt::Debug for CertificateAuthority {
         f.debug_struct("CertificateAuthority")
             .field("subject", &self.subject)
             .field("not_after", &self.not_after)
-            .field("key", &self.key)
+            .field("key", &crate::key::signature_name(self.key.algorithm()))
             .finish_non_exhaustive()
     }
 }
@@ -47,6 +47,8 @@ pub struct IssuedCertificate {
     /// True when the requested validity ran past the CA's own expiry and was cut to it.
     pub clamped_to_ca: bool,
     pub identity: Identity,
+    /// How the API server names the certificate (see [`credential_id`](crate::credential_id)).
+    pub credential_id: String,
 }
 
 impl fmt::Debug for IssuedCertificate {
@@ -96,6 +98,8 @@ impl CertificateRequest {
         let der_err =
             |e: x509_cert::der::Error| Error::Signing(format!("encoding the request: {e}"));
         let key = algorithm.generate()?;
+        let private_key_pem = key.to_pem();
+        let key = key.into_pair()?;
         // rcgen lays out and signs a request with the CN alone; the subject is then replaced
         // with the full one and the request signed again.
         let mut params = CertificateParams::default();
@@ -103,19 +107,16 @@ impl CertificateRequest {
             .distinguished_name
             .push(rcgen::DnType::CommonName, identity.username.as_str());
         let draft = params
-            .serialize_request(&key.pair)
+            .serialize_request(&key)
             .map_err(|e| Error::Signing(e.to_string()))?;
         let mut request = x509_cert::request::CertReq::from_der(draft.der()).map_err(der_err)?;
         request.info.subject = subject(identity)?;
         let info = request.info.to_der().map_err(der_err)?;
-        let signature = key
-            .pair
-            .sign(&info)
-            .map_err(|e| Error::Signing(e.to_string()))?;
+        let signature = key.sign(&info).map_err(|e| Error::Signing(e.to_string()))?;
         request.signature = BitString::from_bytes(&signature).map_err(der_err)?;
         let der = request.to_der().map_err(der_err)?;
         Ok(NewRequest {
-            private_key_pem: key.to_pem(),
+            private_key_pem,
             request_pem: pem_util::encode("CERTIFICATE REQUEST", &der),
         })
     }
@@ -210,15 +211,15 @@ impl CertificateAuthority {
             return Err(Error::CaExpired { subject, not_after });
         }
         let deferred = Deferred {
-            public_key: key.pair.der_bytes().to_vec(),
-            algorithm: PublicKeyData::algorithm(&key.pair),
+            public_key: key.public_key_raw().to_vec(),
+            algorithm: PublicKeyData::algorithm(&key),
         };
         let issuer = Issuer::from_ca_cert_der(&der.as_slice().into(), deferred)
             .map_err(|e| Error::Certificate(e.to_string()))?;
         Ok(Self {
             cert_pem: pem_util::encode(pem_util::CERTIFICATE, der),
             issuer,
-            key,
+            key: key.into_pair()?,
             subject,
             not_before,
             not_after,
@@ -259,7 +260,7 @@ impl CertificateAuthority {
         validity: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCertificate> {
-        let signed = self.sign(identity, &key.pair, key.is_rsa(), validity, now)?;
+        let signed = self.sign(identity, &key, key.is_rsa(), validity, now)?;
         Ok(IssuedCertificate {
             private_key_pem: key.to_pem(),
             ..signed
@@ -335,12 +336,13 @@ impl CertificateAuthority {
         let draft = params
             .signed_by(public_key, &self.issuer)
             .map_err(|e| signing(e.to_string()))?;
-        let der = with_subject(draft.der(), identity, &self.key.pair)?;
+        let der = with_subject(draft.der(), identity, &self.key)?;
 
         Ok(IssuedCertificate {
             certificate_pem: pem_util::encode(pem_util::CERTIFICATE, &der),
             private_key_pem: String::new(),
-            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+            serial: serial.iter().fold(String::new(), crate::inspect::hex),
+            credential_id: crate::credential_id(&der),
             not_before,
             not_after,
             clamped_to_ca,
@@ -397,16 +399,41 @@ fn subject(identity: &Identity) -> Result<x509_cert::name::RdnSequence> {
 /// Replaces the subject of a draft certificate with the identity's and signs the result with
 /// the CA key.
 fn with_subject(draft: &[u8], identity: &Identity, ca_key: &rcgen::KeyPair) -> Result<Vec<u8>> {
-    use x509_cert::der::{Decode, Encode, asn1::BitString};
+    use x509_cert::der::{
+        Decode, Encode,
+        asn1::{AnyRef, BitString},
+    };
 
     let der_err =
         |e: x509_cert::der::Error| Error::Signing(format!("encoding the certificate: {e}"));
-    let mut cert = x509_cert::Certificate::from_der(draft).map_err(der_err)?;
-    cert.tbs_certificate.subject = subject(identity)?;
-    let tbs = cert.tbs_certificate.to_der().map_err(der_err)?;
+    // Read as laid out, each part left encoded: Certificate ::= SEQUENCE { tbsCertificate,
+    // signatureAlgorithm, signature }; the TBS's sixth field is the subject (RFC 5280 4.1).
+    let parts = Vec::<AnyRef<'_>>::from_der(draft).map_err(der_err)?;
+    let [tbs, algorithm, _] = parts.as_slice() else {
+        return Err(Error::Signing(format!(
+            "rcgen's draft certificate has {} parts, not 3",
+            parts.len()
+        )));
+    };
+    let mut fields = tbs.decode_as::<Vec<AnyRef<'_>>>().map_err(der_err)?;
+    let subject = subject(identity)?.to_der().map_err(der_err)?;
+    let Some(field) = fields.get_mut(5) else {
+        return Err(Error::Signing(
+            "rcgen's draft certificate has no subject".into(),
+        ));
+    };
+    *field = AnyRef::from_der(&subject).map_err(der_err)?;
+    let tbs = fields.to_der().map_err(der_err)?;
     let signature = ca_key
         .sign(&tbs)
         .map_err(|e| Error::Signing(e.to_string()))?;
-    cert.signature = BitString::from_bytes(&signature).map_err(der_err)?;
-    cert.to_der().map_err(der_err)
+    let signature = BitString::from_bytes(&signature)
+        .and_then(|s| s.to_der())
+        .map_err(der_err)?;
+    let certificate = vec![
+        AnyRef::from_der(&tbs).map_err(der_err)?,
+        *algorithm,
+        AnyRef::from_der(&signature).map_err(der_err)?,
+    ];
+    certificate.to_der().map_err(der_err)
 }

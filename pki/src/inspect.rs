@@ -60,8 +60,7 @@ pub fn inspect_certificate(der: &[u8]) -> Result<CertificateInfo> {
             .raw_serial()
             .iter()
             .skip_while(|b| **b == 0)
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+            .fold(String::new(), hex),
         issuer: cert.issuer().to_string(),
         subject: subject.to_string(),
         not_before: cert.validity().not_before.to_datetime(),
@@ -76,8 +75,17 @@ pub fn inspect_certificate(der: &[u8]) -> Result<CertificateInfo> {
 /// lower-case hex.
 pub fn credential_id(der: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("X509SHA256={hex}")
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::from("X509SHA256="), hex)
+}
+
+/// `text` with `byte` appended in lower-case hex, for folding bytes into a string.
+pub(crate) fn hex(mut text: String, byte: &u8) -> String {
+    use std::fmt::Write;
+    let _ = write!(text, "{byte:02x}");
+    text
 }
 
 /// Whether a certificate was signed by one of the certificates of a CA bundle.

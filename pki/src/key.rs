@@ -72,15 +72,36 @@ impl KeyAlgorithm {
 
     /// Generates a fresh key pair.
     pub fn generate(self) -> Result<PrivateKey> {
-        let signing = |e: rcgen::Error| Error::Signing(format!("generating a {self} key: {e}"));
-        let pair = match self {
-            Self::EcdsaP256 => {
-                KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(signing)?
+        let signing =
+            |e: &dyn fmt::Display| Error::Signing(format!("generating a {self} key: {e}"));
+        let rng = ring::rand::SystemRandom::new();
+        let generated = |pkcs8: &[u8], algorithm| {
+            PrivateKey::generated(pkcs8, algorithm)
+                .ok_or_else(|| signing(&"ring's PKCS#8 holds no public key"))
+        };
+        match self {
+            Self::EcdsaP256 | Self::EcdsaP384 => {
+                use ring::signature::{
+                    ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P384_SHA384_ASN1_SIGNING, EcdsaKeyPair,
+                };
+                let (curve, algorithm) = match self {
+                    Self::EcdsaP256 => (
+                        &ECDSA_P256_SHA256_ASN1_SIGNING,
+                        &rcgen::PKCS_ECDSA_P256_SHA256,
+                    ),
+                    _ => (
+                        &ECDSA_P384_SHA384_ASN1_SIGNING,
+                        &rcgen::PKCS_ECDSA_P384_SHA384,
+                    ),
+                };
+                let pkcs8 = EcdsaKeyPair::generate_pkcs8(curve, &rng).map_err(|e| signing(&e))?;
+                generated(pkcs8.as_ref(), algorithm)
             }
-            Self::EcdsaP384 => {
-                KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).map_err(signing)?
+            Self::Ed25519 => {
+                let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+                    .map_err(|e| signing(&e))?;
+                generated(pkcs8.as_ref(), &rcgen::PKCS_ED25519)
             }
-            Self::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(signing)?,
             Self::Rsa2048 | Self::Rsa3072 | Self::Rsa4096 => {
                 use aws_lc_rs::{
                     encoding::{AsDer, Pkcs8V1Der},
@@ -91,14 +112,11 @@ impl KeyAlgorithm {
                     Self::Rsa3072 => KeySize::Rsa3072,
                     _ => KeySize::Rsa4096,
                 };
-                let failed =
-                    |e: &dyn fmt::Display| Error::Signing(format!("generating a {self} key: {e}"));
-                let key = RsaKeyPair::generate(size).map_err(|e| failed(&e))?;
-                let pkcs8: Pkcs8V1Der = key.as_der().map_err(|e| failed(&e))?;
-                pkcs8_to_rsa_key_pair(pkcs8.as_ref())?
+                let key = RsaKeyPair::generate(size).map_err(|e| signing(&e))?;
+                let pkcs8: Pkcs8V1Der = key.as_der().map_err(|e| signing(&e))?;
+                Ok(PrivateKey::from(pkcs8_to_rsa_key_pair(pkcs8.as_ref())?))
             }
-        };
-        Ok(PrivateKey { pair })
+        }
     }
 }
 
@@ -121,17 +139,45 @@ impl FromStr for KeyAlgorithm {
     }
 }
 
-/// A private key with its public half, ready to sign. Its `Debug` output shows the algorithm
-/// only.
-pub struct PrivateKey {
-    pub(crate) pair: KeyPair,
+/// A private key with its public half. Its `Debug` output shows the algorithm only.
+pub struct PrivateKey(Form);
+
+enum Form {
+    /// Loaded or converted: ready to sign (boxed: ring's state is several times the size of
+    /// the other form).
+    Pair(Box<KeyPair>),
+    /// Generated here for a certificate someone else signs: the PKCS#8 document and the public
+    /// key read from it. Making it ready to sign would derive the public key again from the
+    /// private one, a third of what generating a P-256 key costs (`make bench`); a key that
+    /// signs (a certificate request's) is made ready when it does.
+    Generated {
+        pkcs8: Vec<u8>,
+        public: Vec<u8>,
+        algorithm: &'static SignatureAlgorithm,
+    },
+}
+
+impl From<KeyPair> for PrivateKey {
+    fn from(pair: KeyPair) -> Self {
+        Self(Form::Pair(Box::new(pair)))
+    }
 }
 
 impl fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PrivateKey")
-            .field("algorithm", &signature_name(self.pair.algorithm()))
+            .field("algorithm", &signature_name(self.algorithm()))
             .finish_non_exhaustive()
+    }
+}
+
+/// The public half as a certificate carries it (what rcgen signs for).
+impl rcgen::PublicKeyData for PrivateKey {
+    fn der_bytes(&self) -> &[u8] {
+        self.public_key_raw()
+    }
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        PrivateKey::algorithm(self)
     }
 }
 
@@ -171,7 +217,54 @@ impl PrivateKey {
                 });
             }
         };
-        Ok(Self { pair })
+        Ok(Self::from(pair))
+    }
+
+    /// A key ring generated: its PKCS#8 document (version 1 with the public key in the
+    /// ECPrivateKey for ECDSA, version 2 for Ed25519). None if the document holds no public key.
+    fn generated(pkcs8: &[u8], algorithm: &'static SignatureAlgorithm) -> Option<Self> {
+        let info = pkcs8::PrivateKeyInfo::try_from(pkcs8).ok()?;
+        let public = match info.public_key {
+            Some(public) => public,
+            None => {
+                sec1::EcPrivateKey::try_from(info.private_key)
+                    .ok()?
+                    .public_key?
+            }
+        };
+        Some(Self(Form::Generated {
+            public: public.to_vec(),
+            pkcs8: pkcs8.to_vec(),
+            algorithm,
+        }))
+    }
+
+    /// The key ready to sign.
+    pub(crate) fn into_pair(self) -> Result<KeyPair> {
+        match self.0 {
+            Form::Pair(pair) => Ok(*pair),
+            Form::Generated { pkcs8, .. } => {
+                KeyPair::try_from(pkcs8.as_slice()).map_err(|e| Error::Key {
+                    format: "PKCS#8",
+                    reason: e.to_string(),
+                })
+            }
+        }
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        match &self.0 {
+            Form::Pair(pair) => pair.algorithm(),
+            Form::Generated { algorithm, .. } => algorithm,
+        }
+    }
+
+    /// The key's PKCS#8 document, as made.
+    fn pkcs8(&self) -> &[u8] {
+        match &self.0 {
+            Form::Pair(pair) => pair.serialized_der(),
+            Form::Generated { pkcs8, .. } => pkcs8,
+        }
     }
 
     /// The key as PKCS#8 PEM, the format written into kubeconfigs and `tls.key`.
@@ -179,7 +272,7 @@ impl PrivateKey {
     /// public key): ring makes version 2 documents, which OpenSSL before 3.5 (Python's `ssl`,
     /// curl, current Debian and Ubuntu) cannot read.
     pub fn to_pem(&self) -> String {
-        let der = self.pair.serialized_der();
+        let der = self.pkcs8();
         let v1 = pkcs8::PrivateKeyInfo::try_from(der)
             .ok()
             .filter(|info| info.public_key.is_some())
@@ -192,11 +285,14 @@ impl PrivateKey {
 
     /// The raw public key, as it appears in a certificate's subjectPublicKey bit string.
     pub fn public_key_raw(&self) -> &[u8] {
-        self.pair.public_key_raw()
+        match &self.0 {
+            Form::Pair(pair) => pair.public_key_raw(),
+            Form::Generated { public, .. } => public,
+        }
     }
 
     pub(crate) fn is_rsa(&self) -> bool {
-        self.pair.algorithm() == &rcgen::PKCS_RSA_SHA256
+        self.algorithm() == &rcgen::PKCS_RSA_SHA256
     }
 }
 
@@ -243,7 +339,7 @@ fn sec1_to_key_pair(der: &[u8]) -> Result<KeyPair> {
     Ok(pair)
 }
 
-fn signature_name(alg: &SignatureAlgorithm) -> &'static str {
+pub(crate) fn signature_name(alg: &SignatureAlgorithm) -> &'static str {
     if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
         "ECDSA P-256"
     } else if alg == &rcgen::PKCS_ECDSA_P384_SHA384 {
@@ -305,6 +401,22 @@ mod tests {
     }
 
     #[test]
+    fn generated_keys_are_made_ready_to_sign_with_the_same_public_key() {
+        for alg in [
+            KeyAlgorithm::EcdsaP256,
+            KeyAlgorithm::EcdsaP384,
+            KeyAlgorithm::Ed25519,
+        ] {
+            let key = alg.generate().unwrap();
+            assert!(matches!(key.0, Form::Generated { .. }), "{alg}");
+            let public = key.public_key_raw().to_vec();
+            let pair = key.into_pair().unwrap();
+            assert_eq!(pair.public_key_raw(), public, "{alg}");
+            assert_eq!(pair.algorithm(), alg.generate().unwrap().algorithm(), "{alg}");
+        }
+    }
+
+    #[test]
     fn ed25519_keys_are_written_as_pkcs8_version_1() {
         let pem = KeyAlgorithm::Ed25519.generate().unwrap().to_pem();
         let der = ::pem::parse(&pem).unwrap().into_contents();
@@ -318,7 +430,7 @@ mod tests {
         let p256 = KeyAlgorithm::EcdsaP256.generate().unwrap();
         assert_eq!(
             ::pem::parse(p256.to_pem()).unwrap().contents(),
-            p256.pair.serialized_der()
+            p256.pkcs8()
         );
     }
 

@@ -154,6 +154,11 @@ fn every_ca_algorithm_issues_every_leaf_algorithm() {
                 key.public_key_raw(),
                 "{ca_alg}/{leaf_alg}"
             );
+            assert_eq!(
+                issued.credential_id,
+                kubeconfig_authority_pki::credential_id(&der),
+                "{ca_alg}/{leaf_alg}"
+            );
             let ku = cert.key_usage().unwrap().unwrap().value;
             assert_eq!(
                 ku.key_encipherment(),

@@ -64,18 +64,6 @@ impl From<CertificateInfo> for Held {
     }
 }
 
-/// The credential ID of a PEM certificate (see [`kubeconfig_authority_pki::credential_id`]);
-/// unknown if it cannot be read.
-pub fn certificate_id(pem: &str) -> CredentialId {
-    kubeconfig_authority_pki::parse_certificates(pem)
-        .ok()
-        .and_then(|ders| {
-            ders.first()
-                .map(|der| kubeconfig_authority_pki::credential_id(der).into())
-        })
-        .unwrap_or_default()
-}
-
 /// The times and ID of a ServiceAccount token, from its claims (the token is not verified:
 /// it is the one the API server gave this controller).
 pub fn token_held(token: &str) -> Option<Held> {

@@ -82,9 +82,7 @@ pub async fn issue(
                 Ok(issued) => Ok(Issued {
                     held: Held {
                         id: issued.serial.clone(),
-                        credential_id: crate::model::credential::certificate_id(
-                            &issued.certificate_pem,
-                        ),
+                        credential_id: issued.credential_id.clone().into(),
                         not_before: issued.not_before,
                         not_after: issued.not_after,
                         is_token: false,
