@@ -412,7 +412,11 @@ mod tests {
             let public = key.public_key_raw().to_vec();
             let pair = key.into_pair().unwrap();
             assert_eq!(pair.public_key_raw(), public, "{alg}");
-            assert_eq!(pair.algorithm(), alg.generate().unwrap().algorithm(), "{alg}");
+            assert_eq!(
+                pair.algorithm(),
+                alg.generate().unwrap().algorithm(),
+                "{alg}"
+            );
         }
     }
 
