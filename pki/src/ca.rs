@@ -47,8 +47,9 @@ pub struct IssuedCertificate {
     /// True when the requested validity ran past the CA's own expiry and was cut to it.
     pub clamped_to_ca: bool,
     pub identity: Identity,
-    /// How the API server names the certificate (see [`credential_id`](crate::credential_id)).
-    pub credential_id: String,
+    /// The SHA-256 of the certificate: how the API server names it (see
+    /// [`credential_id`](crate::credential_id)).
+    pub fingerprint: [u8; 32],
 }
 
 impl fmt::Debug for IssuedCertificate {
@@ -342,7 +343,7 @@ impl CertificateAuthority {
             certificate_pem: pem_util::encode(pem_util::CERTIFICATE, &der),
             private_key_pem: String::new(),
             serial: serial.iter().fold(String::new(), crate::inspect::hex),
-            credential_id: crate::credential_id(&der),
+            fingerprint: crate::fingerprint(&der),
             not_before,
             not_after,
             clamped_to_ca,

@@ -74,11 +74,16 @@ pub fn inspect_certificate(der: &[u8]) -> Result<CertificateInfo> {
 /// `authentication.kubernetes.io/credential-id`: `X509SHA256=` and the SHA-256 of its DER, in
 /// lower-case hex.
 pub fn credential_id(der: &[u8]) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der);
-    digest
-        .as_ref()
+    fingerprint(der)
         .iter()
         .fold(String::from("X509SHA256="), hex)
+}
+
+/// The SHA-256 of a certificate's DER: the bytes of its [`credential_id`].
+pub fn fingerprint(der: &[u8]) -> [u8; 32] {
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, der).as_ref());
+    bytes
 }
 
 /// `text` with `byte` appended in lower-case hex, for folding bytes into a string.

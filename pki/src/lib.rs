@@ -22,7 +22,7 @@ pub use duration::{MAX_DURATION, format_duration, parse_duration};
 pub use error::Error;
 pub use identity::{Identity, KUBECONFIG_GROUP_PREFIX};
 pub use inspect::{
-    CertificateInfo, Verification, credential_id, inspect_certificate, verify_against,
+    CertificateInfo, Verification, credential_id, fingerprint, inspect_certificate, verify_against,
 };
 pub use key::{KeyAlgorithm, PrivateKey};
 pub use pem_util::parse_certificates;

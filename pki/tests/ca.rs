@@ -154,8 +154,13 @@ fn every_ca_algorithm_issues_every_leaf_algorithm() {
                 key.public_key_raw(),
                 "{ca_alg}/{leaf_alg}"
             );
+            let hex: String = issued
+                .fingerprint
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
             assert_eq!(
-                issued.credential_id,
+                format!("X509SHA256={hex}"),
                 kubeconfig_authority_pki::credential_id(&der),
                 "{ca_alg}/{leaf_alg}"
             );

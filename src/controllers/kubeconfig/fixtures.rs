@@ -77,7 +77,7 @@ pub fn written(
     let issued = Issued {
         held: Held {
             id: issued.serial,
-            credential_id: issued.credential_id.clone().into(),
+            credential_id: crate::api::CredentialId::Certificate(issued.fingerprint),
             not_before: issued.not_before,
             not_after: issued.not_after,
             is_token: false,

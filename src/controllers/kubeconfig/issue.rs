@@ -82,7 +82,7 @@ pub async fn issue(
                 Ok(issued) => Ok(Issued {
                     held: Held {
                         id: issued.serial.clone(),
-                        credential_id: issued.credential_id.clone().into(),
+                        credential_id: crate::api::CredentialId::Certificate(issued.fingerprint),
                         not_before: issued.not_before,
                         not_after: issued.not_after,
                         is_token: false,
