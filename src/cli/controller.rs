@@ -124,7 +124,7 @@ pub fn run(args: RunArgs) -> Result<(), CliError> {
         // Every request gets an answer (its headers; a watch's events stream on) within 30 s,
         // or fails and is retried: a request left hanging by an API server that went away
         // would otherwise wait for the client's 295 s read timeout.
-        let builder = kube::client::ClientBuilder::try_from(config)
+        let builder = crate::client::connect::builder(config)
             .map_err(|e| connect(&e))?
             .with_layer(&tower::timeout::TimeoutLayer::new(
                 crate::client::REQUEST_TIMEOUT,

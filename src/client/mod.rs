@@ -4,6 +4,7 @@
 //! fault ([`watch`]).
 
 pub mod cluster;
+pub mod connect;
 pub mod watch;
 
 pub use watch::filled;

@@ -328,7 +328,7 @@ async fn client_from(text: &str) -> std::result::Result<Client, String> {
         .await
         .map_err(|e| e.to_string())?;
     config.connect_timeout = Some(Duration::from_secs(5));
-    let client = kube::client::ClientBuilder::try_from(config)
+    let client = crate::client::connect::builder(config)
         .map_err(|e| e.to_string())?
         .with_layer(&tower::timeout::TimeoutLayer::new(REQUEST_TIMEOUT))
         .build();
