@@ -24,16 +24,19 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Waits until every cache has been filled once.
-    pub async fn filled(&self) {
-        filled(&self.cluster_role_bindings).await;
-        filled(&self.role_bindings).await;
-        filled(&self.roles).await;
+    /// Waits until every cache has been filled once; `false` when a watch is gone first (a
+    /// target's watches were stopped: its caches will never be filled).
+    pub async fn filled(&self) -> bool {
+        filled(&self.cluster_role_bindings).await
+            && filled(&self.role_bindings).await
+            && filled(&self.roles).await
     }
 
     /// Waits up to `timeout` for the caches; says whether they are filled.
     pub async fn filled_within(&self, timeout: Duration) -> bool {
-        tokio::time::timeout(timeout, self.filled()).await.is_ok()
+        tokio::time::timeout(timeout, self.filled())
+            .await
+            .unwrap_or(false)
     }
 
     /// Why a target cannot be reached now: the last error of a watch that has failed since

@@ -403,23 +403,23 @@ fn summarized<K, T>(event: watcher::Event<K>, mut cached: impl FnMut(K) -> T) ->
     }
 }
 
-/// Waits until a store has been filled once. A waiter registered before the fill is not
-/// always woken (observed with two controllers sharing stores), so the wait is retried.
-pub async fn filled<K>(store: &Store<K>)
+/// Waits until a store has been filled once (`true`), or its watch is gone (`false`: the
+/// controller is shutting down, or a target's watches were stopped). A waiter registered
+/// before the fill is not always woken (observed with two controllers sharing stores), so the
+/// wait is retried.
+pub async fn filled<K>(store: &Store<K>) -> bool
 where
     K: kube::runtime::reflector::Lookup + Clone + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     loop {
-        match tokio::time::timeout(
+        if let Ok(ready) = tokio::time::timeout(
             std::time::Duration::from_millis(200),
             store.wait_until_ready(),
         )
         .await
         {
-            // An error means the watch was dropped: the controller is shutting down.
-            Ok(_) => return,
-            Err(_) => continue,
+            return ready.is_ok();
         }
     }
 }

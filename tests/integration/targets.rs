@@ -896,3 +896,94 @@ async fn what_a_target_cluster_costs_the_controller() {
         "idle requests per minute: {per_target_requests:?}"
     );
 }
+
+/// A target down from the moment its watches start holds up no other Kubeconfig: its own
+/// controller with two reconcile slots, eight Kubeconfigs of a target that refuses every
+/// connection (each looked at again every 5 s), and one of the controller's own cluster, which
+/// is Ready as fast as ever. (A reconcile that waited 5 s for the target's first list each time
+/// kept both slots busy.)
+#[tokio::test]
+async fn a_target_down_from_the_start_holds_up_no_one_else() {
+    let home = std::thread::spawn(ControlPlane::start)
+        .join()
+        .expect("start-up thread")
+        .unwrap_or_else(|e| panic!("starting a control plane: {e}"));
+    home.install_crds().await;
+    home.install_controller_rbac().await;
+    let controller = home.spawn_controller(
+        std::path::Path::new(crate::BIN),
+        &["--leader-elect=false", "--concurrency=2"],
+        &[],
+        "controller",
+    );
+    home.adopt(controller);
+    let admin = home.admin().await;
+    let system = home.namespace("system").await;
+    let ns = home.namespace("team").await;
+    put_ca_secret(&admin, &system, "ca", &home.ca.cert_pem, &home.ca.key_pem).await;
+    put_ca_secret(&admin, &ns, "ca", &home.ca.cert_pem, &home.ca.key_pem).await;
+    let dead: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "dead-admin"},
+        "stringData": {"value": home.admin_kubeconfig().replace(&home.server, "https://127.0.0.1:1")},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), &system)
+        .create(&PostParams::default(), &dead)
+        .await
+        .unwrap();
+    let authority: ClusterAuthority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "ClusterAuthority",
+        "metadata": {"name": "dead"},
+        "spec": {
+            "target": {"kubeconfigSecretRef": {"name": "dead-admin", "namespace": system, "key": "value"}},
+            "signer": {"caSecretRef": {"name": "ca", "namespace": system}},
+        },
+    }))
+    .unwrap();
+    Api::<ClusterAuthority>::all(admin.clone())
+        .create(&PostParams::default(), &authority)
+        .await
+        .unwrap();
+    let local: kubeconfig_authority::api::Authority = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
+        "metadata": {"name": "cluster-ca"},
+        "spec": {"server": home.server, "caBundle": {"inline": home.ca_cert_pem}, "signer": {"caSecretRef": {"name": "ca"}}},
+    }))
+    .unwrap();
+    Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &local)
+        .await
+        .unwrap();
+    for i in 0..8 {
+        let name = format!("dead-{i}");
+        let authority = json!({"authorityRef": {"kind": "ClusterAuthority", "name": "dead"}});
+        apply(&admin, &ns, &name, spec(&name, authority)).await;
+    }
+    for i in 0..8 {
+        wait_condition(
+            &admin,
+            &ns,
+            &format!("dead-{i}"),
+            "False",
+            Some("TargetUnreachable"),
+            Duration::from_secs(30),
+        )
+        .await;
+    }
+    // Two rounds of retries of the dead ones, then one of the controller's own cluster, three
+    // times.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for i in 0..3 {
+        let name = format!("alive-{i}");
+        let asked = std::time::Instant::now();
+        apply(&admin, &ns, &name, spec(&name, json!({}))).await;
+        wait_condition(&admin, &ns, &name, "True", None, Duration::from_secs(30)).await;
+        let took = asked.elapsed();
+        println!("{name} Ready after {took:?} beside a dead target");
+        assert!(
+            took < Duration::from_millis(2500),
+            "{name} took {took:?}: the dead target's Kubeconfigs held the reconcile slots"
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+}

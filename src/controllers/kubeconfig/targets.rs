@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::{StreamExt, stream::BoxStream};
@@ -44,12 +44,15 @@ use crate::{
     },
 };
 
-/// How long a reconcile waits for a target's caches before it reports the target unreachable.
+/// How long after a target's watches start a reconcile may wait for its caches before it
+/// reports the target unreachable.
 const FIRST_LIST: Duration = Duration::from_secs(5);
 
 struct Entry {
     /// The resourceVersion of the admin kubeconfig's Secret the client was built from.
     version: Option<String>,
+    /// When its watches started.
+    started: Instant,
     cluster: Arc<Cluster>,
     tasks: Vec<tokio::task::AbortHandle>,
 }
@@ -62,6 +65,8 @@ impl Drop for Entry {
 
 pub struct Targets {
     entries: Mutex<HashMap<KeyRef, Entry>>,
+    /// Held while a target starts.
+    starting: tokio::sync::Mutex<()>,
     /// Kubeconfigs whose objects in a target changed.
     trigger: mpsc::UnboundedSender<ObjectRef<Kubeconfig>>,
 }
@@ -72,6 +77,7 @@ impl Targets {
         let (trigger, changes) = mpsc::unbounded_channel();
         let targets = Self {
             entries: Mutex::default(),
+            starting: tokio::sync::Mutex::default(),
             trigger,
         };
         (targets, changes)
@@ -127,20 +133,38 @@ impl Targets {
             .secret_metadata
             .get(&ObjectRef::new(&key.name).within(&namespace))
             .and_then(|s| s.resource_version());
-        let current = self.entries.lock().ok().and_then(|entries| {
-            entries
-                .get(key)
-                .filter(|e| e.version == version)
-                .map(|e| e.cluster.clone())
-        });
-        let cluster = match current {
-            Some(cluster) => cluster,
-            None => match self.start(key, &namespace, version, ctx).await? {
-                Ok(cluster) => cluster,
-                Err(problem) => return Ok(Err(problem)),
-            },
+        let current = || {
+            self.entries.lock().ok().and_then(|entries| {
+                entries
+                    .get(key)
+                    .filter(|e| e.version == version)
+                    .map(|e| (e.cluster.clone(), e.started))
+            })
         };
-        if !cluster.filled_within(FIRST_LIST).await {
+        let (cluster, started) = match current() {
+            Some(current) => current,
+            None => {
+                // One start at a time: two reconciles starting the same target would each
+                // start its watches, and the second start would stop the first's.
+                let _starting = self.starting.lock().await;
+                match current() {
+                    Some(current) => current,
+                    None => match self.start(key, &namespace, version.clone(), ctx).await? {
+                        Ok(cluster) => (cluster, Instant::now()),
+                        Err(problem) => return Ok(Err(problem)),
+                    },
+                }
+            }
+        };
+        // Only the first FIRST_LIST after the start is waited for, and not once a watch has
+        // failed: a target down when its watches start must not hold a reconcile slot for
+        // each of its Kubeconfigs every time they are looked at (with more of them than slots,
+        // every other Kubeconfig would wait).
+        let wait = match cluster.unreachable() {
+            Some(_) => Duration::ZERO,
+            None => FIRST_LIST.saturating_sub(started.elapsed()),
+        };
+        if !cluster.filled_within(wait).await {
             let error = cluster
                 .unreachable()
                 .unwrap_or_else(|| "no answer yet".into());
@@ -209,6 +233,7 @@ impl Targets {
                 key.clone(),
                 Entry {
                     version,
+                    started: Instant::now(),
                     cluster: cluster.clone(),
                     tasks,
                 },
