@@ -220,29 +220,70 @@ async fn token_kubeconfigs_authenticate_rotate_and_die_with_their_secret() {
     })
     .await;
 
-    // Deleting the Kubeconfig deletes the Secret the tokens are bound to: both stop working,
-    // as soon as the API server's cache of successful token authentications (10 s) lets go.
-    delete_and_wait(&admin, &ns, "flux").await;
-    let deleted = Instant::now();
-    // The Secret is owned by the Kubeconfig: the garbage collector removes it.
-    eventually(Duration::from_secs(10), "the Secret removed", || async {
-        match secret(&admin, &ns, "flux-kubeconfig").await {
-            None => Ok(()),
-            Some(_) => Err("still there".to_string()),
+    // The Secret gets another name: the one left is deleted, and so the tokens bound to it are
+    // refused; the new Secret holds a new token.
+    apply(
+        &admin,
+        &ns,
+        "flux",
+        json!({
+            "authorityRef": {"name": "tokens"},
+            "serviceAccountRef": {"name": "flux"},
+            "validity": "10m",
+            "renewBefore": "9m40s",
+            "secretRef": {"name": "flux-credentials"},
+        }),
+    )
+    .await;
+    let gone = |name: &'static str| {
+        let admin = admin.clone();
+        let ns = ns.clone();
+        async move {
+            eventually(
+                Duration::from_secs(10),
+                &format!("{name} removed"),
+                || async {
+                    match secret(&admin, &ns, name).await {
+                        None => Ok(()),
+                        Some(_) => Err("still there".to_string()),
+                    }
+                },
+            )
+            .await
+        }
+    };
+    gone("flux-kubeconfig").await;
+    let all_refused = |kubeconfigs: Vec<String>| async move {
+        for kubeconfig in &kubeconfigs {
+            eventually(Duration::from_secs(20), "the token refused", || async {
+                match review_code(kubeconfig).await {
+                    Err(kube::Error::Api(s)) if s.code == 401 => Ok(()),
+                    other => Err(format!("{:?}", other.map(|_| "accepted"))),
+                }
+            })
+            .await;
+        }
+    };
+    all_refused(vec![first.clone(), second.clone()]).await;
+    let third = eventually(Duration::from_secs(10), "the renamed Secret", || async {
+        match secret(&admin, &ns, "flux-credentials").await {
+            Some(_) => Ok(kubeconfig_of(&admin, &ns, "flux-credentials").await),
+            None => Err("not yet".to_string()),
         }
     })
     .await;
-    for kubeconfig in [&first, &second] {
-        eventually(Duration::from_secs(20), "the token refused", || async {
-            match review_code(kubeconfig).await {
-                Err(kube::Error::Api(s)) if s.code == 401 => Ok(()),
-                other => Err(format!("{:?}", other.map(|_| "accepted"))),
-            }
-        })
-        .await;
-    }
+    let (user, _) = whoami(client_from_kubeconfig(&third).await).await;
+    assert_eq!(user, format!("system:serviceaccount:{ns}:flux"));
+
+    // Deleting the Kubeconfig deletes the Secret the token is bound to: it stops working as
+    // soon as the API server's cache of successful token authentications (10 s) lets go.
+    delete_and_wait(&admin, &ns, "flux").await;
+    let deleted = Instant::now();
+    // The Secret is owned by the Kubeconfig: the garbage collector removes it.
+    gone("flux-credentials").await;
+    all_refused(vec![third]).await;
     let refused = deleted.elapsed();
-    println!("tokens refused {refused:?} after the Kubeconfig was gone");
+    println!("the token refused {refused:?} after the Kubeconfig was gone");
     assert!(
         refused < Duration::from_secs(12),
         "within the API server's 10 s token cache"

@@ -143,6 +143,32 @@ async fn gone(admin: &Client, ns: &str, name: &str, timeout: Duration) {
     .await;
 }
 
+/// Waits until the Kubeconfig `name` is Ready with its bindings in the target whose admin
+/// kubeconfig is the Secret `target` (`None`: the controller's own cluster).
+async fn moved(admin: &Client, ns: &str, name: &str, target: Option<&str>) {
+    eventually(
+        Duration::from_secs(15),
+        &format!("{name} Ready in {target:?}"),
+        || {
+            let api = Api::<Kubeconfig>::namespaced(admin.clone(), ns);
+            async move {
+                let kc = api.get(name).await.map_err(|e| e.to_string())?;
+                let ready = crate::ready_condition(&kc);
+                let at = kc.status.as_ref().and_then(|s| s.target.as_ref());
+                match ready {
+                    Some((status, ..))
+                        if status == "True" && at.map(|t| t.name.as_str()) == target =>
+                    {
+                        Ok(())
+                    }
+                    _ => Err(format!("{ready:?} in {at:?}")),
+                }
+            }
+        },
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
     let a = plane();
@@ -359,6 +385,61 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
     })
     .await;
 
+    // The cluster of the bindings changes (the Kubeconfig names another authority): what was
+    // bound in the one left goes. A to B, B to C, C back to A.
+    let view_here = json!({"roleBindings": [{"namespace": ns, "clusterRole": "view"}]});
+    let view_there = json!({"clusterRoleBindings": {"clusterRoles": ["view"]}});
+    apply(
+        &admin,
+        &ns,
+        "frank",
+        spec("frank", json!({"authorization": view_here})),
+    )
+    .await;
+    moved(&admin, &ns, "frank", None).await;
+    let frank = uid_of(&admin, &ns, "frank").await;
+    let clusters = [
+        (None, &admin),
+        (Some(&to_b), &admin_b),
+        (Some(&to_c), &admin_c),
+    ];
+    let bound_only_in = |place: Option<String>| {
+        let frank = frank.clone();
+        async move {
+            for (at, client) in clusters {
+                let (cluster, namespaced) = bindings(client, &frank).await;
+                let expected = if at == place.as_ref() { 1 } else { 0 };
+                assert_eq!(
+                    cluster.len() + namespaced.len(),
+                    expected,
+                    "frank's bindings in {}",
+                    at.map_or("A", |t| t.as_str())
+                );
+            }
+        }
+    };
+    bound_only_in(None).await;
+    for to in [&to_b, &to_c] {
+        apply(
+            &admin,
+            &ns,
+            "frank",
+            for_target(to, "frank", view_there.clone()),
+        )
+        .await;
+        moved(&admin, &ns, "frank", Some(&format!("{to}-admin"))).await;
+        bound_only_in(Some(to.clone())).await;
+    }
+    apply(
+        &admin,
+        &ns,
+        "frank",
+        spec("frank", json!({"authorization": view_here})),
+    )
+    .await;
+    moved(&admin, &ns, "frank", None).await;
+    bound_only_in(None).await;
+
     // A target that binds roles its authority's policy does not list is refused.
     apply(
         &admin,
@@ -411,6 +492,16 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
         .await
         .status
         .and_then(|s| s.serial_number);
+    // grace moves from B to C while B is down: it waits for B.
+    apply(
+        &admin,
+        &ns,
+        "grace",
+        for_target(&to_b, "grace", view_there.clone()),
+    )
+    .await;
+    moved(&admin, &ns, "grace", Some(&format!("{to_b}-admin"))).await;
+    let grace = uid_of(&admin, &ns, "grace").await;
     b.stop_component("kube-apiserver", true);
     let kc = wait_condition(
         &admin,
@@ -432,6 +523,37 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
         Duration::from_secs(30),
     )
     .await;
+    apply(
+        &admin,
+        &ns,
+        "grace",
+        for_target(&to_c, "grace", view_there.clone()),
+    )
+    .await;
+    let waiting = wait_condition(
+        &admin,
+        &ns,
+        "grace",
+        "False",
+        Some("TargetUnreachable"),
+        Duration::from_secs(30),
+    )
+    .await;
+    let status = waiting.status.unwrap();
+    assert!(
+        status.conditions[0].message.contains("goes first"),
+        "{:?}",
+        status.conditions[0]
+    );
+    assert_eq!(
+        status.target.map(|t| t.name),
+        Some(format!("{to_b}-admin")),
+        "grace's bindings are still in B"
+    );
+    assert!(
+        bindings(&admin_c, &grace).await.0.is_empty(),
+        "nothing bound in C before B is cleaned"
+    );
     apply(
         &admin,
         &ns,
@@ -586,6 +708,12 @@ async fn bindings_tokens_and_cleanup_happen_in_the_target_cluster() {
         "the same certificate"
     );
     reported(&admin, &to_b, true).await;
+    moved(&admin, &ns, "grace", Some(&format!("{to_c}-admin"))).await;
+    assert!(
+        bindings(&admin_b, &grace).await.0.is_empty(),
+        "grace's binding in B went once B was back"
+    );
+    assert_eq!(bindings(&admin_c, &grace).await.0.len(), 1, "and is in C");
     let dave_uid = recovered.uid().unwrap();
     assert_eq!(bindings(&admin_b, &dave_uid).await.1.len(), 1);
 

@@ -136,9 +136,18 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     let (prepared, allowed) = resolve::prepare(&kc, &uid, ctx).await?;
     // The cluster of the bindings: the controller's, or the authority's target.
     let target = write::target_of(&kc, &prepared);
+    // A cluster the bindings left (the authority or its target changed) is cleaned first.
+    if let Some(problem) = write::leave_previous(&kc, &uid, target.as_ref(), ctx).await? {
+        let previous = kc.status.as_ref().and_then(|s| s.target.as_deref());
+        let outcome = status::Outcome::NotReady(problem);
+        let outputs = status::Outputs::default();
+        write::report(&kc, &outcome, &outputs, previous, ctx, now).await?;
+        return Ok(next(&kc, &outcome, &outputs, ctx));
+    }
     let cluster = write::cluster(target.as_ref(), ctx).await?;
     // 2. The credential and its bindings, together or not at all.
     let (outcome, data) = write::credential(&kc, &uid, prepared, cluster, ctx, now).await?;
+    write::remove_renamed(&kc, &uid, ctx).await?;
     // 3. The copies and the Argo CD cluster Secret of a Secret that holds a valid
     // credential; none otherwise.
     let (distributed, registered) =
@@ -149,14 +158,24 @@ async fn apply(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
         registered: registered.as_ref(),
     };
     write::report(&kc, &outcome, &outputs, target.as_ref(), ctx, now).await?;
-    Ok(match status::requeue_for(&outcome, &outputs) {
+    Ok(next(&kc, &outcome, &outputs, ctx))
+}
+
+/// The next look at a Kubeconfig after `outcome`: a Ready one waits in [`renewals`].
+fn next(
+    kc: &Kubeconfig,
+    outcome: &status::Outcome,
+    outputs: &status::Outputs<'_>,
+    ctx: &Context,
+) -> Action {
+    match status::requeue_for(outcome, outputs) {
         status::Next::Renewal(wait) => {
-            ctx.renewals.after(&kc, wait);
+            ctx.renewals.after(kc, wait);
             Action::await_change()
         }
         status::Next::Retry(wait) => {
-            ctx.renewals.forget(&kc);
+            ctx.renewals.forget(kc);
             Action::requeue(wait)
         }
-    })
+    }
 }

@@ -379,6 +379,89 @@ async fn observe_secret(
     Ok((plan, live.and_then(|l| l.data)))
 }
 
+/// When the cluster of a Kubeconfig's bindings changed since the last reconcile (its authority,
+/// or the authority's target, did: `target` against the status's), removes what it made in the
+/// previous one first: the bindings and Roles there, and in a previous target its CSRs and the
+/// token anchors (which revokes the tokens bound to them). `Some(problem)` while a previous
+/// target cannot be reached: nothing else is done until it can, or until an admin gives it up
+/// with [`ORPHAN_TARGET_ANNOTATION`], as for a deletion.
+pub async fn leave_previous(
+    kc: &Kubeconfig,
+    uid: &str,
+    target: Option<&KeyRef>,
+    ctx: &Context,
+) -> Result<Option<Problem>> {
+    // Never reported: nothing was made anywhere.
+    let Some(status) = kc.status.as_ref() else {
+        return Ok(None);
+    };
+    let previous = status.target.as_deref();
+    if previous == target {
+        return Ok(None);
+    }
+    let Some(key) = previous else {
+        // The controller's own cluster: its copies and Secret stay, its bindings go.
+        info!("the authority now binds in a target cluster: removing the bindings made here");
+        return apply_bindings(kc, uid, false, &ctx.local, ctx).await;
+    };
+    if orphaned(kc) {
+        warn!(target_cluster = %key.name, "{ORPHAN_TARGET_ANNOTATION}: what was made in the previous target cluster is left there");
+        return Ok(None);
+    }
+    match ctx.targets.cluster(key, ctx).await? {
+        Ok(cluster) => {
+            info!(target_cluster = %key.name, "the Kubeconfig binds elsewhere now: removing what it made in its previous target cluster");
+            remove_labelled(&cluster.client, &labelled(uid), None).await?;
+            Ok(None)
+        }
+        Err(problem) => Ok(Some(Problem::new(
+            problem.reason,
+            format!(
+                "the Kubeconfig no longer binds in the target of Secret {}/{}, and what it made there goes first: {} (to give that target up, an admin annotates this Kubeconfig {ORPHAN_TARGET_ANNOTATION}=true)",
+                key.namespace.as_deref().unwrap_or_default(),
+                key.name,
+                problem.message
+            ),
+        ))),
+    }
+}
+
+/// Deletes the Secrets a Kubeconfig wrote under a name its spec no longer gives (its
+/// `spec.secretRef.name` changed): their credentials go with them, and the tokens bound to them
+/// are revoked.
+pub async fn remove_renamed(kc: &Kubeconfig, uid: &str, ctx: &Context) -> Result<()> {
+    let namespace = kc.namespace().unwrap_or_default();
+    let name = &kc.spec.secret_ref.name;
+    let former = ctx.secrets_of(uid, |s| {
+        s.namespace == namespace
+            && s.name != *name
+            && !s.argo_cd
+            && crate::model::managed::is_uid(s.controller_uid, uid)
+    });
+    for secret in former {
+        ctx.spend(uid, Written::Secret)?;
+        info!(secret = %secret.name, "removing the Secret of a former spec.secretRef.name");
+        client::delete_ignoring_absent(
+            Api::<Secret>::namespaced(ctx.client.clone(), &namespace),
+            &secret.name,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Whether an admin gave up on the Kubeconfig's target cluster.
+fn orphaned(kc: &Kubeconfig) -> bool {
+    kc.annotations()
+        .get(ORPHAN_TARGET_ANNOTATION)
+        .is_some_and(|v| v == "true")
+}
+
+/// Everything labelled with a Kubeconfig's UID.
+fn labelled(uid: &str) -> ListParams {
+    ListParams::default().labels(&format!("{KUBECONFIG_UID_LABEL}={uid}"))
+}
+
 /// Removes what a Kubeconfig that is not Ready must not hold: its bindings (in `cluster`,
 /// unless it cannot be reached) and its own Secret (copies go with distribution). A Secret it
 /// does not own is left alone.
@@ -504,7 +587,7 @@ fn binding_failure(what: &str, e: kube::Error) -> Result<String> {
 pub async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     let namespace = kc.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let uid = kc.uid().ok_or(Error::MissingMetadata("uid"))?;
-    let selector = ListParams::default().labels(&format!("{KUBECONFIG_UID_LABEL}={uid}"));
+    let selector = labelled(&uid);
     // CSRs still waiting (a signed one is deleted when its certificate is taken).
     if let Ok(mut pending) = ctx.pending_csrs.lock() {
         pending.remove(&uid);
@@ -512,12 +595,8 @@ pub async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     // In the target first: everything made there goes before the finalizer does, unless an
     // admin gives the target up.
     let target = kc.status.as_ref().and_then(|s| s.target.as_ref());
-    let orphan = kc
-        .annotations()
-        .get(ORPHAN_TARGET_ANNOTATION)
-        .is_some_and(|v| v == "true");
     match target {
-        Some(key) if orphan => {
+        Some(key) if orphaned(&kc) => {
             warn!(target_cluster = %key.name, "{ORPHAN_TARGET_ANNOTATION}: what was made in the target cluster is left there");
         }
         Some(key) => match ctx.targets.cluster(key, ctx).await? {
