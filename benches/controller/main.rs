@@ -598,7 +598,9 @@ fn openssl_keys(n: usize) -> Option<Row> {
                 "-pkeyopt",
                 "rsa_keygen_bits:4096",
             ])
+            // Its progress dots go to stderr.
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .status()
             .ok()?;
         status.success().then_some(())?;
