@@ -38,7 +38,8 @@ use crate::{
 };
 
 /// Runs what generates a key where it cannot stall the controller: an RSA key takes up to
-/// seconds and is made on the blocking pool; the others take well under a millisecond.
+/// seconds and is made on the blocking pool; the others take well under a millisecond. (A
+/// certificate signed by a CA takes its key from [`super::keys::KeyPool`].)
 async fn generating<T: Send + 'static>(
     algorithm: KeyAlgorithm,
     work: impl FnOnce() -> Result<T, kubeconfig_authority_pki::Error> + Send + 'static,
@@ -72,11 +73,10 @@ pub async fn issue(
             },
             ResolvedSigner::Ca(ca),
         ) => Ok(
-            match generating(*algorithm, {
-                let (ca, identity, algorithm) = (ca.clone(), identity.clone(), *algorithm);
-                let (validity, keys) = (desired.validity, ctx.keys.clone());
-                move || ca.issue_with_key(&identity, keys.take(algorithm)?, validity, now)
-            })
+            match async {
+                let key = ctx.keys.fresh(*algorithm).await?;
+                ca.issue_with_key(identity, key, desired.validity, now)
+            }
             .await
             {
                 Ok(issued) => Ok(Issued {
