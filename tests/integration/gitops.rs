@@ -202,19 +202,16 @@ async fn token_kubeconfigs_authenticate_rotate_and_die_with_their_secret() {
     }
 
     // Without impersonateSelf the Role goes, and so does the right.
-    apply(
-        &admin,
-        &ns,
-        "flux",
+    let plain = |secret: &str| {
         json!({
             "authorityRef": {"name": "tokens"},
             "serviceAccountRef": {"name": "flux"},
             "validity": "10m",
             "renewBefore": "9m40s",
-            "secretRef": {"name": "flux-kubeconfig"},
-        }),
-    )
-    .await;
+            "secretRef": {"name": secret},
+        })
+    };
+    apply(&admin, &ns, "flux", plain("flux-kubeconfig")).await;
     until_code("self-impersonation revoked", 403, || {
         review_code(&impersonating)
     })
@@ -222,19 +219,7 @@ async fn token_kubeconfigs_authenticate_rotate_and_die_with_their_secret() {
 
     // The Secret gets another name: the one left is deleted, and so the tokens bound to it are
     // refused; the new Secret holds a new token.
-    apply(
-        &admin,
-        &ns,
-        "flux",
-        json!({
-            "authorityRef": {"name": "tokens"},
-            "serviceAccountRef": {"name": "flux"},
-            "validity": "10m",
-            "renewBefore": "9m40s",
-            "secretRef": {"name": "flux-credentials"},
-        }),
-    )
-    .await;
+    apply(&admin, &ns, "flux", plain("flux-credentials")).await;
     let gone = |name: &'static str| {
         let admin = admin.clone();
         let ns = ns.clone();
