@@ -8,7 +8,9 @@
 //!
 //! The same run puts cert-manager beside it (see [`cert_manager`]): the same credentials, on
 //! the same API server, P-256 and RSA-4096, with cert-manager's default and tuned client limits.
-//! `BENCH_SCALE=N` runs this controller alone at N Kubeconfigs (100,000 takes most of an hour).
+//! `BENCH_SCALE=N` runs this controller alone at N Kubeconfigs (100,000 takes most of an hour);
+//! `BENCH_RSA=N` only N RSA-4096 credentials, from this controller and from cert-manager, beside
+//! `openssl genpkey`.
 //!
 //! `BENCH_CONTROLLER=path` measures another build of the controller: an older commit's, for a
 //! comparison on the same machine on the same day (CPU time per Kubeconfig varies by a tenth
@@ -54,8 +56,11 @@ struct Scale {
     floor: bool,
     /// Credentials with RSA-4096 keys, for this controller and for cert-manager (0: none).
     rsa: usize,
-    /// cert-manager's bulk batches, P-256 (none: cert-manager is not run).
+    /// cert-manager's bulk batches, P-256.
     cert_manager: Vec<usize>,
+    /// cert-manager's batch of `rsa` RSA-4096 Certificates too (with neither, cert-manager is
+    /// not run).
+    cert_manager_rsa: bool,
 }
 
 /// The key of a credential.
@@ -78,18 +83,21 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), Error> {
     let full = std::env::args().any(|a| a == "--bench");
+    // The number of Kubeconfigs in the environment variable `name`, if set.
+    let count = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|n| n.parse::<usize>())
+            .transpose()
+            .map_err(|e| format!("{name} must be a number of Kubeconfigs: {e}"))
+    };
     // `BENCH_QUICK=N`: one bulk batch of N, the restart and no storm, to profile a change quickly.
-    let quick = std::env::var("BENCH_QUICK")
-        .ok()
-        .map(|n| n.parse::<usize>())
-        .transpose()
-        .map_err(|e| format!("BENCH_QUICK must be a number of Kubeconfigs: {e}"))?;
+    let quick = count("BENCH_QUICK")?;
+    // `BENCH_RSA=N`: N RSA-4096 credentials from this controller and from cert-manager, and
+    // `openssl genpkey`, alone.
+    let rsa = count("BENCH_RSA")?;
     // `BENCH_SCALE=N`: this controller alone, one bulk batch of N (also the renewal storm).
-    let large = std::env::var("BENCH_SCALE")
-        .ok()
-        .map(|n| n.parse::<usize>())
-        .transpose()
-        .map_err(|e| format!("BENCH_SCALE must be a number of Kubeconfigs: {e}"))?;
+    let large = count("BENCH_SCALE")?;
     let scale = if let Some(n) = quick {
         Scale {
             single: 50,
@@ -103,6 +111,22 @@ fn main() -> Result<(), Error> {
             floor: true,
             rsa: 0,
             cert_manager: vec![],
+            cert_manager_rsa: false,
+        }
+    } else if let Some(n) = rsa {
+        Scale {
+            single: 5,
+            bulk: vec![],
+            storm_validity: "24h",
+            storm_renew_before: "1h",
+            storm_deadline: Duration::ZERO,
+            probe: 1_000,
+            settle: Duration::from_secs(10),
+            storm: false,
+            floor: false,
+            rsa: n,
+            cert_manager: vec![],
+            cert_manager_rsa: true,
         }
     } else if let Some(n) = large {
         Scale {
@@ -120,6 +144,7 @@ fn main() -> Result<(), Error> {
             floor: false,
             rsa: 0,
             cert_manager: vec![],
+            cert_manager_rsa: false,
         }
     } else if full {
         Scale {
@@ -134,6 +159,7 @@ fn main() -> Result<(), Error> {
             floor: true,
             rsa: 100,
             cert_manager: vec![1_000, 10_000],
+            cert_manager_rsa: true,
         }
     } else {
         Scale {
@@ -148,6 +174,7 @@ fn main() -> Result<(), Error> {
             floor: true,
             rsa: 2,
             cert_manager: vec![10],
+            cert_manager_rsa: true,
         }
     };
     let plane = ControlPlane::start()?;
@@ -538,7 +565,7 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
     controller.stop(Duration::from_secs(10));
     plane_memory(plane, &mut report);
 
-    if !scale.cert_manager.is_empty() {
+    if !scale.cert_manager.is_empty() || scale.cert_manager_rsa {
         // This controller's objects go, so that they weigh on nothing cert-manager does.
         remove(
             &admin,
@@ -570,6 +597,7 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
     compare(&rows, &baseline, &mut report);
 
     report.print_and_save(&match (full, scale.bulk.as_slice()) {
+        _ if scale.bulk.is_empty() => "controller-rsa.json".to_string(),
         _ if !scale.storm => "controller-quick.json".to_string(),
         (true, [n]) => format!("controller-{n}.json"),
         (true, _) => "controller.json".to_string(),
