@@ -65,7 +65,8 @@ demo: controlplane
 	KEEP=$(KEEP) $(CARGO) run --quiet --example demo
 
 ## bench: the controller against the local control plane and beside cert-manager (figures in
-## target/bench; BENCH_SCALE=100000 for this controller alone at that scale), then issuance
+## target/bench; BENCH_SCALE=100000 for this controller alone at that scale, BENCH_RSA=100 for
+## RSA-4096 credentials alone beside cert-manager and openssl), then issuance
 ## micro-benchmarks (criterion; figures in target/criterion)
 bench: controlplane tools
 	$(CARGO) bench --bench controller
