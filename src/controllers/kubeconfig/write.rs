@@ -404,17 +404,9 @@ pub async fn leave_previous(
         info!("the authority now binds in a target cluster: removing the bindings made here");
         return apply_bindings(kc, uid, false, &ctx.local, ctx).await;
     };
-    if orphaned(kc) {
-        warn!(target_cluster = %key.name, "{ORPHAN_TARGET_ANNOTATION}: what was made in the previous target cluster is left there");
-        return Ok(None);
-    }
-    match ctx.targets.cluster(key, ctx).await? {
-        Ok(cluster) => {
-            info!(target_cluster = %key.name, "the Kubeconfig binds elsewhere now: removing what it made in its previous target cluster");
-            remove_labelled(&cluster.client, &labelled(uid), None).await?;
-            Ok(None)
-        }
-        Err(problem) => Ok(Some(Problem::new(
+    info!(target_cluster = %key.name, "the Kubeconfig binds elsewhere now: its previous target cluster is cleaned first");
+    Ok(clean_target(kc, uid, key, ctx).await?.map(|problem| {
+        Problem::new(
             problem.reason,
             format!(
                 "the Kubeconfig no longer binds in the target of Secret {}/{}, and what it made there goes first: {} (to give that target up, an admin annotates this Kubeconfig {ORPHAN_TARGET_ANNOTATION}=true)",
@@ -422,7 +414,29 @@ pub async fn leave_previous(
                 key.name,
                 problem.message
             ),
-        ))),
+        )
+    }))
+}
+
+/// Removes everything labelled with the Kubeconfig's UID in the target cluster `key`, unless an
+/// admin gave that target up ([`ORPHAN_TARGET_ANNOTATION`]); `Some(problem)` while it cannot
+/// be reached.
+async fn clean_target(
+    kc: &Kubeconfig,
+    uid: &str,
+    key: &KeyRef,
+    ctx: &Context,
+) -> Result<Option<Problem>> {
+    if orphaned(kc) {
+        warn!(target_cluster = %key.name, "{ORPHAN_TARGET_ANNOTATION}: what was made in the target cluster is left there");
+        return Ok(None);
+    }
+    match ctx.targets.cluster(key, ctx).await? {
+        Ok(cluster) => {
+            remove_labelled(&cluster.client, &labelled(uid), None).await?;
+            Ok(None)
+        }
+        Err(problem) => Ok(Some(problem)),
     }
 }
 
@@ -594,32 +608,24 @@ pub async fn cleanup(kc: Arc<Kubeconfig>, ctx: &Context) -> Result<Action> {
     }
     // In the target first: everything made there goes before the finalizer does, unless an
     // admin gives the target up.
-    let target = kc.status.as_ref().and_then(|s| s.target.as_ref());
-    match target {
-        Some(key) if orphaned(&kc) => {
-            warn!(target_cluster = %key.name, "{ORPHAN_TARGET_ANNOTATION}: what was made in the target cluster is left there");
-        }
-        Some(key) => match ctx.targets.cluster(key, ctx).await? {
-            Ok(cluster) => remove_labelled(&cluster.client, &selector, None).await?,
-            Err(problem) => {
-                let message = format!(
-                    "{}; the deletion waits for it (to give the target up, an admin annotates this Kubeconfig {ORPHAN_TARGET_ANNOTATION}=true)",
-                    problem.message
-                );
-                let outcome = Outcome::NotReady(Problem::new(problem.reason, message.clone()));
-                report(
-                    &kc,
-                    &outcome,
-                    &status::Outputs::default(),
-                    Some(key),
-                    ctx,
-                    OffsetDateTime::now_utc(),
-                )
-                .await?;
-                return Err(Error::TargetUnreachable(message));
-            }
-        },
-        None => {}
+    if let Some(key) = kc.status.as_ref().and_then(|s| s.target.as_deref())
+        && let Some(problem) = clean_target(&kc, &uid, key, ctx).await?
+    {
+        let message = format!(
+            "{}; the deletion waits for it (to give the target up, an admin annotates this Kubeconfig {ORPHAN_TARGET_ANNOTATION}=true)",
+            problem.message
+        );
+        let outcome = Outcome::NotReady(Problem::new(problem.reason, message.clone()));
+        report(
+            &kc,
+            &outcome,
+            &status::Outputs::default(),
+            Some(key),
+            ctx,
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+        return Err(Error::TargetUnreachable(message));
     }
     // In the controller's cluster (where the Secret and its copies are).
     remove_labelled(&ctx.client, &selector, Some(&namespace)).await?;
