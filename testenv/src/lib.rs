@@ -65,12 +65,8 @@ pub use kubeconfig_authority::api::admission::CONTROLLER_USER;
 pub fn shared() -> &'static ControlPlane {
     static SHARED: OnceLock<ControlPlane> = OnceLock::new();
     SHARED.get_or_init(|| {
-        // Started on a thread of its own: the caller is usually inside a test's async runtime,
-        // and start-up runs one of its own.
-        let plane = std::thread::spawn(ControlPlane::start)
-            .join()
-            .expect("control plane start-up thread")
-            .unwrap_or_else(|e| panic!("starting the control plane: {e}"));
+        // The caller is usually inside a test's async runtime.
+        let plane = ControlPlane::start_apart();
         // A static is never dropped: remove its folder when the test process exits (keep it with
         // KUBECONFIG_AUTHORITY_KEEP_LOGS=1, to read the logs after a failure).
         if std::env::var("KUBECONFIG_AUTHORITY_KEEP_LOGS").is_err() {
@@ -122,6 +118,15 @@ pub fn shared_with_controller(binary: &'static str) -> &'static ControlPlane {
 }
 
 impl ControlPlane {
+    /// [`Self::start`] from inside a test's async runtime: on a thread of its own, since
+    /// start-up runs a runtime of its own. Panics if it cannot start.
+    pub fn start_apart() -> Self {
+        std::thread::spawn(Self::start)
+            .join()
+            .expect("control plane start-up thread")
+            .unwrap_or_else(|e| panic!("starting a control plane: {e}"))
+    }
+
     /// Starts etcd and kube-apiserver and waits until the API server is ready.
     pub fn start() -> Result<Self, String> {
         Self::start_with(None)
@@ -131,10 +136,7 @@ impl ControlPlane {
     /// and kube-controller-manager (the aggregated `view` and `edit` roles, the garbage
     /// collector), ready. Panics if it cannot start.
     pub async fn start_other() -> Self {
-        let cluster = std::thread::spawn(Self::start)
-            .join()
-            .expect("start-up thread")
-            .unwrap_or_else(|e| panic!("starting another cluster: {e}"));
+        let cluster = Self::start_apart();
         cluster.start_controller_manager();
         cluster.wait_for_aggregated_roles().await;
         cluster

@@ -159,10 +159,7 @@ async fn outage(
 
 #[tokio::test]
 async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart() {
-    let plane = std::thread::spawn(ControlPlane::start)
-        .join()
-        .unwrap()
-        .unwrap();
+    let plane = ControlPlane::start_apart();
     plane.install_crds().await;
     plane.start_controller_manager();
     plane.install_controller_rbac().await;

@@ -47,10 +47,7 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn a_second_replica_takes_over_within_fifteen_seconds_without_double_issuance() {
-    let plane = std::thread::spawn(ControlPlane::start)
-        .join()
-        .unwrap()
-        .unwrap();
+    let plane = ControlPlane::start_apart();
     plane.install_crds().await;
     plane.install_controller_rbac().await;
     let admin = plane.admin().await;

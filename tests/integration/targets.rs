@@ -882,13 +882,7 @@ fn rss_mib(pid: u32) -> f64 {
 /// target's own requests in a minute before the controller knew it.
 #[tokio::test]
 async fn what_a_target_cluster_costs_the_controller() {
-    let start = || {
-        std::thread::spawn(ControlPlane::start)
-            .join()
-            .expect("start-up thread")
-            .unwrap_or_else(|e| panic!("starting a control plane: {e}"))
-    };
-    let home = start();
+    let home = ControlPlane::start_apart();
     home.install_crds().await;
     home.install_controller_rbac().await;
     let port = crate::support::free_port().unwrap();
@@ -902,7 +896,7 @@ async fn what_a_target_cluster_costs_the_controller() {
     let pid = controller.child.id();
     home.adopt(controller);
     let admin = home.admin().await;
-    let targets: Vec<ControlPlane> = (0..3).map(|_| start()).collect();
+    let targets: Vec<ControlPlane> = (0..3).map(|_| ControlPlane::start_apart()).collect();
     let mut clients = Vec::new();
     for t in &targets {
         clients.push(t.admin().await);
@@ -1006,10 +1000,7 @@ async fn what_a_target_cluster_costs_the_controller() {
 /// kept both slots busy.)
 #[tokio::test]
 async fn a_target_down_from_the_start_holds_up_no_one_else() {
-    let home = std::thread::spawn(ControlPlane::start)
-        .join()
-        .expect("start-up thread")
-        .unwrap_or_else(|e| panic!("starting a control plane: {e}"));
+    let home = ControlPlane::start_apart();
     home.install_crds().await;
     home.install_controller_rbac().await;
     let controller = home.spawn_controller(
