@@ -98,35 +98,30 @@ fn main() -> Result<(), Error> {
     let rsa = count("BENCH_RSA")?;
     // `BENCH_SCALE=N`: this controller alone, one bulk batch of N (also the renewal storm).
     let large = count("BENCH_SCALE")?;
+    let quick_scale = |n: usize| Scale {
+        single: 50,
+        bulk: vec![n],
+        storm_validity: "24h",
+        storm_renew_before: "1h",
+        storm_deadline: Duration::ZERO,
+        probe: 1_000,
+        settle: Duration::from_secs(10),
+        storm: false,
+        floor: true,
+        rsa: 0,
+        cert_manager: vec![],
+        cert_manager_rsa: false,
+    };
     let scale = if let Some(n) = quick {
-        Scale {
-            single: 50,
-            bulk: vec![n],
-            storm_validity: "24h",
-            storm_renew_before: "1h",
-            storm_deadline: Duration::ZERO,
-            probe: 1_000,
-            settle: Duration::from_secs(10),
-            storm: false,
-            floor: true,
-            rsa: 0,
-            cert_manager: vec![],
-            cert_manager_rsa: false,
-        }
+        quick_scale(n)
     } else if let Some(n) = rsa {
         Scale {
             single: 5,
             bulk: vec![],
-            storm_validity: "24h",
-            storm_renew_before: "1h",
-            storm_deadline: Duration::ZERO,
-            probe: 1_000,
-            settle: Duration::from_secs(10),
-            storm: false,
             floor: false,
             rsa: n,
-            cert_manager: vec![],
             cert_manager_rsa: true,
+            ..quick_scale(0)
         }
     } else if let Some(n) = large {
         Scale {

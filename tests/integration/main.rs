@@ -29,7 +29,11 @@ pub(crate) fn plane() -> &'static ControlPlane {
 
 /// A namespace with a CA Secret (kubeadm's key names) and an Authority `cluster-ca` using it.
 pub(crate) async fn setup(prefix: &str, ca: &TestCa) -> (Client, String) {
-    let plane = plane();
+    setup_on(plane(), prefix, ca).await
+}
+
+/// [`setup`] on another control plane than the shared one.
+pub(crate) async fn setup_on(plane: &ControlPlane, prefix: &str, ca: &TestCa) -> (Client, String) {
     let ns = plane.namespace(prefix).await;
     let admin = plane.admin().await;
     put_ca_secret(&admin, &ns, "cluster-ca", &ca.cert_pem, &ca.key_pem).await;

@@ -32,17 +32,30 @@ async fn target_authority(
     cluster: &ControlPlane,
     signer: Value,
 ) {
+    let kubeconfig = cluster.admin_kubeconfig();
+    target_authority_with(admin, system, name, &kubeconfig, &cluster.ca, signer).await;
+}
+
+/// [`target_authority`] with the target's admin `kubeconfig` and its CA given apart.
+async fn target_authority_with(
+    admin: &Client,
+    system: &str,
+    name: &str,
+    kubeconfig: &str,
+    ca: &crate::support::TestCa,
+    signer: Value,
+) {
     put_ca_secret(
         admin,
         system,
         &format!("{name}-ca"),
-        &cluster.ca.cert_pem,
-        &cluster.ca.key_pem,
+        &ca.cert_pem,
+        &ca.key_pem,
     )
     .await;
     let kubeconfig: Secret = serde_json::from_value(json!({
         "metadata": {"name": format!("{name}-admin")},
-        "stringData": {"value": cluster.admin_kubeconfig()},
+        "stringData": {"value": kubeconfig},
     }))
     .unwrap();
     Api::<Secret>::namespaced(admin.clone(), system)
@@ -1012,41 +1025,11 @@ async fn a_target_down_from_the_start_holds_up_no_one_else() {
     home.adopt(controller);
     let admin = home.admin().await;
     let system = home.namespace("system").await;
-    let ns = home.namespace("team").await;
-    put_ca_secret(&admin, &system, "ca", &home.ca.cert_pem, &home.ca.key_pem).await;
-    put_ca_secret(&admin, &ns, "ca", &home.ca.cert_pem, &home.ca.key_pem).await;
-    let dead: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "dead-admin"},
-        "stringData": {"value": home.admin_kubeconfig().replace(&home.server, "https://127.0.0.1:1")},
-    }))
-    .unwrap();
-    Api::<Secret>::namespaced(admin.clone(), &system)
-        .create(&PostParams::default(), &dead)
-        .await
-        .unwrap();
-    let authority: ClusterAuthority = serde_json::from_value(json!({
-        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "ClusterAuthority",
-        "metadata": {"name": "dead"},
-        "spec": {
-            "target": {"kubeconfigSecretRef": {"name": "dead-admin", "namespace": system, "key": "value"}},
-            "signer": {"caSecretRef": {"name": "ca", "namespace": system}},
-        },
-    }))
-    .unwrap();
-    Api::<ClusterAuthority>::all(admin.clone())
-        .create(&PostParams::default(), &authority)
-        .await
-        .unwrap();
-    let local: kubeconfig_authority::api::Authority = serde_json::from_value(json!({
-        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Authority",
-        "metadata": {"name": "cluster-ca"},
-        "spec": {"server": home.server, "caBundle": {"inline": home.ca_cert_pem}, "signer": {"caSecretRef": {"name": "ca"}}},
-    }))
-    .unwrap();
-    Api::<kubeconfig_authority::api::Authority>::namespaced(admin.clone(), &ns)
-        .create(&PostParams::default(), &local)
-        .await
-        .unwrap();
+    let (_, ns) = crate::setup_on(&home, "team", &home.ca).await;
+    let dead = home
+        .admin_kubeconfig()
+        .replace(&home.server, "https://127.0.0.1:1");
+    target_authority_with(&admin, &system, "dead", &dead, &home.ca, Value::Null).await;
     for i in 0..8 {
         let name = format!("dead-{i}");
         let authority = json!({"authorityRef": {"kind": "ClusterAuthority", "name": "dead"}});
