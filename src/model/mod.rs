@@ -104,6 +104,11 @@ pub enum Error {
     /// A target cluster that cannot be reached, while something must be done there.
     #[error("{0}")]
     TargetUnreachable(String),
+    /// A target cluster that as many reconciles as may use it at once are using: the
+    /// reconcile is tried again soon ([`Error::retry_after`]), neither logged nor counted as
+    /// a failure.
+    #[error("{0}")]
+    TargetBusy(String),
     #[error(
         "{what:?} written {WRITES_PER_WINDOW} times within a minute already; the next write waits until {until}"
     )]
@@ -127,7 +132,7 @@ impl Error {
             Error::Finalizer(_) => Reason::FinalizerError,
             Error::TimedOut(_) => Reason::APIError,
             Error::Startup(_) => Reason::StartupError,
-            Error::TargetUnreachable(_) => Reason::TargetUnreachable,
+            Error::TargetUnreachable(_) | Error::TargetBusy(_) => Reason::TargetUnreachable,
             Error::RateLimited { .. } => Reason::RateLimited,
         }
     }
@@ -140,6 +145,7 @@ impl Error {
                     .unwrap_or_default()
                     .max(std::time::Duration::from_millis(100))
             }
+            Error::TargetBusy(_) => std::time::Duration::from_secs(1),
             _ => std::time::Duration::from_secs(5),
         }
     }

@@ -204,7 +204,7 @@ impl Term<'_> {
             instance: std::env::var("POD_NAME").ok(),
         };
         // Target clusters are watched from the first Kubeconfig that needs one.
-        let (targets, target_changes) = kubeconfig::targets::Targets::new();
+        let (targets, target_changes) = kubeconfig::targets::Targets::new(self.options.concurrency);
         let target_changes = futures::stream::unfold(target_changes, |mut rx| async move {
             rx.recv().await.map(|owner| (owner, rx))
         });

@@ -1063,3 +1063,95 @@ async fn a_target_down_from_the_start_holds_up_no_one_else() {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
 }
+
+/// A target that stops answering without closing its connections holds up no other
+/// Kubeconfig, and its own converge when it answers again. Its API server is stopped with
+/// SIGSTOP: the kernel still accepts connections and keeps the open ones, nothing answers, and
+/// the controller's requests there wait until the HTTP/2 pings give the connection up (10-20
+/// s). Its own controller with two reconcile slots; six Kubeconfigs of that target must each
+/// change a binding there when it falls silent. A target may use only half the slots, so
+/// Kubeconfigs of the controller's own cluster are Ready as fast as ever meanwhile (with both
+/// slots waiting on the silent target, they waited up to 20 s).
+#[tokio::test]
+async fn a_target_that_stops_answering_holds_up_no_one_else() {
+    let home = ControlPlane::start_apart();
+    home.install_crds().await;
+    home.install_controller_rbac().await;
+    let controller = home.spawn_controller(
+        std::path::Path::new(crate::BIN),
+        &["--leader-elect=false", "--concurrency=2"],
+        &[],
+        "controller",
+    );
+    home.adopt(controller);
+    let admin = home.admin().await;
+    let system = home.namespace("system").await;
+    let (_, ns) = crate::setup_on(&home, "team", &home.ca).await;
+    let silent = ControlPlane::start_apart();
+    let admin_silent = silent.admin().await;
+    target_authority(&admin, &system, "silent", &silent, Value::Null).await;
+    let bound = |name: &str, role: &str| {
+        spec(
+            name,
+            json!({"authorityRef": {"kind": "ClusterAuthority", "name": "silent"},
+                "authorization": {"clusterRoleBindings": {"clusterRoles": [role]}}}),
+        )
+    };
+    let names: Vec<String> = (0..6).map(|i| format!("silent-{i}")).collect();
+    for name in &names {
+        apply(&admin, &ns, name, bound(name, "view")).await;
+    }
+    for name in &names {
+        wait_ready(&admin, &ns, name).await;
+    }
+    let pid = silent
+        .component_pid("kube-apiserver")
+        .expect("the target's API server runs")
+        .to_string();
+    let signal = |which: &str| {
+        let status = std::process::Command::new("kill")
+            .args([which, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {which} {pid}");
+    };
+    signal("-STOP");
+    for name in &names {
+        apply(&admin, &ns, name, bound(name, "edit")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..2 {
+        let name = format!("alive-{i}");
+        let asked = std::time::Instant::now();
+        apply(&admin, &ns, &name, spec(&name, json!({}))).await;
+        wait_condition(&admin, &ns, &name, "True", None, Duration::from_secs(30)).await;
+        let took = asked.elapsed();
+        println!("{name} Ready after {took:?} beside a silent target");
+        assert!(
+            took < Duration::from_millis(2500),
+            "{name} took {took:?}: the silent target's Kubeconfigs held the reconcile slots"
+        );
+    }
+    signal("-CONT");
+    for name in &names {
+        let uid = uid_of(&admin, &ns, name).await;
+        eventually(
+            Duration::from_secs(90),
+            "the new binding in the target",
+            || {
+                let (admin_silent, uid) = (admin_silent.clone(), uid.clone());
+                async move {
+                    let (cluster, _) = bindings(&admin_silent, &uid).await;
+                    let roles: Vec<String> = cluster.into_iter().map(|b| b.role_ref.name).collect();
+                    if roles == ["edit"] {
+                        Ok(())
+                    } else {
+                        Err(format!("bound there: {roles:?}"))
+                    }
+                }
+            },
+        )
+        .await;
+        wait_ready(&admin, &ns, name).await;
+    }
+}

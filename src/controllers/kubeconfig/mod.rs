@@ -50,7 +50,7 @@ use kube::{
 };
 use serde_json::json;
 use time::OffsetDateTime;
-use tracing::Instrument;
+use tracing::{Instrument, debug};
 
 use crate::{
     api::{FINALIZER, Kubeconfig},
@@ -66,6 +66,10 @@ pub use context::Context;
 pub async fn reconcile(kc: Arc<Kubeconfig>, ctx: Arc<Context>) -> Result<Action> {
     let name = format!("{}/{}", kc.namespace().unwrap_or_default(), kc.name_any());
     match tokio::time::timeout(RECONCILE_TIMEOUT, reconcile_once(kc, ctx)).await {
+        Ok(Err(busy @ Error::TargetBusy(_))) => {
+            debug!(kubeconfig = %name, "{busy}; tried again soon");
+            Ok(Action::requeue(busy.retry_after()))
+        }
         Ok(result) => result,
         Err(_) => Err(Error::TimedOut(format!(
             "reconciling {name} took longer than {}s; tried again",

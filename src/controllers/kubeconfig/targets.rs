@@ -3,9 +3,15 @@
 //! by every Kubeconfig of that target, started again when its admin kubeconfig changes, and
 //! stopped when no authority names it any more ([`Targets::retain`]). A change in a target
 //! brings the Kubeconfig that owns the object back, as in the controller's own cluster.
+//!
+//! One target may take only half of the reconcile slots (`--concurrency`) at a time
+//! ([`Lease`]): a target that stops answering without closing its connections (its requests
+//! then wait until the HTTP/2 pings give the connection up, up to 20 s) holds those and no
+//! more, and the Kubeconfigs of every other cluster go on in the other half.
 
 use std::{
     collections::HashMap,
+    ops::Deref,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -20,7 +26,7 @@ use kube::{
         watcher,
     },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{info, warn};
 
 use super::{
@@ -54,6 +60,8 @@ struct Entry {
     /// When its watches started.
     started: Instant,
     cluster: Arc<Cluster>,
+    /// The reconciles that may use the target at once.
+    places: Arc<Semaphore>,
     tasks: Vec<tokio::task::AbortHandle>,
 }
 
@@ -65,6 +73,8 @@ impl Drop for Entry {
 
 pub struct Targets {
     entries: Mutex<HashMap<KeyRef, Entry>>,
+    /// How many reconciles may use one target at once.
+    places: usize,
     /// Held while a target starts.
     starting: tokio::sync::Mutex<()>,
     /// Kubeconfigs whose objects in a target changed.
@@ -72,11 +82,13 @@ pub struct Targets {
 }
 
 impl Targets {
-    /// The targets, and the stream of Kubeconfigs their watches bring back.
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<ObjectRef<Kubeconfig>>) {
+    /// The targets of a controller that runs `concurrency` reconciles at once, and the stream
+    /// of Kubeconfigs their watches bring back.
+    pub fn new(concurrency: u16) -> (Self, mpsc::UnboundedReceiver<ObjectRef<Kubeconfig>>) {
         let (trigger, changes) = mpsc::unbounded_channel();
         let targets = Self {
             entries: Mutex::default(),
+            places: usize::from(concurrency / 2).max(1),
             starting: tokio::sync::Mutex::default(),
             trigger,
         };
@@ -121,13 +133,10 @@ impl Targets {
     }
 
     /// The target whose admin kubeconfig is `key` (namespace and key filled in), its caches
-    /// filled; `Ok(Err(problem))` when its Secret is missing or invalid, or it cannot be
-    /// reached.
-    pub async fn cluster(
-        &self,
-        key: &KeyRef,
-        ctx: &Context,
-    ) -> Result<Result<Arc<Cluster>, Problem>> {
+    /// filled, for as long as the [`Lease`] is held; `Ok(Err(problem))` when its Secret is
+    /// missing or invalid, or it cannot be reached; [`Error::TargetBusy`] when as many
+    /// reconciles as may use it at once do (the reconcile is tried again soon, with no write).
+    pub async fn cluster(&self, key: &KeyRef, ctx: &Context) -> Result<Result<Lease, Problem>> {
         let namespace = key.namespace.clone().unwrap_or_default();
         let version = ctx
             .secret_metadata
@@ -138,10 +147,10 @@ impl Targets {
                 entries
                     .get(key)
                     .filter(|e| e.version == version)
-                    .map(|e| (e.cluster.clone(), e.started))
+                    .map(|e| (e.cluster.clone(), e.started, e.places.clone()))
             })
         };
-        let (cluster, started) = match current() {
+        let (cluster, started, places) = match current() {
             Some(current) => current,
             None => {
                 // One start at a time: two reconciles starting the same target would each
@@ -150,11 +159,17 @@ impl Targets {
                 match current() {
                     Some(current) => current,
                     None => match self.start(key, &namespace, version.clone(), ctx).await? {
-                        Ok(cluster) => (cluster, Instant::now()),
+                        Ok(started) => started,
                         Err(problem) => return Ok(Err(problem)),
                     },
                 }
             }
+        };
+        let Ok(place) = places.try_acquire_owned() else {
+            return Err(Error::TargetBusy(format!(
+                "{} is in use by {} reconciles already",
+                cluster.described, self.places
+            )));
         };
         // Only the first FIRST_LIST after the start is waited for, and not once a watch has
         // failed: a target down when its watches start must not hold a reconcile slot for
@@ -172,18 +187,23 @@ impl Targets {
         }
         Ok(match cluster.unreachable() {
             Some(error) => Err(unreachable(&cluster, &error)),
-            None => Ok(cluster),
+            None => Ok(Lease {
+                cluster,
+                _place: Some(place),
+            }),
         })
     }
 
-    /// Builds the client of a target from its admin kubeconfig and starts its watches.
+    /// Builds the client of a target from its admin kubeconfig and starts its watches: the
+    /// cluster, when they started, and its places.
+    #[allow(clippy::type_complexity)]
     async fn start(
         &self,
         key: &KeyRef,
         namespace: &str,
         version: Option<String>,
         ctx: &Context,
-    ) -> Result<Result<Arc<Cluster>, Problem>> {
+    ) -> Result<Result<(Arc<Cluster>, Instant, Arc<Semaphore>), Problem>> {
         let item = key.key.as_deref().unwrap_or(TARGET_KEY);
         let what = format!(
             "the target's admin kubeconfig (Secret {namespace}/{}, key {item})",
@@ -228,18 +248,20 @@ impl Targets {
             ctx.kubeconfigs.clone(),
         );
         info!(target_cluster = %server, secret = %format!("{namespace}/{}", key.name), "watching a target cluster");
+        let (started, places) = (Instant::now(), Arc::new(Semaphore::new(self.places)));
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert(
                 key.clone(),
                 Entry {
                     version,
-                    started: Instant::now(),
+                    started,
                     cluster: cluster.clone(),
+                    places: places.clone(),
                     tasks,
                 },
             );
         }
-        Ok(Ok(cluster))
+        Ok(Ok((cluster, started, places)))
     }
 
     /// The watches of a target's labelled Roles and bindings: caches, and a task per watch
@@ -288,6 +310,31 @@ impl Targets {
             described,
         });
         (cluster, tasks)
+    }
+}
+
+/// A cluster for one reconcile: the controller's own, or a target with one of its places held
+/// until the lease is dropped.
+pub struct Lease {
+    cluster: Arc<Cluster>,
+    _place: Option<OwnedSemaphorePermit>,
+}
+
+impl Lease {
+    /// The controller's own cluster, which any number of reconciles use at once.
+    pub fn local(cluster: Arc<Cluster>) -> Self {
+        Self {
+            cluster,
+            _place: None,
+        }
+    }
+}
+
+impl Deref for Lease {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.cluster
     }
 }
 

@@ -27,6 +27,7 @@ use super::{
     resolve::Outputs,
     secret::{SecretData, SecretPlan, WriteReason, build_secret, first_key, plan_secret},
     status::{self, Outcome},
+    targets::Lease,
 };
 use crate::{
     api::{FIELD_MANAGER, KUBECONFIG_UID_LABEL, KeyRef, Kubeconfig, ORPHAN_TARGET_ANNOTATION},
@@ -55,12 +56,9 @@ pub fn target_of(
 
 /// The cluster of `target` (the controller's own for `None`); `Ok(Err(problem))` when a target
 /// cannot be used now.
-pub async fn cluster(
-    target: Option<&KeyRef>,
-    ctx: &Context,
-) -> Result<Result<Arc<Cluster>, Problem>> {
+pub async fn cluster(target: Option<&KeyRef>, ctx: &Context) -> Result<Result<Lease, Problem>> {
     match target {
-        None => Ok(Ok(ctx.local.clone())),
+        None => Ok(Ok(Lease::local(ctx.local.clone()))),
         Some(key) => ctx.targets.cluster(key, ctx).await,
     }
 }
@@ -74,7 +72,7 @@ pub async fn credential(
     kc: &Kubeconfig,
     uid: &str,
     prepared: Result<(Resolved, Desired), Problem>,
-    cluster: Result<Arc<Cluster>, Problem>,
+    cluster: Result<Lease, Problem>,
     ctx: &Context,
     now: OffsetDateTime,
 ) -> Result<(Outcome, Option<SecretData>)> {
