@@ -294,6 +294,18 @@ impl ControlPlane {
             .map(|p| p.child.id())
     }
 
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) a running component: a hung process, whose
+    /// connections the kernel keeps, and still accepts, while nothing answers.
+    pub fn freeze_component(&self, name: &str, frozen: bool) {
+        let pid = self
+            .component_pid(name)
+            .unwrap_or_else(|| panic!("no running {name}"));
+        let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill(2) sends a signal to one process; no memory is involved.
+        let sent = unsafe { libc::kill(pid as i32, signal) };
+        assert_eq!(sent, 0, "signalling {name} ({pid})");
+    }
+
     /// Starts etcd or kube-apiserver again with its first command line (same ports, same data),
     /// its log appended to; for kube-apiserver, waits until it is ready.
     pub fn start_component(&self, name: &str) {
@@ -904,7 +916,11 @@ impl Process {
         let pgid = self.child.id() as i32;
         if !grace.is_zero() {
             // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
-            unsafe { libc::kill(-pgid, libc::SIGTERM) };
+            // A frozen process (see `ControlPlane::freeze_component`) runs again to handle it.
+            unsafe {
+                libc::kill(-pgid, libc::SIGTERM);
+                libc::kill(-pgid, libc::SIGCONT);
+            }
         }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {

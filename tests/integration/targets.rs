@@ -1104,18 +1104,7 @@ async fn a_target_that_stops_answering_holds_up_no_one_else() {
     for name in &names {
         wait_ready(&admin, &ns, name).await;
     }
-    let pid = silent
-        .component_pid("kube-apiserver")
-        .expect("the target's API server runs")
-        .to_string();
-    let signal = |which: &str| {
-        let status = std::process::Command::new("kill")
-            .args([which, &pid])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill {which} {pid}");
-    };
-    signal("-STOP");
+    silent.freeze_component("kube-apiserver", true);
     for name in &names {
         apply(&admin, &ns, name, bound(name, "edit")).await;
     }
@@ -1132,7 +1121,7 @@ async fn a_target_that_stops_answering_holds_up_no_one_else() {
             "{name} took {took:?}: the silent target's Kubeconfigs held the reconcile slots"
         );
     }
-    signal("-CONT");
+    silent.freeze_component("kube-apiserver", false);
     for name in &names {
         let uid = uid_of(&admin, &ns, name).await;
         eventually(
