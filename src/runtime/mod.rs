@@ -104,6 +104,8 @@ pub async fn run(client: Client, options: Options) -> Result<(), Error> {
                 return Ok(());
             }
             TermEnd::LostLease => {
+                // Not leading from now, even while the release waits for the API server.
+                health.set(HealthState::Follower);
                 release(lease).await;
                 warn!("lost the leader lease; waiting to lead again");
             }

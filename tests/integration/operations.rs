@@ -9,7 +9,7 @@ use std::{
 
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
 use kube::{
-    Api, ResourceExt,
+    Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
 use kubeconfig_authority::api::{Authority, Kubeconfig};
@@ -45,8 +45,10 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-#[tokio::test]
-async fn a_second_replica_takes_over_within_fifteen_seconds_without_double_issuance() {
+/// A control plane of its own (so that the shared controller is not disturbed) with the
+/// controller's CRDs and RBAC, and a namespace with an Authority `ca`: its admin client and
+/// the namespace.
+async fn ha_plane() -> (ControlPlane, Client, String) {
     let plane = ControlPlane::start_apart();
     plane.install_crds().await;
     plane.install_controller_rbac().await;
@@ -67,28 +69,31 @@ async fn a_second_replica_takes_over_within_fifteen_seconds_without_double_issua
         .create(&PostParams::default(), &authority)
         .await
         .unwrap();
-    let create = |name: &'static str| {
-        let (admin, ns) = (admin.clone(), ns.clone());
-        async move {
-            let kc: Kubeconfig = serde_json::from_value(json!({
-                "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig", "metadata": {"name": name},
-                "spec": {"authorityRef": {"name": "ca"}, "username": name, "validity": "1h", "secretRef": {"name": name}}}))
-            .unwrap();
-            Api::<Kubeconfig>::namespaced(admin, &ns)
-                .create(&PostParams::default(), &kc)
-                .await
-                .unwrap();
-        }
-    };
+    (plane, admin, ns)
+}
 
+/// Creates the Kubeconfig `name` of the Authority `ca`, into Secret `name`.
+async fn create(admin: &Client, ns: &str, name: &str) {
+    let kc: Kubeconfig = serde_json::from_value(json!({
+        "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig", "metadata": {"name": name},
+        "spec": {"authorityRef": {"name": "ca"}, "username": name, "validity": "1h", "secretRef": {"name": name}}}))
+    .unwrap();
+    Api::<Kubeconfig>::namespaced(admin.clone(), ns)
+        .create(&PostParams::default(), &kc)
+        .await
+        .unwrap();
+}
+
+/// Replica a (leading) and replica b (following) of the controller, and their health ports.
+async fn two_replicas(plane: &ControlPlane) -> ((Process, u16), (Process, u16)) {
     let (port_a, port_b) = (free_port().unwrap(), free_port().unwrap());
-    let mut a = replica(&plane, "replica-a", port_a);
+    let a = replica(plane, "replica-a", port_a);
     eventually(Duration::from_secs(20), "replica a leads", || async {
         let r = role(port_a).await;
         if r.contains("leader") { Ok(()) } else { Err(r) }
     })
     .await;
-    let mut b = replica(&plane, "replica-b", port_b);
+    let b = replica(plane, "replica-b", port_b);
     eventually(Duration::from_secs(20), "replica b follows", || async {
         let r = role(port_b).await;
         if r.contains("follower") {
@@ -98,8 +103,15 @@ async fn a_second_replica_takes_over_within_fifteen_seconds_without_double_issua
         }
     })
     .await;
+    ((a, port_a), (b, port_b))
+}
 
-    create("before").await;
+#[tokio::test]
+async fn a_second_replica_takes_over_within_fifteen_seconds_without_double_issuance() {
+    let (plane, admin, ns) = ha_plane().await;
+    let ((mut a, port_a), (mut b, port_b)) = two_replicas(&plane).await;
+
+    create(&admin, &ns, "before").await;
     let before = wait_ready(&admin, &ns, "before").await;
     let serial = before.status.as_ref().unwrap().serial_number.clone();
     let secret_version = Api::<Secret>::namespaced(admin.clone(), &ns)
@@ -127,7 +139,7 @@ async fn a_second_replica_takes_over_within_fifteen_seconds_without_double_issua
     a.child.kill().unwrap();
     let _ = a.child.wait();
     let killed = Instant::now();
-    create("during").await;
+    create(&admin, &ns, "during").await;
     eventually(Duration::from_secs(20), "replica b leads", || async {
         let r = role(port_b).await;
         if r.contains("leader") { Ok(()) } else { Err(r) }
@@ -324,4 +336,94 @@ async fn the_helm_chart_renders_and_passes_a_server_side_dry_run() {
         "kubeconfig-authority-system"
     );
     assert_eq!(authority["spec"]["policy"]["maxValidity"], "720h");
+}
+
+/// The API server hangs (SIGSTOP: the kernel accepts connections and keeps the open ones,
+/// nothing answers) for 25 s, longer than the Lease, while two replicas run and twenty
+/// Kubeconfigs are being issued. The leader, whose renewal gets no answer, stops leading
+/// before its Lease can expire (client-go's renew deadline): kube-lease-manager alone kept
+/// saying "leader" while its renewal waited, and a standby takes an expired Lease, so both
+/// would have reconciled once the API server answered. After it answers: one leader, every
+/// Kubeconfig Ready, and each Secret held one certificate only.
+#[tokio::test]
+async fn a_hung_api_server_leaves_one_leader_and_issues_nothing_twice() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let (plane, admin, ns) = ha_plane().await;
+    let ((mut a, port_a), (mut b, port_b)) = two_replicas(&plane).await;
+    // Every credential each Secret of the namespace ever held, from before the first write.
+    let held = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::<
+        String,
+        std::collections::BTreeSet<String>,
+    >::new()));
+    let watching = {
+        let (secrets, held) = (Api::<Secret>::namespaced(admin.clone(), &ns), held.clone());
+        tokio::spawn(async move {
+            let mut seen =
+                std::pin::pin!(watcher(secrets, watcher::Config::default()).applied_objects());
+            while let Some(secret) = seen.next().await {
+                let Ok(secret) = secret else { continue };
+                let credential = secret
+                    .annotations()
+                    .get(kubeconfig_authority::api::CREDENTIAL_ANNOTATION)
+                    .cloned();
+                if let Some(credential) = credential {
+                    held.lock()
+                        .unwrap()
+                        .entry(secret.name_any())
+                        .or_default()
+                        .insert(credential);
+                }
+            }
+        })
+    };
+    let names: Vec<String> = (0..20).map(|i| format!("hung-{i}")).collect();
+    for name in &names {
+        create(&admin, &ns, name).await;
+    }
+    plane.freeze_component("kube-apiserver", true);
+    let frozen = Instant::now();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    // The Lease was last renewed at most 5 s before the hang and expires 10 s after that.
+    let (role_a, role_b) = (role(port_a).await, role(port_b).await);
+    println!(
+        "{:?} into the hang: a says {role_a:?}, b says {role_b:?}",
+        frozen.elapsed()
+    );
+    assert!(
+        !role_a.contains("leader") && !role_b.contains("leader"),
+        "no replica may lead on a Lease it could not renew: a says {role_a:?}, b says {role_b:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    plane.freeze_component("kube-apiserver", false);
+    eventually(Duration::from_secs(40), "one replica leads", || async {
+        let (role_a, role_b) = (role(port_a).await, role(port_b).await);
+        match (role_a.contains("leader"), role_b.contains("leader")) {
+            (true, false) | (false, true) => Ok(()),
+            _ => Err(format!("a says {role_a:?}, b says {role_b:?}")),
+        }
+    })
+    .await;
+    for name in &names {
+        wait_ready(&admin, &ns, name).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    watching.abort();
+    let held = held.lock().unwrap().clone();
+    for name in &names {
+        let credentials = held.get(name).map_or(0, |c| c.len());
+        assert_eq!(
+            credentials, 1,
+            "Secret {name} held {credentials} certificates"
+        );
+    }
+    for port in [port_a, port_b] {
+        let (_, metrics) = get(port, "/metrics").await.unwrap();
+        for reason in ["Renewed", "Reissued", "Repaired"] {
+            let series = format!("kubeconfig_authority_issued_total{{reason=\"{reason}\"}}");
+            assert_eq!(metric(&metrics, &series).unwrap_or(0.0), 0.0, "{series}");
+        }
+    }
+    a.stop(Duration::from_secs(10));
+    b.stop(Duration::from_secs(10));
 }
