@@ -1,8 +1,9 @@
 //! The faults every cluster has, on a control plane of its own: kube-apiserver stopped
 //! (gracefully and by SIGKILL) and etcd stopped, each for 15 s during a burst of creations, and
-//! an API server that refuses connections for 70 s, during which the leader reports its
-//! stalled watches and gives up its Lease to a standby. The controllers run as in production
-//! (leader election on) and are never restarted.
+//! an API server that refuses connections for 70 s, during which the leader, unable to renew
+//! its Lease, stops leading before it expires, and no replica leads until the API server is
+//! back; then a replica without leader election, whose watches stall, says so. The controllers
+//! are never restarted.
 
 use std::{path::Path, time::Duration};
 
@@ -181,18 +182,7 @@ async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart(
         .await
         .unwrap();
     let port = free_port().unwrap();
-    let health = format!("127.0.0.1:{port}");
-    let mut controller = plane.spawn_controller(
-        Path::new(BIN),
-        &[
-            "--health-addr",
-            &health,
-            "--default-authority",
-            "ClusterAuthority/cluster-ca",
-        ],
-        &[("RUST_LOG", "info"), ("POD_NAME", "faults")],
-        "controller",
-    );
+    let mut controller = spawn(&plane, port, "faults", &[]);
     eventually(Duration::from_secs(30), "the controller leads", || async {
         match http_get(port, "/readyz").await {
             Some((status, body)) if status.contains("200") && body.contains("leader") => Ok(()),
@@ -205,25 +195,85 @@ async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart(
     outage(&plane, &admin, port, "killed", "kube-apiserver", true).await;
     outage(&plane, &admin, port, "etcd", "etcd", true).await;
 
-    // A standby replica, then the API server refused for 70 s, longer than a watch may fail
-    // without counting as stalled: the leader says so (`/readyz`, the metric), gives up its
-    // Lease, and the standby leads once the API server is back. Both processes survive.
+    // A standby replica, then the API server refused for 70 s: the leader cannot renew its
+    // Lease and stops leading before the Lease expires; nobody leads during the outage, and one
+    // replica leads once the API server is back. Both processes survive.
     let standby_port = free_port().unwrap();
-    let standby_health = format!("127.0.0.1:{standby_port}");
-    let mut standby = plane.spawn_controller(
-        Path::new(BIN),
-        &[
-            "--health-addr",
-            &standby_health,
-            "--default-authority",
-            "ClusterAuthority/cluster-ca",
-        ],
-        &[("RUST_LOG", "info"), ("POD_NAME", "standby")],
-        "standby",
-    );
+    let mut standby = spawn(&plane, standby_port, "standby", &[]);
     eventually(Duration::from_secs(30), "the standby follows", || async {
         match http_get(standby_port, "/readyz").await {
             Some((status, body)) if status.contains("200") && body.contains("follower") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // Leading, its caches synced or not.
+    let leads = |port: u16| async move {
+        http_get(port, "/readyz")
+            .await
+            .is_some_and(|(_, body)| body.starts_with("ok: leader") || body.starts_with("leader,"))
+    };
+    // From the SIGTERM: kube-apiserver takes seconds to shut down, and stops answering
+    // meanwhile.
+    let stopped = std::time::Instant::now();
+    plane.stop_component("kube-apiserver", false);
+    let mut stopped_leading = None;
+    while stopped.elapsed() < Duration::from_secs(70) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (first, second) = (leads(port).await, leads(standby_port).await);
+        assert!(!second, "the standby leads without an API server");
+        if !first {
+            stopped_leading.get_or_insert(stopped.elapsed());
+        }
+        if let Some(at) = stopped_leading {
+            assert!(
+                !first,
+                "the first replica leads again without an API server ({at:?})"
+            );
+        }
+    }
+    let stopped_leading = stopped_leading.expect("the leader stopped leading during the outage");
+    println!("the leader stopped leading {stopped_leading:?} after the API server stopped");
+    assert!(
+        stopped_leading < Duration::from_secs(20),
+        "up to 10 s for the API server to stop, and a Lease of 10 s: {stopped_leading:?}"
+    );
+    plane.start_component("kube-apiserver");
+    eventually(Duration::from_secs(60), "one replica leads", || async {
+        match (leads(port).await, leads(standby_port).await) {
+            (true, false) | (false, true) => Ok(()),
+            other => Err(format!("leading: {other:?}")),
+        }
+    })
+    .await;
+    let ns = plane.namespace("after").await;
+    create_all(admin.clone(), ns.clone(), vec!["after".into()]).await;
+    eventually(
+        Duration::from_secs(15),
+        "a Kubeconfig after the long outage",
+        || async {
+            ready(&admin, &ns, "after")
+                .await
+                .then_some(())
+                .ok_or_else(|| "not Ready".to_string())
+        },
+    )
+    .await;
+    for (name, process) in [("first", &mut controller), ("standby", &mut standby)] {
+        assert!(
+            process.child.try_wait().unwrap().is_none(),
+            "the {name} controller process kept running"
+        );
+        process.stop(Duration::from_secs(10));
+    }
+
+    // Without leader election nothing steps down: a watch failing for 60 s counts as stalled,
+    // and `/readyz` and the metric say which and why.
+    let port = free_port().unwrap();
+    let mut alone = spawn(&plane, port, "alone", &["--leader-elect=false"]);
+    eventually(Duration::from_secs(30), "the replica is ready", || async {
+        match http_get(port, "/readyz").await {
+            Some((status, _)) if status.contains("200") => Ok(()),
             other => Err(format!("{other:?}")),
         }
     })
@@ -251,49 +301,44 @@ async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart(
     plane.start_component("kube-apiserver");
     let said_stalled = said_stalled.expect("/readyz said the watches stalled during the outage");
     assert!(
-        said_stalled.contains("failing for 60s") && said_stalled.contains("Connect"),
+        said_stalled.contains("failing for 60s")
+            && (said_stalled.contains("Connect") || said_stalled.contains("connection")),
         "names the watches and why: {said_stalled}"
     );
     assert!(counted_stalled >= 1.0, "the metric counted stalled watches");
-    eventually(Duration::from_secs(60), "the standby leads", || async {
-        match http_get(standby_port, "/readyz").await {
-            Some((status, body)) if status.contains("200") && body.contains("leader") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    create_all(admin.clone(), ns.clone(), vec!["after-alone".into()]).await;
     eventually(
-        Duration::from_secs(60),
-        "the first replica follows",
+        Duration::from_secs(30),
+        "a Kubeconfig after the stall",
         || async {
-            match http_get(port, "/readyz").await {
-                Some((status, body)) if status.contains("200") && body.contains("follower") => {
-                    Ok(())
-                }
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
-    let ns = plane.namespace("after").await;
-    create_all(admin.clone(), ns.clone(), vec!["after".into()]).await;
-    eventually(
-        Duration::from_secs(15),
-        "a Kubeconfig after the long outage",
-        || async {
-            ready(&admin, &ns, "after")
+            ready(&admin, &ns, "after-alone")
                 .await
                 .then_some(())
                 .ok_or_else(|| "not Ready".to_string())
         },
     )
     .await;
-    for (name, process) in [("first", &mut controller), ("standby", &mut standby)] {
-        assert!(
-            process.child.try_wait().unwrap().is_none(),
-            "the {name} controller process kept running"
-        );
-    }
-    standby.stop(Duration::from_secs(10));
-    controller.stop(Duration::from_secs(10));
+    assert!(
+        alone.child.try_wait().unwrap().is_none(),
+        "the replica without leader election kept running"
+    );
+    alone.stop(Duration::from_secs(10));
+}
+
+/// A controller of the faults test's plane with its health on `port`, as `name`.
+fn spawn(plane: &ControlPlane, port: u16, name: &str, extra: &[&str]) -> crate::support::Process {
+    let health = format!("127.0.0.1:{port}");
+    let mut args = vec![
+        "--health-addr",
+        &health,
+        "--default-authority",
+        "ClusterAuthority/cluster-ca",
+    ];
+    args.extend_from_slice(extra);
+    plane.spawn_controller(
+        Path::new(BIN),
+        &args,
+        &[("RUST_LOG", "info"), ("POD_NAME", name)],
+        name,
+    )
 }
