@@ -1006,13 +1006,10 @@ async fn what_a_target_cluster_costs_the_controller() {
     );
 }
 
-/// A target down from the moment its watches start holds up no other Kubeconfig: its own
-/// controller with two reconcile slots, eight Kubeconfigs of a target that refuses every
-/// connection (each looked at again every 5 s), and one of the controller's own cluster, which
-/// is Ready as fast as ever. (A reconcile that waited 5 s for the target's first list each time
-/// kept both slots busy.)
-#[tokio::test]
-async fn a_target_down_from_the_start_holds_up_no_one_else() {
+/// A control plane of its own with a controller of two reconcile slots: the plane, its admin
+/// client, a namespace for target Secrets, and a team namespace with the Authority
+/// `cluster-ca` of the plane itself.
+async fn two_slots() -> (ControlPlane, Client, String, String) {
     let home = ControlPlane::start_apart();
     home.install_crds().await;
     home.install_controller_rbac().await;
@@ -1026,6 +1023,30 @@ async fn a_target_down_from_the_start_holds_up_no_one_else() {
     let admin = home.admin().await;
     let system = home.namespace("system").await;
     let (_, ns) = crate::setup_on(&home, "team", &home.ca).await;
+    (home, admin, system, ns)
+}
+
+/// A Kubeconfig of the controller's own cluster is Ready within 2.5 s beside `trouble`.
+async fn ready_beside(admin: &Client, ns: &str, name: &str, trouble: &str) {
+    let asked = std::time::Instant::now();
+    apply(admin, ns, name, spec(name, json!({}))).await;
+    wait_condition(admin, ns, name, "True", None, Duration::from_secs(30)).await;
+    let took = asked.elapsed();
+    println!("{name} Ready after {took:?} beside {trouble}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "{name} took {took:?}: the Kubeconfigs of {trouble} held the reconcile slots"
+    );
+}
+
+/// A target down from the moment its watches start holds up no other Kubeconfig: its own
+/// controller with two reconcile slots, eight Kubeconfigs of a target that refuses every
+/// connection (each looked at again every 5 s), and one of the controller's own cluster, which
+/// is Ready as fast as ever. (A reconcile that waited 5 s for the target's first list each time
+/// kept both slots busy.)
+#[tokio::test]
+async fn a_target_down_from_the_start_holds_up_no_one_else() {
+    let (home, admin, system, ns) = two_slots().await;
     let dead = home
         .admin_kubeconfig()
         .replace(&home.server, "https://127.0.0.1:1");
@@ -1050,16 +1071,7 @@ async fn a_target_down_from_the_start_holds_up_no_one_else() {
     // times.
     tokio::time::sleep(Duration::from_secs(10)).await;
     for i in 0..3 {
-        let name = format!("alive-{i}");
-        let asked = std::time::Instant::now();
-        apply(&admin, &ns, &name, spec(&name, json!({}))).await;
-        wait_condition(&admin, &ns, &name, "True", None, Duration::from_secs(30)).await;
-        let took = asked.elapsed();
-        println!("{name} Ready after {took:?} beside a dead target");
-        assert!(
-            took < Duration::from_millis(2500),
-            "{name} took {took:?}: the dead target's Kubeconfigs held the reconcile slots"
-        );
+        ready_beside(&admin, &ns, &format!("alive-{i}"), "a dead target").await;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
 }
@@ -1074,19 +1086,7 @@ async fn a_target_down_from_the_start_holds_up_no_one_else() {
 /// slots waiting on the silent target, they waited up to 20 s).
 #[tokio::test]
 async fn a_target_that_stops_answering_holds_up_no_one_else() {
-    let home = ControlPlane::start_apart();
-    home.install_crds().await;
-    home.install_controller_rbac().await;
-    let controller = home.spawn_controller(
-        std::path::Path::new(crate::BIN),
-        &["--leader-elect=false", "--concurrency=2"],
-        &[],
-        "controller",
-    );
-    home.adopt(controller);
-    let admin = home.admin().await;
-    let system = home.namespace("system").await;
-    let (_, ns) = crate::setup_on(&home, "team", &home.ca).await;
+    let (_home, admin, system, ns) = two_slots().await;
     let silent = ControlPlane::start_apart();
     let admin_silent = silent.admin().await;
     target_authority(&admin, &system, "silent", &silent, Value::Null).await;
@@ -1110,16 +1110,7 @@ async fn a_target_that_stops_answering_holds_up_no_one_else() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 0..2 {
-        let name = format!("alive-{i}");
-        let asked = std::time::Instant::now();
-        apply(&admin, &ns, &name, spec(&name, json!({}))).await;
-        wait_condition(&admin, &ns, &name, "True", None, Duration::from_secs(30)).await;
-        let took = asked.elapsed();
-        println!("{name} Ready after {took:?} beside a silent target");
-        assert!(
-            took < Duration::from_millis(2500),
-            "{name} took {took:?}: the silent target's Kubeconfigs held the reconcile slots"
-        );
+        ready_beside(&admin, &ns, &format!("alive-{i}"), "a silent target").await;
     }
     silent.freeze_component("kube-apiserver", false);
     for name in &names {
