@@ -20,11 +20,12 @@ use crate::api::FIELD_MANAGER;
 /// How long a lease is held without renewal, and how long before its end it is renewed: a
 /// replica that dies is replaced within about `LEASE_SECONDS`.
 pub const LEASE_SECONDS: u64 = 10;
-const LEASE_GRACE_SECONDS: u64 = 5;
+const LEASE_GRACE_SECONDS: u64 = 7;
 
 /// How long before its Lease would expire a leader that could not renew it stops leading: a
-/// renewal has `LEASE_GRACE_SECONDS - FENCE` (3 s) to get through.
-const FENCE: Duration = Duration::from_secs(2);
+/// renewal has `LEASE_GRACE_SECONDS - FENCE` (6 s) to get through, an API server under load
+/// included.
+const FENCE: Duration = Duration::from_secs(1);
 
 /// When this replica last wrote the Lease successfully (took or renewed it): the moment that
 /// write was sent, which is no later than the renewal time it wrote.

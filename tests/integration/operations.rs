@@ -384,7 +384,7 @@ async fn a_hung_api_server_leaves_one_leader_and_issues_nothing_twice() {
     plane.freeze_component("kube-apiserver", true);
     let frozen = Instant::now();
     tokio::time::sleep(Duration::from_secs(12)).await;
-    // The Lease was last renewed at most 5 s before the hang and expires 10 s after that.
+    // The Lease was last renewed at most 3 s before the hang and expires 10 s after that.
     let (role_a, role_b) = (role(port_a).await, role(port_b).await);
     println!(
         "{:?} into the hang: a says {role_a:?}, b says {role_b:?}",
