@@ -132,7 +132,10 @@ impl Error {
             Error::Finalizer(_) => Reason::FinalizerError,
             Error::TimedOut(_) => Reason::APIError,
             Error::Startup(_) => Reason::StartupError,
-            Error::TargetUnreachable(_) | Error::TargetBusy(_) => Reason::TargetUnreachable,
+            Error::TargetUnreachable(_) => Reason::TargetUnreachable,
+            // Never counted: `kubeconfig::reconcile` turns it into a requeue before the error
+            // policy sees it; named here only because the match must be whole.
+            Error::TargetBusy(_) => Reason::TargetUnreachable,
             Error::RateLimited { .. } => Reason::RateLimited,
         }
     }

@@ -5,7 +5,7 @@
 //! back; then a replica without leader election, whose watches stall, says so. The controllers
 //! are never restarted.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -16,7 +16,7 @@ use kubeconfig_authority::api::{ClusterAuthority, Kubeconfig};
 use serde_json::json;
 
 use crate::{
-    BIN, eventually, secret,
+    eventually, secret,
     support::{ControlPlane, free_port, http_get},
 };
 
@@ -54,6 +54,32 @@ async fn create_all(admin: Client, ns: String, names: Vec<String>) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Creates the Kubeconfig `name` (retrying while the API server is away) and waits up to
+/// `within` for it to be Ready.
+async fn issued_within(admin: &Client, ns: &str, name: &str, within: Duration, what: &str) {
+    let start = std::time::Instant::now();
+    create_all(admin.clone(), ns.to_string(), vec![name.to_string()]).await;
+    eventually(within, what, || async {
+        ready(admin, ns, name)
+            .await
+            .then_some(())
+            .ok_or_else(|| "not Ready".to_string())
+    })
+    .await;
+    println!("{what}: Ready {:?} after its creation", start.elapsed());
+}
+
+/// Waits up to 30 s for the replica whose health is on `port` to be ready, saying `role`.
+async fn ready_as(port: u16, role: &str, what: &str) {
+    eventually(Duration::from_secs(30), what, || async {
+        match http_get(port, "/readyz").await {
+            Some((status, body)) if status.contains("200") && body.contains(role) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -133,16 +159,14 @@ async fn outage(
     )
     .await;
     // A new Kubeconfig is issued.
-    create_all(admin.clone(), ns.clone(), vec![format!("{label}-late")]).await;
-    eventually(
-        Duration::from_secs(10),
+    let late = format!("{label}-late");
+    let within = Duration::from_secs(10);
+    issued_within(
+        admin,
+        &ns,
+        &late,
+        within,
         "a Kubeconfig created after the outage",
-        || async {
-            ready(admin, &ns, &format!("{label}-late"))
-                .await
-                .then_some(())
-                .ok_or_else(|| "not Ready".to_string())
-        },
     )
     .await;
     let (_, metrics) = http_get(port, "/metrics").await.unwrap();
@@ -183,13 +207,7 @@ async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart(
         .unwrap();
     let port = free_port().unwrap();
     let mut controller = spawn(&plane, port, "faults", &[]);
-    eventually(Duration::from_secs(30), "the controller leads", || async {
-        match http_get(port, "/readyz").await {
-            Some((status, body)) if status.contains("200") && body.contains("leader") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    ready_as(port, "leader", "the controller leads").await;
 
     outage(&plane, &admin, port, "graceful", "kube-apiserver", false).await;
     outage(&plane, &admin, port, "killed", "kube-apiserver", true).await;
@@ -200,13 +218,7 @@ async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart(
     // replica leads once the API server is back. Both processes survive.
     let standby_port = free_port().unwrap();
     let mut standby = spawn(&plane, standby_port, "standby", &[]);
-    eventually(Duration::from_secs(30), "the standby follows", || async {
-        match http_get(standby_port, "/readyz").await {
-            Some((status, body)) if status.contains("200") && body.contains("follower") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    ready_as(standby_port, "follower", "the standby follows").await;
     // Leading, its caches synced or not.
     let leads = |port: u16| async move {
         http_get(port, "/readyz")
@@ -247,16 +259,15 @@ async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart(
     })
     .await;
     let ns = plane.namespace("after").await;
-    create_all(admin.clone(), ns.clone(), vec!["after".into()]).await;
-    eventually(
-        Duration::from_secs(15),
+    // As after the short outages: a watch left hanging is started over 15 s after the API
+    // server answers again, and lists then.
+    let within = Duration::from_secs(60);
+    issued_within(
+        &admin,
+        &ns,
+        "after",
+        within,
         "a Kubeconfig after the long outage",
-        || async {
-            ready(&admin, &ns, "after")
-                .await
-                .then_some(())
-                .ok_or_else(|| "not Ready".to_string())
-        },
     )
     .await;
     for (name, process) in [("first", &mut controller), ("standby", &mut standby)] {
@@ -271,13 +282,7 @@ async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart(
     // and `/readyz` and the metric say which and why.
     let port = free_port().unwrap();
     let mut alone = spawn(&plane, port, "alone", &["--leader-elect=false"]);
-    eventually(Duration::from_secs(30), "the replica is ready", || async {
-        match http_get(port, "/readyz").await {
-            Some((status, _)) if status.contains("200") => Ok(()),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    ready_as(port, "", "the replica is ready").await;
     plane.stop_component("kube-apiserver", false);
     let (mut said_stalled, mut counted_stalled) = (None, 0.0f64);
     // A watch counts as failing from its first error, which can come seconds after the stop:
@@ -308,16 +313,13 @@ async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart(
     assert!(counted_stalled >= 1.0, "the metric counted stalled watches");
     // Watches left hanging by the outage are started over 15 s after the API server answers
     // again (the term is rebuilt), as after the short outages above.
-    create_all(admin.clone(), ns.clone(), vec!["after-alone".into()]).await;
-    eventually(
-        Duration::from_secs(60),
+    let within = Duration::from_secs(60);
+    issued_within(
+        &admin,
+        &ns,
+        "after-alone",
+        within,
         "a Kubeconfig after the stall",
-        || async {
-            ready(&admin, &ns, "after-alone")
-                .await
-                .then_some(())
-                .ok_or_else(|| "not Ready".to_string())
-        },
     )
     .await;
     assert!(
@@ -327,20 +329,9 @@ async fn api_server_and_etcd_restarts_are_survived_without_a_controller_restart(
     alone.stop(Duration::from_secs(10));
 }
 
-/// A controller of the faults test's plane with its health on `port`, as `name`.
+/// A controller of the faults test's plane, as `name`, with its health on `port`.
 fn spawn(plane: &ControlPlane, port: u16, name: &str, extra: &[&str]) -> crate::support::Process {
-    let health = format!("127.0.0.1:{port}");
-    let mut args = vec![
-        "--health-addr",
-        &health,
-        "--default-authority",
-        "ClusterAuthority/cluster-ca",
-    ];
+    let mut args = vec!["--default-authority", "ClusterAuthority/cluster-ca"];
     args.extend_from_slice(extra);
-    plane.spawn_controller(
-        Path::new(BIN),
-        &args,
-        &[("RUST_LOG", "info"), ("POD_NAME", name)],
-        name,
-    )
+    crate::replica(plane, name, port, &args)
 }

@@ -23,6 +23,25 @@ mod targets;
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_kubeconfig-authority");
 
+/// A controller of `plane` as replica `name` (its `POD_NAME`, the Lease's holder), its health
+/// on `port`, with `extra` arguments.
+pub(crate) fn replica(
+    plane: &ControlPlane,
+    name: &str,
+    port: u16,
+    extra: &[&str],
+) -> support::Process {
+    let health = format!("127.0.0.1:{port}");
+    let mut args = vec!["--health-addr", &health];
+    args.extend_from_slice(extra);
+    plane.spawn_controller(
+        std::path::Path::new(BIN),
+        &args,
+        &[("POD_NAME", name), ("RUST_LOG", "info")],
+        name,
+    )
+}
+
 pub(crate) fn plane() -> &'static ControlPlane {
     support::shared_with_controller(BIN)
 }

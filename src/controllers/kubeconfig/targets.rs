@@ -5,7 +5,7 @@
 //! brings the Kubeconfig that owns the object back, as in the controller's own cluster.
 //!
 //! One target may take only half of the reconcile slots (`--concurrency`) at a time
-//! ([`Lease`]): a target that stops answering without closing its connections (its requests
+//! ([`Claim`]): a target that stops answering without closing its connections (its requests
 //! then wait until the HTTP/2 pings give the connection up, up to 20 s) holds those and no
 //! more, and the Kubeconfigs of every other cluster go on in the other half.
 
@@ -133,10 +133,10 @@ impl Targets {
     }
 
     /// The target whose admin kubeconfig is `key` (namespace and key filled in), its caches
-    /// filled, for as long as the [`Lease`] is held; `Ok(Err(problem))` when its Secret is
+    /// filled, for as long as the [`Claim`] is held; `Ok(Err(problem))` when its Secret is
     /// missing or invalid, or it cannot be reached; [`Error::TargetBusy`] when as many
     /// reconciles as may use it at once do (the reconcile is tried again soon, with no write).
-    pub async fn cluster(&self, key: &KeyRef, ctx: &Context) -> Result<Result<Lease, Problem>> {
+    pub async fn cluster(&self, key: &KeyRef, ctx: &Context) -> Result<Result<Claim, Problem>> {
         let namespace = key.namespace.clone().unwrap_or_default();
         let version = ctx
             .secret_metadata
@@ -187,7 +187,7 @@ impl Targets {
         }
         Ok(match cluster.unreachable() {
             Some(error) => Err(unreachable(&cluster, &error)),
-            None => Ok(Lease {
+            None => Ok(Claim {
                 cluster,
                 _place: Some(place),
             }),
@@ -314,13 +314,13 @@ impl Targets {
 }
 
 /// A cluster for one reconcile: the controller's own, or a target with one of its places held
-/// until the lease is dropped.
-pub struct Lease {
+/// until the claim is dropped.
+pub struct Claim {
     cluster: Arc<Cluster>,
     _place: Option<OwnedSemaphorePermit>,
 }
 
-impl Lease {
+impl Claim {
     /// The controller's own cluster, which any number of reconciles use at once.
     pub fn local(cluster: Arc<Cluster>) -> Self {
         Self {
@@ -330,7 +330,7 @@ impl Lease {
     }
 }
 
-impl Deref for Lease {
+impl Deref for Claim {
     type Target = Cluster;
 
     fn deref(&self) -> &Cluster {

@@ -27,7 +27,7 @@ use super::{
     resolve::Outputs,
     secret::{SecretData, SecretPlan, WriteReason, build_secret, first_key, plan_secret},
     status::{self, Outcome},
-    targets::Lease,
+    targets::Claim,
 };
 use crate::{
     api::{FIELD_MANAGER, KUBECONFIG_UID_LABEL, KeyRef, Kubeconfig, ORPHAN_TARGET_ANNOTATION},
@@ -56,9 +56,9 @@ pub fn target_of(
 
 /// The cluster of `target` (the controller's own for `None`); `Ok(Err(problem))` when a target
 /// cannot be used now.
-pub async fn cluster(target: Option<&KeyRef>, ctx: &Context) -> Result<Result<Lease, Problem>> {
+pub async fn cluster(target: Option<&KeyRef>, ctx: &Context) -> Result<Result<Claim, Problem>> {
     match target {
-        None => Ok(Ok(Lease::local(ctx.local.clone()))),
+        None => Ok(Ok(Claim::local(ctx.local.clone()))),
         Some(key) => ctx.targets.cluster(key, ctx).await,
     }
 }
@@ -72,7 +72,7 @@ pub async fn credential(
     kc: &Kubeconfig,
     uid: &str,
     prepared: Result<(Resolved, Desired), Problem>,
-    cluster: Result<Lease, Problem>,
+    cluster: Result<Claim, Problem>,
     ctx: &Context,
     now: OffsetDateTime,
 ) -> Result<(Outcome, Option<SecretData>)> {
