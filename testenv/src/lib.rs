@@ -597,8 +597,8 @@ rm -rf "{0}"
         }
     }
 
-    /// Applies the controller's namespace, ServiceAccount, ClusterRole and ClusterRoleBinding
-    /// from `config/`, and writes `controller.kubeconfig`: a certificate for that
+    /// Applies the controller's namespace, ServiceAccount, ClusterRole and ClusterRoleBinding,
+    /// leader-election Role and FlowSchema from `config/`, and writes `controller.kubeconfig`: a certificate for that
     /// ServiceAccount's username, so that the controller runs with exactly the rights the
     /// shipped RBAC gives it (RBAC matches ServiceAccount subjects by username).
     pub async fn install_controller_rbac(&self) {
@@ -608,6 +608,7 @@ rm -rf "{0}"
             "config/rbac/cluster_role.yaml",
             "config/rbac/cluster_role_binding.yaml",
             "config/rbac/leader_election.yaml",
+            "config/manager/flowschema.yaml",
         ] {
             self.apply_manifests(file).await;
         }

@@ -16,20 +16,10 @@ use kubeconfig_authority::api::{Authority, Kubeconfig};
 use serde_json::json;
 
 use crate::{
-    BIN, eventually, plane,
+    eventually, plane, replica,
     support::{ControlPlane, Process, free_port, http_get as get},
     wait_ready,
 };
-
-fn replica(plane: &ControlPlane, name: &str, port: u16) -> Process {
-    let health = format!("127.0.0.1:{port}");
-    plane.spawn_controller(
-        Path::new(BIN),
-        &["--health-addr", &health],
-        &[("POD_NAME", name), ("RUST_LOG", "info")],
-        name,
-    )
-}
 
 async fn role(port: u16) -> String {
     match get(port, "/readyz").await {
@@ -87,13 +77,13 @@ async fn create(admin: &Client, ns: &str, name: &str) {
 /// Replica a (leading) and replica b (following) of the controller, and their health ports.
 async fn two_replicas(plane: &ControlPlane) -> ((Process, u16), (Process, u16)) {
     let (port_a, port_b) = (free_port().unwrap(), free_port().unwrap());
-    let a = replica(plane, "replica-a", port_a);
+    let a = replica(plane, "replica-a", port_a, &[]);
     eventually(Duration::from_secs(20), "replica a leads", || async {
         let r = role(port_a).await;
         if r.contains("leader") { Ok(()) } else { Err(r) }
     })
     .await;
-    let b = replica(plane, "replica-b", port_b);
+    let b = replica(plane, "replica-b", port_b, &[]);
     eventually(Duration::from_secs(20), "replica b follows", || async {
         let r = role(port_b).await;
         if r.contains("follower") {
@@ -267,6 +257,93 @@ fn alert_rules_pass_promtool_and_their_tests() {
         &dir,
     );
     assert!(tested.contains("SUCCESS"), "{tested}");
+}
+
+/// The chart's FlowSchema, applied for real: the Lease requests of the controller's
+/// ServiceAccount land in the API server's `leader-election` priority level (they did not
+/// before it), and its other requests do not.
+#[tokio::test]
+async fn the_chart_puts_the_controllers_lease_requests_in_the_leader_election_level() {
+    use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
+    let plane = plane();
+    let admin = plane.admin().await;
+    let ns = plane.namespace("flowschema").await;
+    let account = format!("system:serviceaccount:{ns}:kubeconfig-authority");
+    // The priority level the API server put a request of the controller's account in.
+    let level = |path: String| {
+        let (admin, account) = (admin.clone(), account.clone());
+        async move {
+            let request = http::Request::get(path)
+                .header("Impersonate-User", account)
+                .body(kube::client::Body::empty())
+                .unwrap();
+            let response = admin.send(request).await.unwrap();
+            response
+                .headers()
+                .get("X-Kubernetes-PF-PriorityLevel-UID")
+                .map(|v| v.to_str().unwrap().to_string())
+                .unwrap_or_default()
+        }
+    };
+    let lease = format!("/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/kubeconfig-authority");
+    let secrets = format!("/api/v1/namespaces/{ns}/secrets");
+    let leader_election = Api::<PriorityLevelConfiguration>::all(admin.clone())
+        .get("leader-election")
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    assert_ne!(
+        level(lease.clone()).await,
+        leader_election,
+        "before the FlowSchema"
+    );
+
+    let rendered = run_tool(
+        "helm",
+        &[
+            "template",
+            "kca",
+            "config/helm/kubeconfig-authority",
+            "--namespace",
+            &ns,
+            "--show-only",
+            "templates/flowschema.yaml",
+        ],
+        Path::new(env!("CARGO_MANIFEST_DIR")),
+    );
+    // A name of its own on the shared control plane (the chart's is one per cluster).
+    let name = format!("{ns}-leader-election");
+    let rendered = rendered.replace(
+        "name: kubeconfig-authority-leader-election",
+        &format!("name: {name}"),
+    );
+    assert_eq!(
+        plane
+            .apply_text(&rendered, "the chart's FlowSchema", false)
+            .await,
+        1
+    );
+    // The API server takes a new FlowSchema up within a moment.
+    eventually(
+        Duration::from_secs(20),
+        "Lease requests in the leader-election level",
+        || async {
+            let got = level(lease.clone()).await;
+            (got == leader_election).then_some(()).ok_or(got)
+        },
+    )
+    .await;
+    assert_ne!(
+        level(secrets).await,
+        leader_election,
+        "only the Lease requests"
+    );
+    Api::<FlowSchema>::all(admin)
+        .delete(&name, &Default::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
