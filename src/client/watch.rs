@@ -99,8 +99,9 @@ impl Watches {
     }
 
     /// The watches that have not listed again `after` a recovery from an unreachable API
-    /// server, as of `now`: their streams are no longer polled (seen after API server
-    /// restarts), and only new ones help.
+    /// server, as of `now`: their streams are no longer polled, and only new ones help. (Seen
+    /// after API server restarts while the controllers paused their triggers after errors, see
+    /// [`NoPause`]; kept as a defence.)
     pub fn frozen(&self, now: Instant, after: Duration) -> Vec<String> {
         let recovered = self.recovered_at.lock().ok().and_then(|r| *r);
         let Some(recovered) = recovered.filter(|r| now.duration_since(*r) >= after) else {
@@ -167,6 +168,28 @@ impl Watches {
         }
         recovered
     }
+}
+
+/// The pause a controller takes before it polls its trigger streams again after one of them
+/// failed: none. kube-runtime's default (0.8 s doubling to 30 s, reset after two quiet minutes)
+/// pauses *all* of a controller's triggers after an error of any one of them, so with a dozen
+/// watches failing during an outage the controller polled none of them for up to 30 s at a
+/// time: events went unseen, no watch listed again when the API server came back, and a single
+/// watch failing for good (a right taken away) delayed every reconcile by up to 30 s. Each
+/// watch here has its own backoff ([`backoff`]) and never ends, so the controller needs none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPause;
+
+impl Iterator for NoPause {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for NoPause {
+    fn reset(&mut self) {}
 }
 
 /// Whether a watch failed because the API server could not be reached (rather than answered

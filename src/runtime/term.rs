@@ -26,7 +26,7 @@ use crate::{
     },
     client::{
         cluster::Cluster,
-        watch::{self, Watches, keep, reflect, reflect_managed, reflect_seen, watch},
+        watch::{self, NoPause, Watches, keep, reflect, reflect_managed, reflect_seen, watch},
     },
     controllers::{
         generator,
@@ -196,6 +196,7 @@ impl Term<'_> {
         let kubeconfig_events =
             kubeconfig_events.try_filter(move |kc| futures::future::ready(changes.changed(kc)));
         let controller = Controller::for_stream(kubeconfig_events, kubeconfigs.clone())
+            .trigger_backoff(NoPause)
             .with_config(
                 kube::runtime::controller::Config::default().concurrency(self.options.concurrency),
             );
@@ -299,6 +300,7 @@ impl Term<'_> {
             keep,
         );
         let onboarding = Controller::for_stream(service_account_events, service_accounts)
+            .trigger_backoff(NoPause)
             .owns_stream(
                 watch(
                     Api::<Kubeconfig>::all(client.clone()),
@@ -351,6 +353,7 @@ impl Term<'_> {
         let namespace_changed = generator_context.trigger();
         let namespace_events = namespace_events.inspect_ok(move |_| namespace_changed());
         let generators = Controller::for_stream(generator_events, generator_store)
+            .trigger_backoff(NoPause)
             .owns_stream(
                 watch(
                     Api::<Kubeconfig>::all(client.clone()),

@@ -226,6 +226,19 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     out
 }
 
+/// `helm template` of the chart as release `kca` in `namespace`, with `args`.
+fn helm_template(namespace: &str, args: &[&str]) -> String {
+    let mut all = vec![
+        "template",
+        "kca",
+        "config/helm/kubeconfig-authority",
+        "--namespace",
+        namespace,
+    ];
+    all.extend_from_slice(args);
+    run_tool("helm", &all, Path::new(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// Runs a tool; panics with its output when it fails.
 fn run_tool(tool: &str, args: &[&str], dir: &Path) -> String {
     let out = std::process::Command::new(crate::support::tools().join(tool))
@@ -300,19 +313,7 @@ async fn the_chart_puts_the_controllers_lease_requests_in_the_leader_election_le
         "before the FlowSchema"
     );
 
-    let rendered = run_tool(
-        "helm",
-        &[
-            "template",
-            "kca",
-            "config/helm/kubeconfig-authority",
-            "--namespace",
-            &ns,
-            "--show-only",
-            "templates/flowschema.yaml",
-        ],
-        Path::new(env!("CARGO_MANIFEST_DIR")),
-    );
+    let rendered = helm_template(&ns, &["--show-only", "templates/flowschema.yaml"]);
     // A name of its own on the shared control plane (the chart's is one per cluster).
     let name = format!("{ns}-leader-election");
     let rendered = rendered.replace(
@@ -351,14 +352,9 @@ async fn the_helm_chart_renders_and_passes_a_server_side_dry_run() {
     let plane = plane();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     run_tool("helm", &["lint", "config/helm/kubeconfig-authority"], root);
-    let rendered = run_tool(
-        "helm",
+    let rendered = helm_template(
+        "kubeconfig-authority-system",
         &[
-            "template",
-            "kca",
-            "config/helm/kubeconfig-authority",
-            "--namespace",
-            "kubeconfig-authority-system",
             "--include-crds",
             "--set",
             "defaultAuthority=ClusterAuthority/default-ca",
@@ -377,7 +373,6 @@ async fn the_helm_chart_renders_and_passes_a_server_side_dry_run() {
             "--set",
             "clusterAuthority.policy.maxValidity=720h",
         ],
-        root,
     );
     let applied = plane.apply_text(&rendered, "helm template", true).await;
     assert!(applied >= 18, "{applied} objects");
