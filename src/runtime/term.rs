@@ -324,14 +324,7 @@ impl Term<'_> {
                     default_authority: self.options.default_authority.clone(),
                 }),
             )
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    match e {
-                        kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                        other => warn!("onboarding failed: {other}"),
-                    }
-                }
-            });
+            .for_each(|result| log_failure("onboarding", result));
 
         // KubeconfigGenerators: the Kubeconfigs they own, and any change of their target kinds
         // or of namespaces brings them back.
@@ -370,14 +363,7 @@ impl Term<'_> {
                 generator::error_policy,
                 Arc::new(generator_context),
             )
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    match e {
-                        kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                        other => warn!("generator failed: {other}"),
-                    }
-                }
-            });
+            .for_each(|result| log_failure("generator", result));
 
         // Anything labelled with a Kubeconfig's UID that changes is also a possible orphan.
         let (orphan_tx, orphans) = tokio::sync::mpsc::unbounded_channel();
@@ -409,10 +395,8 @@ impl Term<'_> {
                 futures::future::ready(match event {
                     Ok(s) if own_writes.is_echo(&s) => None,
                     Ok(s) => owner_of(s.kubeconfig.as_ref()),
-                    Err(e) => {
-                        warn!("watching managed Secrets: {e}");
-                        None
-                    }
+                    // Logged and counted by the watch itself.
+                    Err(_) => None,
                 })
             }))
             .watches_stream(
@@ -440,14 +424,7 @@ impl Term<'_> {
             .watches_stream(namespace_events, by_namespace)
             .shutdown_on_signal()
             .run(kubeconfig::reconcile, error_policy, context.clone())
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    match e {
-                        kube::runtime::controller::Error::ObjectNotFound(_) => {}
-                        other => warn!("reconcile failed: {other}"),
-                    }
-                }
-            });
+            .for_each(|result| log_failure("reconcile", result));
 
         let controllers = futures::future::join3(kubeconfig_controller, onboarding, generators);
         let synced = lead(&context, self.health);
@@ -461,6 +438,28 @@ impl Term<'_> {
             }
         })
     }
+}
+
+/// Logs what a controller's run reports, but for what is logged where it happens: an object
+/// gone before its reconcile, and a watch's error (each watch logs and counts its own, see
+/// [`watch`]; during an outage a dozen of them fail every few seconds).
+fn log_failure<K, E>(
+    what: &str,
+    result: Result<
+        (kube::runtime::reflector::ObjectRef<K>, Action),
+        kube::runtime::controller::Error<E, watcher::Error>,
+    >,
+) -> futures::future::Ready<()>
+where
+    K: kube::Resource,
+    E: std::error::Error + 'static,
+{
+    use kube::runtime::controller::Error;
+    match result {
+        Ok(_) | Err(Error::ObjectNotFound(_) | Error::QueueError(_)) => {}
+        Err(other) => warn!("{what} failed: {other}"),
+    }
+    futures::future::ready(())
 }
 
 /// Removes orphans: every candidate once the caches are filled, then those that change.
