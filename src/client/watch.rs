@@ -499,6 +499,17 @@ mod tests {
     }
 
     #[test]
+    fn a_controller_never_pauses_its_triggers_and_never_ends_them() {
+        // kube-runtime's StreamBackoff ends the trigger stream when the backoff ends (None).
+        let mut pause = NoPause;
+        for _ in 0..10_000 {
+            assert_eq!(pause.next(), Some(Duration::ZERO));
+        }
+        kube::runtime::utils::Backoff::reset(&mut pause);
+        assert_eq!(pause.next(), Some(Duration::ZERO));
+    }
+
+    #[test]
     fn a_watch_that_does_not_list_again_after_a_recovery_is_frozen() {
         let watches = Watches::default();
         watches.update("Kubeconfigs", |_| {});
