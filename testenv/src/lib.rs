@@ -598,9 +598,10 @@ rm -rf "{0}"
     }
 
     /// Applies the controller's namespace, ServiceAccount, ClusterRole and ClusterRoleBinding,
-    /// leader-election Role and FlowSchema from `config/`, and writes `controller.kubeconfig`: a certificate for that
-    /// ServiceAccount's username, so that the controller runs with exactly the rights the
-    /// shipped RBAC gives it (RBAC matches ServiceAccount subjects by username).
+    /// leader-election Role and FlowSchema from `config/`, and writes `controller.kubeconfig`:
+    /// a certificate for that ServiceAccount's username, so that the controller runs with
+    /// exactly the rights the shipped RBAC gives it (RBAC matches ServiceAccount subjects by
+    /// username).
     pub async fn install_controller_rbac(&self) {
         for file in [
             "config/manager/namespace.yaml",

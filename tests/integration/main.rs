@@ -42,6 +42,28 @@ pub(crate) fn replica(
     )
 }
 
+/// Applies a Kubeconfig of the controller's own cluster and asserts it is Ready within 2.5 s
+/// beside `trouble` (what must hold up no one else).
+pub(crate) async fn ready_beside(admin: &Client, ns: &str, name: &str, trouble: &str) {
+    let asked = std::time::Instant::now();
+    apply(admin, ns, name, spec(name, json!({}))).await;
+    wait_condition(
+        admin,
+        ns,
+        name,
+        "True",
+        None,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let took = asked.elapsed();
+    println!("{name} Ready after {took:?} beside {trouble}");
+    assert!(
+        took < std::time::Duration::from_millis(2500),
+        "{name} took {took:?}: {trouble} held it up"
+    );
+}
+
 pub(crate) fn plane() -> &'static ControlPlane {
     support::shared_with_controller(BIN)
 }

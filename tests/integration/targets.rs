@@ -1026,19 +1026,6 @@ async fn two_slots() -> (ControlPlane, Client, String, String) {
     (home, admin, system, ns)
 }
 
-/// A Kubeconfig of the controller's own cluster is Ready within 2.5 s beside `trouble`.
-async fn ready_beside(admin: &Client, ns: &str, name: &str, trouble: &str) {
-    let asked = std::time::Instant::now();
-    apply(admin, ns, name, spec(name, json!({}))).await;
-    wait_condition(admin, ns, name, "True", None, Duration::from_secs(30)).await;
-    let took = asked.elapsed();
-    println!("{name} Ready after {took:?} beside {trouble}");
-    assert!(
-        took < Duration::from_millis(2500),
-        "{name} took {took:?}: the Kubeconfigs of {trouble} held the reconcile slots"
-    );
-}
-
 /// A target down from the moment its watches start holds up no other Kubeconfig: its own
 /// controller with two reconcile slots, eight Kubeconfigs of a target that refuses every
 /// connection (each looked at again every 5 s), and one of the controller's own cluster, which
@@ -1071,7 +1058,13 @@ async fn a_target_down_from_the_start_holds_up_no_one_else() {
     // times.
     tokio::time::sleep(Duration::from_secs(10)).await;
     for i in 0..3 {
-        ready_beside(&admin, &ns, &format!("alive-{i}"), "a dead target").await;
+        crate::ready_beside(
+            &admin,
+            &ns,
+            &format!("alive-{i}"),
+            "the Kubeconfigs of a dead target",
+        )
+        .await;
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
 }
@@ -1110,7 +1103,13 @@ async fn a_target_that_stops_answering_holds_up_no_one_else() {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 0..2 {
-        ready_beside(&admin, &ns, &format!("alive-{i}"), "a silent target").await;
+        crate::ready_beside(
+            &admin,
+            &ns,
+            &format!("alive-{i}"),
+            "the Kubeconfigs of a silent target",
+        )
+        .await;
     }
     silent.freeze_component("kube-apiserver", false);
     for name in &names {
