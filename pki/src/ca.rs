@@ -95,10 +95,15 @@ impl CertificateRequest {
     /// Generates a key of `algorithm` and a PKCS#10 request for `identity` (CN = username, one
     /// O per group, as Kubernetes reads them), signed with that key.
     pub fn create(identity: &Identity, algorithm: KeyAlgorithm) -> Result<NewRequest> {
+        Self::create_with_key(identity, algorithm.generate()?)
+    }
+
+    /// [`create`](Self::create) with a key generated beforehand (for example by a pool that
+    /// generates RSA keys ahead). The key is consumed: it serves one request.
+    pub fn create_with_key(identity: &Identity, key: PrivateKey) -> Result<NewRequest> {
         use x509_cert::der::{Decode, Encode, asn1::BitString};
         let der_err =
             |e: x509_cert::der::Error| Error::Signing(format!("encoding the request: {e}"));
-        let key = algorithm.generate()?;
         let private_key_pem = key.to_pem();
         let key = key.into_pair()?;
         // rcgen lays out and signs a request with the CN alone; the subject is then replaced

@@ -401,6 +401,33 @@ fn verification_names_why_it_failed() {
 }
 
 #[test]
+fn a_request_made_with_a_given_key_requests_that_key_and_returns_it() {
+    for algorithm in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::Rsa2048] {
+        let key = algorithm.generate().unwrap();
+        let (pem, public) = (key.to_pem(), key.public_key_raw().to_vec());
+        let new = CertificateRequest::create_with_key(&identity(), key).unwrap();
+        assert_eq!(new.private_key_pem, pem, "{algorithm:?}");
+        use x509_parser::prelude::FromDer;
+        let der = pem::parse(&new.request_pem).unwrap();
+        let (_, request) =
+            x509_parser::certification_request::X509CertificationRequest::from_der(der.contents())
+                .unwrap();
+        let requested = &request.certification_request_info.subject_pki;
+        assert_eq!(
+            requested.subject_public_key.data.as_ref(),
+            public.as_slice(),
+            "{algorithm:?}"
+        );
+        assert_eq!(
+            CertificateRequest::from_pem(&new.request_pem)
+                .unwrap()
+                .identity,
+            identity()
+        );
+    }
+}
+
+#[test]
 fn new_requests_carry_every_group_and_verify() {
     for algorithm in [
         KeyAlgorithm::EcdsaP256,

@@ -641,6 +641,19 @@ async fn certificates_through_the_csr_api_without_holding_the_ca_key() {
     let csrs = Api::<CertificateSigningRequest>::all(admin.clone());
     assert!(csrs.list(&selector).await.unwrap().items.is_empty());
 
+    // An RSA key (taken from the controller's key pool, as for a CA's certificates) signs its
+    // request, and the kubeconfig with it works.
+    apply(&admin, &ns, "dave", json!({"authorityRef": {"name": "csr"}, "username": "dave", "validity": "1h", "privateKey": {"algorithm": "RSA", "size": 2048}, "secretRef": {"name": "dave-kubeconfig"}})).await;
+    wait_condition(&admin, &ns, "dave", "True", None, Duration::from_secs(20)).await;
+    let kubeconfig = kubeconfig_of(&admin, &ns, "dave-kubeconfig").await;
+    let key = kc_file::parse(&kubeconfig).unwrap().client_key_pem.unwrap();
+    let key = rcgen::KeyPair::from_pem(&key).unwrap();
+    assert_eq!(key.algorithm(), &rcgen::PKCS_RSA_SHA256);
+    assert_eq!(
+        whoami(client_from_kubeconfig(&kubeconfig).await).await.0,
+        "dave"
+    );
+
     // A signer nobody runs (the controller may approve for it): the condition says so, and the
     // controller keeps serving the others.
     grant_controller(

@@ -18,7 +18,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 use kubeconfig_authority_pki::{
-    CertificateRequest, Identity, KeyAlgorithm, inspect_certificate, parse_certificates,
+    CertificateRequest, Identity, KeyAlgorithm, NewRequest, inspect_certificate, parse_certificates,
 };
 use time::OffsetDateTime;
 
@@ -37,19 +37,26 @@ use crate::{
     },
 };
 
-/// Runs what generates a key where it cannot stall the controller: an RSA key takes up to
-/// seconds and is made on the blocking pool; the others take well under a millisecond. (A
-/// certificate signed by a CA takes its key from [`super::keys::KeyPool`].)
-async fn generating<T: Send + 'static>(
+/// A new key (from [`super::keys::KeyPool`]) and a certificate signing request made with it.
+/// Signing with an RSA key takes milliseconds and is done on the blocking pool; the other
+/// signatures take well under one.
+async fn new_request(
+    identity: &Identity,
     algorithm: KeyAlgorithm,
-    work: impl FnOnce() -> Result<T, kubeconfig_authority_pki::Error> + Send + 'static,
-) -> Result<T, String> {
+    ctx: &Context,
+) -> Result<NewRequest, String> {
+    let key = ctx.keys.fresh(algorithm).await.map_err(|e| e.to_string())?;
     if !algorithm.is_rsa() {
-        return work().map_err(|e| e.to_string());
+        return CertificateRequest::create_with_key(identity, key).map_err(|e| e.to_string());
     }
-    match tokio::task::spawn_blocking(work).await {
+    let identity = identity.clone();
+    match tokio::task::spawn_blocking(move || CertificateRequest::create_with_key(&identity, key))
+        .await
+    {
         Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("generating the {algorithm:?} key stopped: {e}")),
+        Err(e) => Err(format!(
+            "signing the request with the {algorithm} key stopped: {e}"
+        )),
     }
 }
 
@@ -362,12 +369,7 @@ async fn through_csr(
     }
 
     // A new request.
-    let new = match generating(algorithm, {
-        let identity = identity.clone();
-        move || CertificateRequest::create(&identity, algorithm)
-    })
-    .await
-    {
+    let new = match new_request(identity, algorithm, ctx).await {
         Ok(new) => new,
         Err(e) => return Ok(Err(Problem::new(Reason::IssueFailed, e.to_string()))),
     };
