@@ -223,6 +223,7 @@ impl Bench<'_> {
             for (n, key) in batches {
                 let prefix = format!("b{run}-{n}-{}-", key as u8);
                 let done = super::batch(
+                    self.plane,
                     admin,
                     pid,
                     n,

@@ -231,7 +231,10 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
     let concurrency = best.0;
     let mut baseline = HashMap::new();
     for &n in &scale.bulk {
+        let cpu_before = plane_cpu(plane);
         let took = time_secrets(&admin, &ns, &format!("base-{n}"), n, concurrency, &data).await?;
+        let spent = plane_cpu(plane) - cpu_before;
+        plane_cpu_line(&mut report, &format!("baseline {n}"), spent, n, "Secret");
         report.line(
             &format!("baseline: {n} Secrets, {concurrency} at once"),
             format!(
@@ -247,9 +250,13 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
     // concurrency. What the API server allows here bounds the bulk ratio from below.
     let mut floor = HashMap::new();
     for &n in scale.bulk.iter().filter(|_| scale.floor) {
-        let started = Instant::now();
+        let (started, cpu_before) = (Instant::now(), plane_cpu(plane));
+        let profile = PlaneProfile::start(&admin, &format!("floor-{n}"));
         write_floor(&admin, &ns, "floor", n, concurrency, &data, true).await?;
+        drop(profile);
         let took = started.elapsed();
+        let spent = plane_cpu(plane) - cpu_before;
+        plane_cpu_line(&mut report, &format!("floor {n}"), spent, n, "Kubeconfig");
         report.line(
             &format!("floor: {n} Kubeconfigs by a plain client (4 writes each)"),
             format!(
@@ -331,7 +338,9 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
             ("24h", None)
         };
         let prefix = format!("bulk{n}-");
+        let profile = PlaneProfile::start(&admin, &format!("bulk-{n}"));
         let done = batch(
+            plane,
             &admin,
             pid,
             n,
@@ -358,6 +367,14 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
         )
         .await?
         .complete(n)?;
+        drop(profile);
+        plane_cpu_line(
+            &mut report,
+            &format!("bulk {n}"),
+            done.plane_cpu,
+            n,
+            "Kubeconfig",
+        );
         let ratio = done.took.as_secs_f64() / baseline[&n].as_secs_f64();
         report.line(
             &format!("bulk {n}: all Ready"),
@@ -519,6 +536,7 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
         let n = scale.rsa;
         let done =
             batch(
+                plane,
                 &admin,
                 pid,
                 n,
@@ -632,6 +650,7 @@ fn openssl_keys(n: usize) -> Option<Row> {
         took: started.elapsed(),
         ready: n,
         cpu: children_cpu() - cpu_before,
+        plane_cpu: 0.0,
         writes: 0.0,
     };
     Some(Row::new(
@@ -773,7 +792,10 @@ fn quantile<T: Copy + Default>(values: &[T], q: f64) -> T {
 struct Batch {
     took: Duration,
     ready: usize,
+    /// CPU seconds of the contender's process.
     cpu: f64,
+    /// CPU seconds of the API server and etcd.
+    plane_cpu: f64,
     writes: f64,
 }
 
@@ -790,6 +812,7 @@ impl Batch {
 /// Creates `n` objects (`create(i)`), `concurrency` at once, and waits until `ready()` counts
 /// `n` of them, for at most 2 minutes plus a quarter of a second per object.
 async fn batch<C, Fut>(
+    plane: &ControlPlane,
     admin: &Client,
     pid: u32,
     n: usize,
@@ -803,7 +826,7 @@ where
 {
     let timeout = Duration::from_secs(120) + Duration::from_millis(250) * n as u32;
     let writes_before = api_writes(admin).await?;
-    let cpu_before = cpu_seconds(pid);
+    let (cpu_before, plane_before) = (cpu_seconds(pid), plane_cpu(plane));
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(create)
@@ -816,6 +839,7 @@ where
         took: started.elapsed(),
         ready: ready(),
         cpu: cpu_seconds(pid) - cpu_before,
+        plane_cpu: plane_cpu(plane) - plane_before,
         writes: api_writes(admin).await? - writes_before - n as f64,
     })
 }
@@ -830,6 +854,7 @@ pub struct Row {
     took: Duration,
     ready: usize,
     cpu: f64,
+    plane_cpu: f64,
     writes: f64,
     /// The process's peak resident memory so far, MiB.
     peak: f64,
@@ -846,6 +871,7 @@ impl Row {
             took: batch.took,
             ready: batch.ready,
             cpu: batch.cpu,
+            plane_cpu: batch.plane_cpu,
             writes: batch.writes,
             peak,
             p50,
@@ -865,7 +891,7 @@ fn compare(rows: &[Row], baseline: &HashMap<usize, Duration>, report: &mut Repor
         return;
     }
     println!(
-        "\n| | objects | key | all Ready | x baseline | ours x faster | CPU per object | API writes per object | peak RSS | one object, p50 |\n|---|---|---|---|---|---|---|---|---|---|"
+        "\n| | objects | key | all Ready | x baseline | ours x faster | CPU per object | API server and etcd CPU per object | API writes per object | peak RSS | one object, p50 |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for row in rows {
         let ours = rows
@@ -898,10 +924,16 @@ fn compare(rows: &[Row], baseline: &HashMap<usize, Duration>, report: &mut Repor
             }
         };
         println!(
-            "| {} | {} | {key} | {ready} | {against_baseline} | {faster} | {} | {} | {:.0} MiB | {} |",
+            "| {} | {} | {key} | {ready} | {against_baseline} | {faster} | {} | {} | {} | {:.0} MiB | {} |",
             row.who,
             row.n,
             per_object(row.cpu * 1e3 / row.n as f64, " ms"),
+            // None for what makes no request (OpenSSL).
+            if row.plane_cpu > 0.0 {
+                per_object(row.plane_cpu * 1e3 / row.n as f64, " ms")
+            } else {
+                String::new()
+            },
             per_object(row.writes / row.n as f64, ""),
             row.peak,
             row.p50.map_or(String::new(), ms),
@@ -917,6 +949,10 @@ fn compare(rows: &[Row], baseline: &HashMap<usize, Duration>, report: &mut Repor
         report.figure(
             &format!("{key}_cpu_ms_per_object"),
             row.cpu * 1e3 / row.n as f64,
+        );
+        report.figure(
+            &format!("{key}_plane_cpu_ms_per_object"),
+            row.plane_cpu * 1e3 / row.n as f64,
         );
         report.figure(
             &format!("{key}_writes_per_object"),
@@ -937,6 +973,98 @@ fn plane_memory(plane: &ControlPlane, report: &mut Report) {
             );
         }
     }
+}
+
+/// With `BENCH_PPROF=<folder>`, CPU profiles of the API server (Go's `/debug/pprof`) from now
+/// until the value is dropped, in slices of 5 s: `<folder>/<name>-<i>.pprof`, every slice that
+/// ended before the drop (`go tool pprof -top <folder>/<name>-*.pprof` merges them). Where the
+/// API server spends what a phase costs it.
+struct PlaneProfile {
+    task: Option<tokio::task::JoinHandle<()>>,
+    name: String,
+    started: Instant,
+    slices: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl PlaneProfile {
+    const SLICE: u64 = 5;
+
+    fn start(admin: &Client, name: &str) -> Self {
+        let slices = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = std::env::var("BENCH_PPROF").ok().map(|folder| {
+            let (admin, name, slices) = (admin.clone(), name.to_string(), slices.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let path = Path::new(&folder).join(format!("{name}-{i}.pprof"));
+                    if let Err(e) = Self::slice(&admin, &path).await {
+                        eprintln!("profiling the API server into {}: {e}", path.display());
+                        return;
+                    }
+                    slices.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        });
+        Self {
+            task,
+            name: name.to_string(),
+            started: Instant::now(),
+            slices,
+        }
+    }
+
+    async fn slice(admin: &Client, path: &Path) -> Result<(), Error> {
+        let url = format!("/debug/pprof/profile?seconds={}", Self::SLICE);
+        let mut bytes = Vec::new();
+        futures::AsyncReadExt::read_to_end(
+            &mut std::pin::pin!(
+                admin
+                    .request_stream(http::Request::get(url).body(Vec::new())?)
+                    .await?
+            ),
+            &mut bytes,
+        )
+        .await?;
+        std::fs::write(path, bytes)?;
+        Ok(())
+    }
+}
+
+impl Drop for PlaneProfile {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let slices = self.slices.load(std::sync::atomic::Ordering::Relaxed);
+            eprintln!(
+                "profiled the API server for {} s of the {:.1} s of {}",
+                slices as u64 * Self::SLICE,
+                self.started.elapsed().as_secs_f64(),
+                self.name
+            );
+        }
+    }
+}
+
+/// CPU seconds the API server and etcd have spent since they started.
+fn plane_cpu(plane: &ControlPlane) -> f64 {
+    ["kube-apiserver", "etcd"]
+        .into_iter()
+        .filter_map(|name| plane.component_pid(name))
+        .map(cpu_seconds)
+        .sum()
+}
+
+/// What the API server and etcd spent (`spent` CPU seconds), per object, on the `n` objects of
+/// `what`: a controller's requests cost its API server CPU too, on the cores they share here.
+fn plane_cpu_line(report: &mut Report, what: &str, spent: f64, n: usize, object: &str) {
+    let per_object = spent * 1e3 / n as f64;
+    report.line(
+        &format!("{what}: API server and etcd CPU per {object}"),
+        format!("{per_object:.2} ms"),
+    );
+    report.figure(
+        &format!("{}_plane_cpu_ms_per_object", what.replace(' ', "_")),
+        per_object,
+    );
 }
 
 /// Records when each Kubeconfig is first Ready (with its schedule) and first Renewed.
