@@ -229,38 +229,52 @@ impl Secrets {
 }
 
 impl ManagedSecrets {
-    /// Takes one event of the managed Secrets' watch; gives what a trigger needs of it.
-    pub fn saw(&self, event: watcher::Event<ManagedSecret>) -> Option<Arc<ManagedSecret>> {
+    /// Takes one event of the managed Secrets' watch; gives the Secrets whose Kubeconfigs it
+    /// concerns, each once this cache holds what it says. The first list's come at once (a
+    /// reconcile waits for the cache to fill); a relist's when it is complete and replaces the
+    /// old set (a reconcile reads the set in place), with the Secrets it no longer found (deleted
+    /// while the watch was away: their Kubeconfigs repair them).
+    pub fn saw(&self, event: watcher::Event<ManagedSecret>) -> Vec<Arc<ManagedSecret>> {
         let Ok(mut state) = self.state.write() else {
-            return None;
+            return Vec::new();
         };
+        let relist = *self.filled.borrow();
         match event {
             watcher::Event::Init => {
                 state.relisting = Some(Secrets::default());
-                None
+                Vec::new()
             }
             watcher::Event::InitApply(s) => {
                 let s = Arc::new(s);
                 if let Some(relisting) = state.relisting.as_mut() {
                     relisting.insert(s.clone());
                 }
-                Some(s)
+                if relist { Vec::new() } else { vec![s] }
             }
             watcher::Event::InitDone => {
-                if let Some(secrets) = state.relisting.take() {
-                    state.current = secrets;
-                }
+                let Some(secrets) = state.relisting.take() else {
+                    return Vec::new();
+                };
+                let old = std::mem::replace(&mut state.current, secrets);
                 self.filled.send_replace(true);
-                None
+                if !relist {
+                    return Vec::new();
+                }
+                let listed = state.current.by_name.iter();
+                let vanished = old
+                    .by_name
+                    .iter()
+                    .filter(|s| state.current.get(&s.namespace, &s.name).is_none());
+                listed.chain(vanished).cloned().collect()
             }
             watcher::Event::Apply(s) => {
                 let s = Arc::new(s);
                 state.current.insert(s.clone());
-                Some(s)
+                vec![s]
             }
             watcher::Event::Delete(s) => {
                 state.current.remove(&s.namespace, &s.name);
-                Some(Arc::new(s))
+                vec![Arc::new(s)]
             }
         }
     }
@@ -471,6 +485,40 @@ mod tests {
         assert!(!*filled.borrow(), "filled before the list ended");
         secrets.saw(watcher::Event::InitDone);
         assert!(*filled.borrow());
+    }
+
+    #[test]
+    fn a_relist_triggers_once_it_is_complete_and_for_what_it_no_longer_found() {
+        let secrets = ManagedSecrets::default();
+        let names = |triggers: Vec<Arc<ManagedSecret>>| {
+            let mut names: Vec<String> = triggers
+                .iter()
+                .map(|s| format!("{}/{}", s.namespace, s.name))
+                .collect();
+            names.sort();
+            names
+        };
+        // The first list: at once.
+        assert!(secrets.saw(watcher::Event::Init).is_empty());
+        let first = secrets.saw(watcher::Event::InitApply(owned("a", "kept", U1)));
+        assert_eq!(names(first), ["a/kept"]);
+        secrets.saw(watcher::Event::InitApply(owned("a", "deleted", U2)));
+        assert!(secrets.saw(watcher::Event::InitDone).is_empty());
+        // A relist: nothing until it is complete, then what it listed (as the cache now holds
+        // it) and what went while the watch was away.
+        secrets.saw(watcher::Event::Init);
+        for s in [owned("a", "kept", U1), owned("a", "new", U3)] {
+            assert!(secrets.saw(watcher::Event::InitApply(s)).is_empty());
+        }
+        let done = secrets.saw(watcher::Event::InitDone);
+        for s in &done {
+            let held = secrets.get(&s.namespace, &s.name);
+            assert_eq!(held.is_some(), s.name != "deleted", "{}", s.name);
+        }
+        assert_eq!(names(done), ["a/deleted", "a/kept", "a/new"]);
+        // Events between lists: at once.
+        let changed = secrets.saw(watcher::Event::Apply(owned("a", "new", U3)));
+        assert_eq!(names(changed), ["a/new"]);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! an API server that refuses connections for 70 s, during which the leader, unable to renew
 //! its Lease, stops leading before it expires, and no replica leads until the API server is
 //! back; then a replica without leader election, whose watches stall, says so. The controllers
-//! are never restarted. And a watch that fails for good delays no reconcile.
+//! are never restarted. A watch that fails for good delays no reconcile, and what changed while
+//! the watches were away is seen when they list again.
 
 use std::time::Duration;
 
@@ -374,4 +375,60 @@ async fn a_watch_that_keeps_failing_delays_no_reconcile() {
         crate::ready_beside(&admin, &ns, &name, "the failing ConfigMaps watch").await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// What changed while the controller's watches were away is seen when they list again: with
+/// its rights taken and the API server restarted, every watch breaks and fails to list; a
+/// Kubeconfig created and a Secret deleted meanwhile are issued and repaired once the rights
+/// are back. A relist's objects trigger reconciles once the cache holds them, and what the
+/// relist no longer finds (no watch event ever says it went) triggers too.
+#[tokio::test]
+async fn what_changed_while_the_watches_were_away_is_seen_when_they_list_again() {
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    let plane = ControlPlane::start_apart();
+    plane.install_crds().await;
+    plane.install_controller_rbac().await;
+    let (admin, ns) = crate::setup_on(&plane, "away", &plane.ca).await;
+    let port = free_port().unwrap();
+    let controller = crate::replica(&plane, "away", port, &["--leader-elect=false"]);
+    plane.adopt(controller);
+    ready_as(port, "", "the controller is ready").await;
+    crate::ready_beside(&admin, &ns, "before", "nothing").await;
+
+    Api::<ClusterRoleBinding>::all(admin.clone())
+        .delete("kubeconfig-authority", &DeleteParams::default())
+        .await
+        .unwrap();
+    plane.stop_component("kube-apiserver", false);
+    plane.start_component("kube-apiserver");
+    let admin = plane.admin().await;
+    crate::apply(&admin, &ns, "during", crate::spec("during", json!({}))).await;
+    Api::<Secret>::namespaced(admin.clone(), &ns)
+        .delete("before-kubeconfig", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Every watch has failed to list at least once more (they retry within 5 s).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert!(!ready(&admin, &ns, "during").await, "issued without rights");
+    plane
+        .apply_manifests("config/rbac/cluster_role_binding.yaml")
+        .await;
+    let back = std::time::Instant::now();
+    // Within a watch's longest backoff (5 s) and an issuance.
+    let within = Duration::from_secs(10);
+    eventually(within, "the Kubeconfig created meanwhile Ready", || async {
+        ready(&admin, &ns, "during")
+            .await
+            .then_some(())
+            .ok_or_else(|| "not Ready".to_string())
+    })
+    .await;
+    eventually(within, "the Secret deleted meanwhile repaired", || async {
+        secret(&admin, &ns, "before-kubeconfig")
+            .await
+            .map(drop)
+            .ok_or_else(|| "still deleted".to_string())
+    })
+    .await;
+    println!("both {:?} after the rights came back", back.elapsed());
 }
