@@ -12,6 +12,9 @@
 //! `BENCH_RSA=N` only N RSA-4096 credentials, from this controller and from cert-manager, beside
 //! `openssl genpkey`.
 //!
+//! `BENCH_PPROF=<folder>` adds CPU profiles of the API server through the floor and each batch
+//! of this controller (`go tool pprof` reads them).
+//!
 //! `BENCH_CONTROLLER=path` measures another build of the controller: an older commit's, for a
 //! comparison on the same machine on the same day (CPU time per Kubeconfig varies by a tenth
 //! from one day to the next here).
