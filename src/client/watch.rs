@@ -409,16 +409,12 @@ where
     T::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
     E: Send + 'static,
 {
-    // During a relist: what the store held when it began, less what it has listed so far, by
-    // the hash of namespace and name (8 bytes an object; two objects of one hash, one chance in
-    // about 10^14 at 100,000, would leave one deletion untold).
+    // During a relist: what the store held when it began, less what it has listed so far, keyed
+    // by the hash of namespace and name (8 bytes, not a reference of four strings; two objects
+    // of one hash, one chance in about 10^14 at 100,000, would leave one deletion untold).
     let mut before: Option<std::collections::HashMap<u64, Arc<T>>> = None;
     let mut listed_once = false;
-    let key = |o: &T| {
-        static HASHER: std::sync::LazyLock<std::hash::RandomState> =
-            std::sync::LazyLock::new(std::hash::RandomState::new);
-        std::hash::BuildHasher::hash_one(&*HASHER, (o.namespace(), o.name()))
-    };
+    let key = |o: &T| crate::model::managed::hash((o.namespace(), o.name()));
     events.flat_map(move |event| {
         // One trigger or none.
         let one = |trigger| futures::stream::iter(trigger).left_stream();
@@ -462,14 +458,11 @@ pub fn reflect_managed(
 + 'static {
     use crate::model::managed::ManagedSecret;
     watch(api, config, "managed Secrets", watches).flat_map(move |event| {
-        futures::stream::iter(match event {
-            Ok(event) => secrets
-                .saw(summarized(event, ManagedSecret::from))
-                .into_iter()
-                .map(Ok)
-                .collect(),
-            Err(e) => vec![Err(e)],
-        })
+        let (triggers, error) = match event {
+            Ok(event) => (secrets.saw(summarized(event, ManagedSecret::from)), None),
+            Err(e) => (Vec::new(), Some(Err(e))),
+        };
+        futures::stream::iter(triggers.into_iter().map(Ok).chain(error))
     })
 }
 

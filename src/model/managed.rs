@@ -173,8 +173,9 @@ impl Default for ManagedSecrets {
     }
 }
 
-/// The hashes the tables use; the same for every run of a table, never seen outside it.
-fn hash(key: impl std::hash::Hash) -> u64 {
+/// The hashes the in-process tables use (here and in `client::watch`); the same for the whole
+/// run, never seen outside it.
+pub(crate) fn hash(key: impl std::hash::Hash) -> u64 {
     static HASHER: std::sync::LazyLock<std::hash::RandomState> =
         std::sync::LazyLock::new(std::hash::RandomState::new);
     HASHER.hash_one(key)
