@@ -62,6 +62,12 @@ async fn create_all(admin: Client, ns: String, names: Vec<String>) {
 async fn issued_within(admin: &Client, ns: &str, name: &str, within: Duration, what: &str) {
     let start = std::time::Instant::now();
     create_all(admin.clone(), ns.to_string(), vec![name.to_string()]).await;
+    ready_within(admin, ns, name, within, what).await;
+    println!("{what}: Ready {:?} after its creation", start.elapsed());
+}
+
+/// Waits up to `within` for the Kubeconfig `name` to be Ready.
+async fn ready_within(admin: &Client, ns: &str, name: &str, within: Duration, what: &str) {
     eventually(within, what, || async {
         ready(admin, ns, name)
             .await
@@ -69,7 +75,17 @@ async fn issued_within(admin: &Client, ns: &str, name: &str, within: Duration, w
             .ok_or_else(|| "not Ready".to_string())
     })
     .await;
-    println!("{what}: Ready {:?} after its creation", start.elapsed());
+}
+
+/// Waits up to `within` for the Secret `name`, deleted, to be there again.
+async fn restored_within(admin: &Client, ns: &str, name: &str, within: Duration, what: &str) {
+    eventually(within, what, || async {
+        secret(admin, ns, name)
+            .await
+            .map(drop)
+            .ok_or_else(|| "still deleted".to_string())
+    })
+    .await;
 }
 
 /// Waits up to 30 s for the replica whose health is on `port` to be ready, saying `role`.
@@ -148,15 +164,12 @@ async fn outage(
         .delete(&names[0], &DeleteParams::default())
         .await
         .unwrap();
-    eventually(
+    restored_within(
+        admin,
+        &ns,
+        &names[0],
         Duration::from_secs(10),
         "the deleted Secret restored",
-        || async {
-            secret(admin, &ns, &names[0])
-                .await
-                .map(drop)
-                .ok_or_else(|| "still deleted".to_string())
-        },
     )
     .await;
     // A new Kubeconfig is issued.
@@ -416,19 +429,9 @@ async fn what_changed_while_the_watches_were_away_is_seen_when_they_list_again()
     let back = std::time::Instant::now();
     // Within a watch's longest backoff (5 s) and an issuance.
     let within = Duration::from_secs(10);
-    eventually(within, "the Kubeconfig created meanwhile Ready", || async {
-        ready(&admin, &ns, "during")
-            .await
-            .then_some(())
-            .ok_or_else(|| "not Ready".to_string())
-    })
-    .await;
-    eventually(within, "the Secret deleted meanwhile repaired", || async {
-        secret(&admin, &ns, "before-kubeconfig")
-            .await
-            .map(drop)
-            .ok_or_else(|| "still deleted".to_string())
-    })
-    .await;
+    let what = "the Kubeconfig created meanwhile Ready";
+    ready_within(&admin, &ns, "during", within, what).await;
+    let what = "the Secret deleted meanwhile repaired";
+    restored_within(&admin, &ns, "before-kubeconfig", within, what).await;
     println!("both {:?} after the rights came back", back.elapsed());
 }
