@@ -256,9 +256,8 @@ async fn run(plane: &ControlPlane, scale: &Scale, full: bool) -> Result<(), Erro
         let (started, cpu_before) = (Instant::now(), plane_cpu(plane));
         let profile = PlaneProfile::start(&admin, &format!("floor-{n}"));
         write_floor(&admin, &ns, "floor", n, concurrency, &data, true).await?;
+        let (took, spent) = (started.elapsed(), plane_cpu(plane) - cpu_before);
         drop(profile);
-        let took = started.elapsed();
-        let spent = plane_cpu(plane) - cpu_before;
         plane_cpu_line(&mut report, &format!("floor {n}"), spent, n, "Kubeconfig");
         report.line(
             &format!("floor: {n} Kubeconfigs by a plain client (4 writes each)"),
@@ -965,9 +964,12 @@ fn compare(rows: &[Row], baseline: &HashMap<usize, Duration>, report: &mut Repor
     }
 }
 
+/// The control plane's processes the bench measures beside the contenders.
+const PLANE: [&str; 2] = ["kube-apiserver", "etcd"];
+
 /// The API server's and etcd's own resident memory.
 fn plane_memory(plane: &ControlPlane, report: &mut Report) {
-    for name in ["kube-apiserver", "etcd"] {
+    for name in PLANE {
         if let Some(pid) = plane.component_pid(name) {
             let (rss, peak) = memory(pid);
             report.line(
@@ -1049,7 +1051,7 @@ impl Drop for PlaneProfile {
 
 /// CPU seconds the API server and etcd have spent since they started.
 fn plane_cpu(plane: &ControlPlane) -> f64 {
-    ["kube-apiserver", "etcd"]
+    PLANE
         .into_iter()
         .filter_map(|name| plane.component_pid(name))
         .map(cpu_seconds)
