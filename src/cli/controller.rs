@@ -66,10 +66,7 @@ fn identity() -> String {
         .unwrap_or_else(|_| "kubeconfig-authority".into());
     let mut bytes = [0u8; 4];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
-    format!(
-        "{base}-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("{base}-{:08x}", u32::from_be_bytes(bytes))
 }
 
 fn parse_authority_ref(s: &str) -> Result<AuthorityRef, String> {
