@@ -1193,10 +1193,19 @@ async fn write_floor(
     let secrets = Api::<Secret>::namespaced(admin.clone(), ns);
     let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), ns);
     let apply = kube::api::PatchParams::apply("bench-floor").force();
+    let create = PostParams {
+        field_manager: Some("bench-floor".into()),
+        ..PostParams::default()
+    };
     futures::stream::iter(0..n)
         .map(|i| {
-            let (kubeconfigs, secrets, events, apply) =
-                (kubeconfigs.clone(), secrets.clone(), events.clone(), apply.clone());
+            let (kubeconfigs, secrets, events, apply, create) = (
+                kubeconfigs.clone(),
+                secrets.clone(),
+                events.clone(),
+                apply.clone(),
+                create.clone(),
+            );
             async move {
                 let name = format!("{prefix}{n}-{i}");
                 let kc: Kubeconfig = serde_json::from_value(json!({
@@ -1216,9 +1225,9 @@ async fn write_floor(
                             "kind": "Kubeconfig", "name": name, "uid": uid, "controller": true}]},
                     "type": "Opaque", "data": data,
                 });
-                secrets
-                    .patch(&name, &apply, &kube::api::Patch::Apply(&secret))
-                    .await?;
+                // Created as the controller creates a new Secret (`client::create`).
+                let secret: Secret = serde_json::from_value(secret)?;
+                secrets.create(&create, &secret).await?;
                 let now = "2026-01-01T00:00:00Z";
                 let status = json!({
                     "apiVersion": "kubeconfig-authority.dev/v1alpha1", "kind": "Kubeconfig",

@@ -1093,14 +1093,17 @@ async fn a_failed_patch_test_is_told_apart_from_a_validation_error() {
     assert!(!failed_test(&status), "a validation error: {status:?}");
 }
 
-/// A new Secret is created without a read first (`client::create_applied`): by server-side
-/// apply, so that later applies own (and can drop) its fields, and never over a Secret that
-/// exists already.
+/// A new Secret is created without a read first (`client::create`): by a plain create, never
+/// over a Secret that exists already; the fields it wrote become applied ones
+/// (`client::adoption_patch`) before an apply that leaves one out, so that the apply removes it.
 #[tokio::test]
-async fn a_create_by_apply_never_overwrites_and_leaves_the_fields_to_later_applies() {
-    use kubeconfig_authority::{api::FIELD_MANAGER, client::create_applied};
+async fn a_create_never_overwrites_and_its_fields_are_adopted_before_an_apply_drops_one() {
+    use kubeconfig_authority::{
+        api::FIELD_MANAGER,
+        client::{adoption_patch, create, merge_patch},
+    };
     let plane = plane();
-    let ns = plane.namespace("create-applied").await;
+    let ns = plane.namespace("create").await;
     let admin = plane.admin().await;
     let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
     let ours = |data: &[(&str, &str)]| -> Secret {
@@ -1114,7 +1117,7 @@ async fn a_create_by_apply_never_overwrites_and_leaves_the_fields_to_later_appli
         );
         secret
     };
-    let created = create_applied(&admin, Some(&ns), "s", &ours(&[("a", "1"), ("b", "2")]))
+    let created = create(&admin, Some(&ns), &ours(&[("a", "1"), ("b", "2")]))
         .await
         .unwrap()
         .expect("created");
@@ -1123,18 +1126,13 @@ async fn a_create_by_apply_never_overwrites_and_leaves_the_fields_to_later_appli
     assert_eq!(live.metadata.resource_version, created);
     assert!(created.is_some());
     assert_eq!(live.data.as_ref().unwrap()["b"].0, b"2");
-    let managers: Vec<_> = live
-        .managed_fields()
-        .iter()
-        .map(|m| (m.manager.clone(), m.operation.clone()))
-        .collect();
     assert_eq!(
-        managers,
-        [(Some(FIELD_MANAGER.to_string()), Some("Apply".to_string()))]
+        managers(&live),
+        [(FIELD_MANAGER.to_string(), "Update".to_string())]
     );
     // Once it exists, nothing is written: not over our own, not over someone else's.
     assert!(
-        create_applied(&admin, Some(&ns), "s", &ours(&[("a", "changed")]))
+        create(&admin, Some(&ns), &ours(&[("a", "changed")]))
             .await
             .unwrap()
             .is_none()
@@ -1148,27 +1146,149 @@ async fn a_create_by_apply_never_overwrites_and_leaves_the_fields_to_later_appli
         .unwrap();
     let mut over: Secret = ours(&[("y", "ours")]);
     over.metadata.name = Some("t".into());
-    assert!(
-        create_applied(&admin, Some(&ns), "t", &over)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(create(&admin, Some(&ns), &over).await.unwrap().is_none());
     let t = secrets.get("t").await.unwrap();
     assert_eq!(t.data.unwrap().keys().collect::<Vec<_>>(), ["x"]);
     assert!(t.metadata.labels.is_none());
     let s = secrets.get("s").await.unwrap();
     assert_eq!(s.data.as_ref().unwrap()["a"].0, b"1");
-    // A later apply by the same manager that leaves out a key removes it: the create's
-    // fields are owned as applied, not as an update.
-    secrets
-        .patch(
-            "s",
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&ours(&[("a", "1")])),
-        )
+
+    let apply_a = || async {
+        secrets
+            .patch(
+                "s",
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&ours(&[("a", "1")])),
+            )
+            .await
+            .unwrap()
+    };
+    // What this is for: an apply of the same manager leaves a created field in place.
+    let applied = apply_a().await;
+    assert_eq!(
+        applied.data.unwrap().keys().collect::<Vec<_>>(),
+        ["a", "b"],
+        "the API server removed a field an update owns: adoption is no longer needed"
+    );
+    // Adopted, the fields are the manager's applied ones, and the next apply drops `b`. The
+    // live resourceVersion is the adoption's precondition.
+    let live = secrets.get("s").await.unwrap();
+    let patch = adoption_patch(&live.metadata, time_now()).expect("an Update entry of ours");
+    let mut stale = patch.clone();
+    stale["metadata"]["resourceVersion"] = json!(created);
+    let refused = merge_patch::<Secret>(&admin, Some(&ns), "s", &stale).await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(s)) if s.code == 409),
+        "{refused:?}"
+    );
+    merge_patch::<Secret>(&admin, Some(&ns), "s", &patch)
         .await
         .unwrap();
-    let s = secrets.get("s").await.unwrap();
-    assert_eq!(s.data.unwrap().keys().collect::<Vec<_>>(), ["a"]);
+    let adopted = secrets.get("s").await.unwrap();
+    assert_eq!(adopted.data, live.data, "the adoption changes no data");
+    assert_eq!(
+        managers(&adopted),
+        [(FIELD_MANAGER.to_string(), "Apply".to_string())]
+    );
+    assert_eq!(adoption_patch(&adopted.metadata, time_now()), None);
+    let applied = apply_a().await;
+    assert_eq!(
+        applied.data.as_ref().unwrap().keys().collect::<Vec<_>>(),
+        ["a"]
+    );
+    assert_eq!(applied.labels()["by"], "us");
+}
+
+fn time_now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    kubeconfig_authority::model::to_time(time::OffsetDateTime::now_utc())
+}
+
+/// The managers of an object's fields and their operations, sorted.
+fn managers(object: &impl ResourceExt) -> Vec<(String, String)> {
+    let mut managers: Vec<_> = object
+        .managed_fields()
+        .iter()
+        .map(|m| {
+            (
+                m.manager.clone().unwrap_or_default(),
+                m.operation.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    managers.sort();
+    managers
+}
+
+/// The controller creates a Secret by a plain create; a reissue that keeps its keys is one
+/// apply, and a spec that drops keys (`certificateKeys: false`) gets them removed.
+#[tokio::test]
+async fn keys_a_kubeconfig_stops_asking_for_leave_its_secret() {
+    use kubeconfig_authority::api::FIELD_MANAGER;
+    let plane = plane();
+    let (admin, ns) = setup("drop-keys", &plane.ca).await;
+    let ours = |op: &str| (FIELD_MANAGER.to_string(), op.to_string());
+    apply(&admin, &ns, "kim", spec("kim", json!({}))).await;
+    let first = wait_ready(&admin, &ns, "kim").await.status.unwrap();
+    let live = secret(&admin, &ns, "kim-kubeconfig").await.unwrap();
+    assert_eq!(managers(&live), [ours("Update")]);
+
+    let reissued = |groups: serde_json::Value, keys: &'static [&'static str]| {
+        let (admin, ns) = (admin.clone(), ns.clone());
+        let before = first.serial_number.clone();
+        async move {
+            eventually(Duration::from_secs(10), "the Secret rewritten", || {
+                let (admin, ns, before, groups) =
+                    (admin.clone(), ns.clone(), before.clone(), groups.clone());
+                async move {
+                    let s = secret(&admin, &ns, "kim-kubeconfig")
+                        .await
+                        .ok_or("no Secret")?;
+                    let data = s.data.clone().unwrap_or_default();
+                    let yaml = String::from_utf8(data["kubeconfig"].0.clone())
+                        .map_err(|e| e.to_string())?;
+                    let serial = Some(serial_of(&yaml).0);
+                    let found: Vec<&str> = data.keys().map(String::as_str).collect();
+                    if serial != before && found == keys {
+                        Ok((s, yaml))
+                    } else {
+                        Err(format!("{found:?}, {groups}"))
+                    }
+                }
+            })
+            .await
+        }
+    };
+    // A reissue with the same keys: one apply, nothing adopted.
+    apply(
+        &admin,
+        &ns,
+        "kim",
+        spec("kim", json!({"groups": ["developers", "ops"]})),
+    )
+    .await;
+    let (live, _) = reissued(
+        json!(["developers", "ops"]),
+        &["ca.crt", "kubeconfig", "tls.crt", "tls.key", "value"],
+    )
+    .await;
+    assert_eq!(managers(&live), [ours("Apply"), ours("Update")]);
+
+    // Keys dropped: adopted, then applied without them.
+    apply(
+        &admin,
+        &ns,
+        "kim",
+        spec(
+            "kim",
+            json!({"groups": ["developers", "ops"], "secretRef": {"name": "kim-kubeconfig",
+                "certificateKeys": false, "kubeconfigKeys": ["kubeconfig"]}}),
+        ),
+    )
+    .await;
+    let (live, yaml) = reissued(json!(["developers", "ops"]), &["kubeconfig"]).await;
+    assert_eq!(managers(&live), [ours("Apply")]);
+    let (user, groups) = whoami(client_from_kubeconfig(&yaml).await).await;
+    assert_eq!(user, "kim");
+    assert!(groups.iter().any(|g| g == "ops"), "{groups:?}");
+    wait_ready(&admin, &ns, "kim").await;
 }

@@ -156,21 +156,33 @@ impl Context {
         Ok(())
     }
 
-    /// [`Self::write_managed_secret`] for a Secret that must not exist yet: `Ok(false)`, and
-    /// nothing written, when one does (see [`client::create_applied`]).
+    /// [`Self::write_managed_secret`] for a Secret that must not exist yet, by a plain create:
+    /// `Ok(false)`, and nothing written, when one does (see [`client::create`]).
     pub async fn create_managed_secret(
         &self,
         namespace: &str,
         secret: &Secret,
     ) -> kube::Result<bool> {
         let name = secret.metadata.name.as_deref().unwrap_or_default();
-        let Some(created) =
-            client::create_applied(&self.client, Some(namespace), name, secret).await?
-        else {
+        let Some(created) = client::create(&self.client, Some(namespace), secret).await? else {
             return Ok(false);
         };
         self.own_writes.record(namespace, name, created);
         Ok(true)
+    }
+
+    /// Makes the fields the create of a managed Secret wrote the controller's applied ones
+    /// (`patch`: [`client::adoption_patch`]), so that the apply that follows can drop one.
+    pub async fn adopt_managed_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        patch: &serde_json::Value,
+    ) -> kube::Result<()> {
+        let written =
+            client::merge_patch::<Secret>(&self.client, Some(namespace), name, patch).await?;
+        self.own_writes.record(namespace, name, written);
+        Ok(())
     }
 
     /// Whether Secret `namespace/name` is in the way of the Kubeconfig `uid`: not one of the

@@ -228,6 +228,30 @@ pub fn secret_shell(kc: &Kubeconfig, uid: &str, name: &str) -> Secret {
     }
 }
 
+/// Whether writing `desired` over `live` leaves out a data key, label, annotation or owner the
+/// live Secret has: only then can the fields a create wrote stand in the way of an apply (see
+/// `client::adoption_patch`). Someone else's key counts too (their fields are theirs
+/// whatever is done); adopting the controller's own fields once more is harmless. Pure.
+pub fn leaves_out(live: &Secret, desired: &Secret) -> bool {
+    fn all_in<V, W>(
+        live: Option<&BTreeMap<String, V>>,
+        desired: Option<&BTreeMap<String, W>>,
+    ) -> bool {
+        live.into_iter()
+            .flatten()
+            .all(|(key, _)| desired.is_some_and(|d| d.contains_key(key)))
+    }
+    let (l, d) = (&live.metadata, &desired.metadata);
+    let owners_kept = live
+        .owner_references()
+        .iter()
+        .all(|o| desired.owner_references().iter().any(|k| k.uid == o.uid));
+    !(all_in(live.data.as_ref(), desired.data.as_ref())
+        && all_in(l.labels.as_ref(), d.labels.as_ref())
+        && all_in(l.annotations.as_ref(), d.annotations.as_ref())
+        && owners_kept)
+}
+
 /// A Secret's data.
 pub type SecretData = BTreeMap<String, ByteString>;
 
@@ -238,6 +262,37 @@ mod tests {
     use crate::controllers::kubeconfig::fixtures::*;
     use serde_json::json;
     use std::time::Duration;
+
+    #[test]
+    fn a_write_leaves_out_what_the_live_secret_has_and_it_does_not() {
+        let ca = make_ca("a");
+        let kc = kubeconfig(base_spec());
+        let desired = Desired::from_spec(&kc, UID, &resolved(&ca)).unwrap();
+        let now = OffsetDateTime::now_utc();
+        let secret = written(&kc, &desired, &ca, now);
+        assert!(!leaves_out(&secret, &secret));
+        let mut fewer = secret.clone();
+        fewer.data.as_mut().unwrap().remove("tls.key");
+        assert!(leaves_out(&secret, &fewer));
+        assert!(
+            !leaves_out(&fewer, &secret),
+            "a key added is no key left out"
+        );
+        let mut labelled = secret.clone();
+        labelled.labels_mut().insert("team".into(), "a".into());
+        assert!(leaves_out(&labelled, &secret));
+        let mut annotated = secret.clone();
+        annotated
+            .annotations_mut()
+            .insert("note".into(), "b".into());
+        assert!(leaves_out(&annotated, &secret));
+        let mut owned = secret.clone();
+        owned.owner_references_mut()[0].uid = "another".into();
+        assert!(leaves_out(&owned, &secret));
+        let mut bare = secret.clone();
+        bare.data = None;
+        assert!(leaves_out(&secret, &bare) && !leaves_out(&bare, &secret));
+    }
 
     #[test]
     fn the_secret_plan_follows_what_was_observed() {

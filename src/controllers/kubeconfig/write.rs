@@ -25,7 +25,9 @@ use super::{
     issue,
     request::{Credential, Desired},
     resolve::Outputs,
-    secret::{SecretData, SecretPlan, WriteReason, build_secret, first_key, plan_secret},
+    secret::{
+        SecretData, SecretPlan, WriteReason, build_secret, first_key, leaves_out, plan_secret,
+    },
     status::{self, Outcome},
     targets::Claim,
 };
@@ -36,6 +38,7 @@ use crate::{
         Error, Problem, Reason, Result, Written,
         authority::{Resolved, ResolvedSigner},
         managed::ManagedSecret,
+        to_time,
     },
 };
 
@@ -236,7 +239,7 @@ pub async fn apply_secret(
             .is_none()
         && matches!(resolved.signer, ResolvedSigner::Ca(_));
     loop {
-        let (plan, data) = if create_only {
+        let (plan, mut live) = if create_only {
             (plan_secret(desired, uid, None, now), None)
         } else {
             observe_secret(desired, uid, cached.as_deref(), &secrets, now).await?
@@ -254,7 +257,7 @@ pub async fn apply_secret(
                     message: ready_message,
                     blocked: None,
                 };
-                return Ok((outcome, data));
+                return Ok((outcome, live.and_then(|l| l.data)));
             }
             SecretPlan::Conflict(problem) => return Ok((Outcome::NotReady(problem), None)),
             SecretPlan::Write(reason, why) => (reason, why),
@@ -262,6 +265,7 @@ pub async fn apply_secret(
                 // Deleted first: the deletion brings the distributing Kubeconfig back, which then
                 // sees the name claimed here.
                 client::delete_ignoring_absent(secrets.clone(), &desired.secret_name).await?;
+                live = None;
                 (
                     WriteReason::Issue,
                     format!(
@@ -298,6 +302,22 @@ pub async fn apply_secret(
         // credential is never written.
         if let Some(problem) = apply_bindings(kc, uid, true, cluster, ctx).await? {
             return Ok((Outcome::NotReady(problem), None));
+        }
+        // A Secret this controller created (a plain create, `client::create`) has its fields
+        // owned by an update, which an apply that leaves one out would not remove: they are
+        // made applied ones first, once in the Secret's life, and only when something goes.
+        if let Some(patch) = live
+            .as_ref()
+            .filter(|live| leaves_out(live, &secret))
+            .and_then(|live| client::adoption_patch(&live.metadata, to_time(now)))
+        {
+            ctx.spend(uid, Written::Secret)?;
+            ctx.adopt_managed_secret(&namespace, &desired.secret_name, &patch)
+                .await
+                .map_err(Error::kube(format!(
+                    "taking over the fields of Secret {}",
+                    desired.secret_name
+                )))?;
         }
         let written = if create_only {
             ctx.create_managed_secret(&namespace, &secret).await
@@ -350,14 +370,14 @@ pub async fn apply_secret(
 
 /// The plan for a Secret, from the cache when it says nothing is to be written, else from the
 /// live object: the cache can lag behind our own last write, and nothing is issued twice.
-/// The live Secret's data comes with it.
+/// The live Secret comes with it when it was read.
 async fn observe_secret(
     desired: &Desired,
     uid: &str,
     cached: Option<&ManagedSecret>,
     secrets: &Api<Secret>,
     now: OffsetDateTime,
-) -> Result<(SecretPlan, Option<SecretData>)> {
+) -> Result<(SecretPlan, Option<Secret>)> {
     if let Some(plan) = cached.map(|c| plan_secret(desired, uid, Some(c), now))
         && !matches!(plan, SecretPlan::Write(..) | SecretPlan::ReplaceCopy(_))
     {
@@ -374,7 +394,7 @@ async fn observe_secret(
         .as_ref()
         .map(|l| ManagedSecret::of(l, Some(first_key(desired))));
     let plan = plan_secret(desired, uid, observed.as_ref(), now);
-    Ok((plan, live.and_then(|l| l.data)))
+    Ok((plan, live))
 }
 
 /// When the cluster of a Kubeconfig's bindings changed since the last reconcile (its authority,
