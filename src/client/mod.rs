@@ -149,27 +149,24 @@ where
 /// `Update` entry is there. Pure.
 pub fn adoption_patch(meta: &ObjectMeta, now: Time) -> Option<serde_json::Value> {
     let entries = meta.managed_fields.as_deref().unwrap_or_default();
-    let ours = |e: &ManagedFieldsEntry| {
-        e.manager.as_deref() == Some(FIELD_MANAGER) && e.subresource.is_none()
+    let ours = |e: &&ManagedFieldsEntry| {
+        e.manager.as_deref() == Some(FIELD_MANAGER)
+            && e.subresource.is_none()
+            && matches!(e.operation.as_deref(), Some("Update" | "Apply"))
     };
-    let operation =
-        |e: &ManagedFieldsEntry, op: &str| ours(e) && e.operation.as_deref() == Some(op);
-    if !entries.iter().any(|e| operation(e, "Update")) {
+    let (ours, others): (Vec<_>, Vec<_>) = entries.iter().partition(ours);
+    if !ours
+        .iter()
+        .any(|e| e.operation.as_deref() == Some("Update"))
+    {
         return None;
     }
     let mut fields = serde_json::Value::Object(serde_json::Map::new());
-    let mut api_version = None;
-    for entry in entries
-        .iter()
-        .filter(|e| operation(e, "Update") || operation(e, "Apply"))
-    {
-        if let Some(FieldsV1(set)) = &entry.fields_v1 {
-            union(&mut fields, set);
-        }
-        api_version = api_version.or(entry.api_version.clone());
+    for set in ours.iter().filter_map(|e| e.fields_v1.as_ref()) {
+        union(&mut fields, &set.0);
     }
     let applied = ManagedFieldsEntry {
-        api_version,
+        api_version: ours.iter().find_map(|e| e.api_version.clone()),
         fields_type: Some("FieldsV1".into()),
         fields_v1: Some(FieldsV1(fields)),
         manager: Some(FIELD_MANAGER.into()),
@@ -177,11 +174,7 @@ pub fn adoption_patch(meta: &ObjectMeta, now: Time) -> Option<serde_json::Value>
         subresource: None,
         time: Some(now),
     };
-    let mut adopted: Vec<_> = entries
-        .iter()
-        .filter(|e| !(operation(e, "Update") || operation(e, "Apply")))
-        .cloned()
-        .collect();
+    let mut adopted: Vec<_> = others.into_iter().cloned().collect();
     adopted.push(applied);
     Some(serde_json::json!({"metadata": {
         "resourceVersion": meta.resource_version,
